@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine: `make train` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+CONFIG ?= ppnet/configs/default.toml
+DATA ?= data/synthetic
+OUT ?= runs/$(shell date +%Y%m%d-%H%M%S)
+ARGS ?=
+
+.PHONY: install train test bench bench-smoke clean
+
+install: $(STAMP)
+
+# Reinstalls only when pyproject.toml changes (the stamp is newer otherwise).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+data/synthetic: | $(STAMP)
+	$(BIN)/ppnet prepare synthetic --out $@
+
+train: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
+	$(BIN)/ppnet train --config $(CONFIG) --data $(DATA) --out $(OUT) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs data/synthetic .pytest_cache

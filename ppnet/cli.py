@@ -1,0 +1,130 @@
+"""``ppnet`` command line: parses arguments and calls one function per command.
+
+User errors (``PPNetError``) print one line and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import ppnet  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ppnet.errors import PPNetError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("ppnet").setLevel(logging.INFO)
+    try:
+        result = args.run(args)
+    except PPNetError as err:
+        print(f"ppnet: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ppnet: interrupted", file=sys.stderr)
+        return 130
+    if result is not None:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="ppnet", description="PPNet CTR ranking: prepare, train, evaluate, export.")
+    commands = top.add_subparsers(required=True, metavar="COMMAND")
+
+    prepare = commands.add_parser("prepare", help="make a parquet click log").add_subparsers(required=True,
+                                                                                            metavar="SOURCE")
+    kuairand = prepare.add_parser("kuairand", help="official KuaiRand-Pure CSV files → parquet, one file per date")
+    kuairand.add_argument("--logs", nargs="+", required=True, help="log_standard_*.csv file(s)")
+    kuairand.add_argument("--users", required=True, help="user_features_*.csv")
+    kuairand.add_argument("--videos", required=True, help="video_features_basic_*.csv")
+    kuairand.add_argument("--out", required=True, help="output directory")
+    kuairand.add_argument("--missing-video", choices=["keep", "drop"], default="keep",
+                          help="log rows whose video is not in the video table: keep (OOV author) or drop")
+    kuairand.add_argument("--overwrite", action="store_true")
+    kuairand.set_defaults(run=run_prepare_kuairand)
+    synthetic = prepare.add_parser("synthetic", help="the embedded default click log (deterministic by seed)")
+    synthetic.add_argument("--out", required=True)
+    synthetic.add_argument("--rows", type=int, default=300_000)
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--overwrite", action="store_true")
+    synthetic.set_defaults(run=run_prepare_synthetic)
+
+    train = commands.add_parser("train", help="train, validate and export a model")
+    train.add_argument("--config", required=True, help="TOML config, e.g. ppnet/configs/default.toml")
+    train.add_argument("--data", required=True, help="parquet file, directory or glob")
+    train.add_argument("--valid", help="validation parquet (default: split by data.split_column)")
+    train.add_argument("--out", required=True, help="run directory to create")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. model.name=dnn (repeatable)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    train.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
+    train.set_defaults(run=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="score parquet data with an exported SavedModel")
+    evaluate.add_argument("--model", required=True, help="SavedModel version directory, e.g. RUN/export/1")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--label", help="label column (default: the one the model was trained on)")
+    evaluate.add_argument("--user-column", help="gAUC groups (default: the training config's)")
+    evaluate.add_argument("--json", help="also write the metrics to this file")
+    evaluate.set_defaults(run=run_evaluate)
+
+    export = commands.add_parser("export", help="export a run's best checkpoint again")
+    export.add_argument("--run", required=True, help="a finished run directory")
+    export.add_argument("--out", required=True, help="export base; the model goes to OUT/<next version>")
+    export.add_argument("--version", type=int, help="version number (default: one more than the largest)")
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(run=run_export)
+    return top
+
+
+def run_prepare_kuairand(args: argparse.Namespace) -> dict:
+    from ppnet.datasets.kuairand import prepare_kuairand
+
+    return prepare_kuairand(args.logs, args.users, args.videos, args.out, missing_video=args.missing_video,
+                            overwrite=args.overwrite)
+
+
+def run_prepare_synthetic(args: argparse.Namespace) -> dict:
+    from ppnet.synthetic import write_synthetic
+
+    return write_synthetic(args.out, rows=args.rows, seed=args.seed, overwrite=args.overwrite)
+
+
+def run_train(args: argparse.Namespace) -> dict:
+    from ppnet.config import load_config
+    from ppnet.train import train
+
+    config = load_config(args.config, args.set)
+    return train(config, args.data, args.out, args.valid, overwrite=args.overwrite, fresh=args.fresh)
+
+
+def run_evaluate(args: argparse.Namespace) -> dict:
+    from ppnet.evaluate import evaluate_export
+
+    result = evaluate_export(args.model, args.data, label=args.label, user_column=args.user_column)
+    if args.json:
+        write_json_atomic(Path(args.json), result)
+    return result
+
+
+def run_export(args: argparse.Namespace) -> dict:
+    from ppnet.export import export_model
+    from ppnet.train import load_run
+
+    path = export_model(load_run(args.run), args.out, version=args.version, overwrite=args.overwrite)
+    return {"export": str(path)}
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

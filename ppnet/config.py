@@ -1,0 +1,234 @@
+"""Typed run configuration: TOML in, validated dataclasses out.
+
+Every mistake a user can make in a config (unknown key, wrong type, impossible value, a
+personalisation id that is not a feature) is reported here, by key, before any data is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ppnet.errors import PPNetError
+
+FEATURE_KINDS = ("vocab", "hash", "numeric")
+MODEL_NAMES = ("ppnet", "dnn")
+GATE_MODES = ("shared", "ids")
+OPTIMIZERS = ("adam", "adagrad", "sgd")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One raw input column and how it becomes a model input.
+
+    kind: ``vocab`` (lookup in a vocabulary built from the training data, rare values below
+    ``min_count`` share the OOV buckets), ``hash`` (``bins`` hash buckets, no vocabulary pass)
+    or ``numeric`` (optional sign-preserving log1p, then standardised with training mean/std;
+    nulls, NaN and Inf become the mean, i.e. 0 after standardisation).
+    """
+
+    name: str
+    kind: Literal["vocab", "hash", "numeric"] = "vocab"
+    dim: int = 16
+    min_count: int = 1
+    num_oov: int = 1
+    bins: int = 0
+    log1p: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the label is, how to split a single log into train/validation, and the shuffle."""
+
+    label: str = "is_click"
+    user_column: str = "user_id"
+    split_column: str = "date"
+    valid_last: int = 1
+    shuffle_buffer: int = 131072
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The tower, the gates and their regularisation (see README, Model)."""
+
+    name: Literal["ppnet", "dnn"] = "ppnet"
+    personal_ids: list[str] = field(default_factory=lambda: ["user_id", "video_id", "author_id"])
+    gate_stop_gradient: Literal["shared", "ids"] = "shared"
+    hidden_units: list[int] = field(default_factory=lambda: [512, 256, 128])
+    gate_hidden: int = 64
+    dropout: float = 0.0
+    batch_norm: bool = False
+    embedding_l2: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, early stopping and crash backups."""
+
+    batch_size: int = 1024
+    epochs: int = 3
+    seed: int = 42
+    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    learning_rate: float = 1e-3
+    early_stopping_patience: int = 1
+    backup_every_steps: int = 500
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: features, data split, model and training."""
+
+    features: list[Feature]
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def feature(self, name: str) -> Feature:
+        """The feature called ``name`` (validated to exist)."""
+        return next(f for f in self.features if f.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a TOML config, apply ``KEY=VALUE`` overrides, validate."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PPNetError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise PPNetError(f"{path}: not valid TOML: {err}") from None
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build and validate a ``Config`` from plain data (TOML table or saved JSON)."""
+    raw = dict(raw)
+    features = raw.pop("features", None)
+    if not isinstance(features, list) or not features:
+        raise PPNetError(f"{source}: 'features' must be a non-empty list of [[features]] tables")
+    parsed = {
+        "features": [_build(Feature, f, f"{source}: features[{i}]") for i, f in enumerate(features)],
+        **{key: _build(cls, raw.pop(key, {}), f"{source}: [{key}]") for key, cls in _SECTIONS.items()},
+    }
+    if raw:
+        raise PPNetError(f"{source}: unknown key(s) {sorted(raw)}; expected features, {', '.join(_SECTIONS)}")
+    config = Config(**parsed)
+    _check(config, source)
+    return config
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(json.dumps(config.to_dict(), indent=2))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``--set`` override such as ``model.name=dnn`` or ``features.user_id.dim=32``.
+
+    The value is parsed as a TOML value (numbers, booleans, lists), falling back to a string.
+    """
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise PPNetError(f"--set {item!r}: expected KEY=VALUE, e.g. model.name=dnn")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    parts = key.split(".")
+    if parts[0] == "features":
+        if len(parts) != 3:
+            raise PPNetError(f"--set {item!r}: feature overrides look like features.NAME.KEY=VALUE")
+        matches = [f for f in raw.get("features", []) if f.get("name") == parts[1]]
+        if not matches:
+            raise PPNetError(f"--set {item!r}: no feature named {parts[1]!r} in the config")
+        matches[0][parts[2]] = value
+        return
+    if len(parts) != 2:
+        raise PPNetError(f"--set {item!r}: expected SECTION.KEY=VALUE with a section in {list(_SECTIONS)}")
+    raw.setdefault(parts[0], {})[parts[1]] = value
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _build(cls: type, table: Any, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``table``, rejecting unknown keys and wrong types."""
+    if not isinstance(table, dict):
+        raise PPNetError(f"{where}: expected a table, got {type(table).__name__}")
+    hints = typing.get_type_hints(cls)
+    unknown = set(table) - set(hints)
+    if unknown:
+        raise PPNetError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(hints)}")
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               and f.name not in table]
+    if missing:
+        raise PPNetError(f"{where}: missing required key(s) {missing}")
+    values = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in table.items()}
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a simple type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise PPNetError(f"{where}: expected one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise PPNetError(f"{where}: expected a list of {item_hint.__name__}, got {value!r}")
+        return [_coerce(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise PPNetError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _check(config: Config, source: str) -> None:
+    """Cross-field rules that types alone cannot express."""
+    names = [f.name for f in config.features]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PPNetError(f"{source}: feature(s) {dupes} declared more than once")
+    for f in config.features:
+        if f.dim < 1:
+            raise PPNetError(f"{source}: features.{f.name}.dim must be >= 1, got {f.dim}")
+        if f.kind == "hash" and f.bins < 1:
+            raise PPNetError(f"{source}: features.{f.name} is a hash feature; set bins >= 1")
+        if f.kind == "vocab" and (f.min_count < 1 or f.num_oov < 1):
+            raise PPNetError(f"{source}: features.{f.name}: min_count and num_oov must be >= 1")
+    if config.data.label in names:
+        raise PPNetError(f"{source}: the label {config.data.label!r} cannot also be a feature")
+    model = config.model
+    if not model.hidden_units or min(model.hidden_units) < 1:
+        raise PPNetError(f"{source}: model.hidden_units must be a non-empty list of positive ints")
+    for pid in model.personal_ids:
+        if pid not in names:
+            raise PPNetError(f"{source}: model.personal_ids names {pid!r}, which is not a declared feature")
+        if config.feature(pid).kind == "numeric":
+            raise PPNetError(f"{source}: model.personal_ids: {pid!r} is numeric; ids must be vocab or hash")
+    if model.name == "ppnet" and not model.personal_ids:
+        raise PPNetError(f"{source}: model.personal_ids is empty; PPNet needs at least one id for its gates")
+    if not 0.0 <= model.dropout < 1.0:
+        raise PPNetError(f"{source}: model.dropout must be in [0, 1), got {model.dropout}")
+    train = config.train
+    for key in ("batch_size", "epochs"):
+        if getattr(train, key) < 1:
+            raise PPNetError(f"{source}: train.{key} must be >= 1")
+    if train.learning_rate <= 0:
+        raise PPNetError(f"{source}: train.learning_rate must be > 0")
+    if config.data.valid_last < 1:
+        raise PPNetError(f"{source}: data.valid_last must be >= 1")

@@ -1,0 +1,236 @@
+"""Parquet click logs → validated, shuffled, batched ``tf.data`` pipelines, streaming.
+
+Files are read record batch by record batch with pyarrow (only the needed columns); rows never
+all sit in memory at once, so peak memory is bounded by the shuffle buffer, not by the log size.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+
+from ppnet.config import Config
+from ppnet.errors import PPNetError
+
+log = logging.getLogger(__name__)
+
+# Column kinds of the raw inputs, as they appear in the model's serving signature.
+INT, STRING, FLOAT = "int64", "string", "float32"
+NULL_INT_ID = -1  # nulls in integer id columns: never in a vocabulary, so they go to OOV
+NULL_STRING_ID = ""  # nulls in string id columns
+
+
+def resolve_files(path: str | Path) -> list[Path]:
+    """A parquet file, a directory of them (recursive) or a glob → sorted list of files."""
+    text = str(path)
+    p = Path(text)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*.parquet") if f.is_file())
+    elif p.is_file():
+        files = [p]
+    else:
+        files = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+    if not files:
+        raise PPNetError(f"{text}: no parquet files found (expected a .parquet file, a directory of them, or a glob)")
+    return files
+
+
+def column_kind(arrow_type: pa.DataType) -> str | None:
+    """The signature kind of an arrow column type, or None if unusable as a feature."""
+    if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
+        return INT
+    if pa.types.is_floating(arrow_type):
+        return FLOAT
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_dictionary(arrow_type):
+        return STRING
+    return None
+
+
+def input_kinds(config: Config, files: list[Path]) -> dict[str, str]:
+    """Validate every file's schema against the config; return each feature's input kind.
+
+    Categorical features keep their column kind (int ids stay int64, strings stay strings);
+    numeric features are float32 whatever numeric type the file stores.
+    """
+    kinds: dict[str, str] = {}
+    for file in files:
+        schema = read_schema(file)
+        for column in [config.data.label, *(f.name for f in config.features)]:
+            if column not in schema.names:
+                raise PPNetError(f"{file}: column {column!r} is missing (the config expects it)")
+        label_kind = column_kind(schema.field(config.data.label).type)
+        if label_kind not in (INT, FLOAT):
+            raise PPNetError(f"{file}: label column {config.data.label!r} has type "
+                             f"{schema.field(config.data.label).type}; expected 0/1 integers or floats")
+        for feature in config.features:
+            kind = column_kind(schema.field(feature.name).type)
+            expected = (INT, FLOAT) if feature.kind == "numeric" else (INT, STRING)
+            if kind not in expected:
+                raise PPNetError(f"{file}: column {feature.name!r} has type {schema.field(feature.name).type}; "
+                                 f"a {feature.kind} feature expects {' or '.join(expected)}")
+            kind = FLOAT if feature.kind == "numeric" else kind
+            if kinds.setdefault(feature.name, kind) != kind:
+                raise PPNetError(f"{file}: column {feature.name!r} is {kind} here but {kinds[feature.name]} "
+                                 f"in {files[0]}; every file must store it with one type")
+    return kinds
+
+
+def read_schema(file: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(file)
+    except (pa.ArrowException, OSError) as err:
+        raise PPNetError(f"{file}: not a readable parquet file ({err})") from None
+
+
+@dataclass(frozen=True)
+class Split:
+    """A set of parquet files and an optional row filter (e.g. ``date >= 20220503``)."""
+
+    files: tuple[Path, ...]
+    filter: pc.Expression | None = None
+    description: str = ""
+
+    def batches(self, columns: list[str], batch_rows: int = 65536) -> Iterator[tuple[Path, pa.RecordBatch]]:
+        """Stream (file, record batch) pairs with only ``columns``, in file order."""
+        for file in self.files:
+            try:
+                scanner = pds.dataset(file, format="parquet").scanner(
+                    columns=columns, filter=self.filter, batch_size=batch_rows, use_threads=True)
+                for batch in scanner.to_batches():
+                    if batch.num_rows:
+                        yield file, batch
+            except (pa.ArrowException, OSError) as err:
+                raise PPNetError(f"{file}: cannot read ({err})") from None
+
+
+def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> tuple[Split, Split]:
+    """Train and validation splits: ``--valid`` files, or the last ``valid_last`` values of the split column."""
+    train_files = tuple(resolve_files(data))
+    if valid is not None:
+        return Split(train_files, None, str(data)), Split(tuple(resolve_files(valid)), None, str(valid))
+    column = config.data.split_column
+    values: set = set()
+    for file in train_files:
+        if column not in read_schema(file).names:
+            raise PPNetError(f"{file}: split column {column!r} is missing; pass --valid or set data.split_column")
+        values.update(pc.unique(pq.read_table(file, columns=[column]).column(0)).to_pylist())
+    values.discard(None)
+    if len(values) <= config.data.valid_last:
+        raise PPNetError(f"{data}: split column {column!r} has {len(values)} distinct value(s); "
+                         f"need more than data.valid_last={config.data.valid_last} to keep some for training")
+    cutoff = sorted(values)[-config.data.valid_last]
+    field = pc.field(column)
+    return (Split(train_files, field < cutoff, f"{data} [{column} < {cutoff}]"),
+            Split(train_files, field >= cutoff, f"{data} [{column} >= {cutoff}]"))
+
+
+def check_labels(split: Split, label: str) -> int:
+    """Count rows, failing on null or non-0/1 labels with the file and the number of bad rows."""
+    rows: dict[Path, list[int]] = {}
+    for file, batch in split.batches([label]):
+        column = batch.column(0)
+        values = column.drop_null().cast(pa.float64())
+        bad = column.null_count + (pc.sum(pc.invert(pc.is_in(values, pa.array([0.0, 1.0])))).as_py() or 0)
+        counts = rows.setdefault(file, [0, 0])
+        counts[0] += batch.num_rows
+        counts[1] += bad
+    for file, (_, bad) in rows.items():
+        if bad:
+            raise PPNetError(f"{file}: label column {label!r} has {bad} null or non-0/1 value(s); expected 0 or 1")
+    total = sum(n for n, _ in rows.values())
+    if total == 0:
+        raise PPNetError(f"{split.description}: no rows")
+    return total
+
+
+def to_arrays(batch: pa.RecordBatch, kinds: dict[str, str]) -> dict[str, np.ndarray]:
+    """Arrow columns → numpy arrays of the model's input dtypes, with nulls filled.
+
+    Null ids become -1 / "" (out of vocabulary); null numerics become NaN, which the model
+    replaces by the training mean.
+    """
+    arrays = {}
+    for name, kind in kinds.items():
+        column = batch.column(name)
+        if kind == INT:
+            arrays[name] = column.cast(pa.int64()).fill_null(NULL_INT_ID).to_numpy()
+        elif kind == STRING:
+            column = column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
+            arrays[name] = column.fill_null(NULL_STRING_ID).to_numpy(zero_copy_only=False).astype(object)
+        else:
+            arrays[name] = column.cast(pa.float32()).to_numpy(zero_copy_only=False)
+    return arrays
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _take(arrays: dict[str, np.ndarray], index: np.ndarray | slice) -> dict[str, np.ndarray]:
+    return {k: v[index] for k, v in arrays.items()}
+
+
+def iter_batches(split: Split, kinds: dict[str, str], label: str, batch_size: int,
+                 shuffle_buffer: int = 0, seed: int = 0) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """(features, labels) numpy batches; with ``shuffle_buffer`` rows shuffled block-wise.
+
+    Shuffling fills a buffer of ``shuffle_buffer`` rows from files visited in a seeded random
+    order, permutes it and emits whole batches, carrying the remainder into the next buffer.
+    """
+    rng = np.random.default_rng(seed)
+    files = list(split.files)
+    if shuffle_buffer:
+        rng.shuffle(files)
+    source = Split(tuple(files), split.filter, split.description)
+    columns = [*kinds, label]
+    read_rows = max(batch_size, min(shuffle_buffer or batch_size, 65536))
+    pending: list[dict[str, np.ndarray]] = []
+    pending_rows = 0
+    for _, batch in source.batches(columns, read_rows):
+        arrays = to_arrays(batch, kinds)
+        arrays[label] = batch.column(label).cast(pa.float32()).to_numpy(zero_copy_only=False)
+        pending.append(arrays)
+        pending_rows += batch.num_rows
+        if pending_rows >= max(shuffle_buffer, batch_size):
+            block = _concat(pending)
+            if shuffle_buffer:
+                block = _take(block, rng.permutation(pending_rows))
+            full = pending_rows - pending_rows % batch_size
+            for start in range(0, full, batch_size):
+                out = _take(block, slice(start, start + batch_size))
+                yield out, out.pop(label)
+            pending = [_take(block, slice(full, None))] if full < pending_rows else []
+            pending_rows -= full
+    if pending_rows:
+        block = _concat(pending)
+        if shuffle_buffer:
+            block = _take(block, rng.permutation(pending_rows))
+        for start in range(0, pending_rows, batch_size):
+            out = _take(block, slice(start, start + batch_size))
+            yield out, out.pop(label)
+
+
+def make_dataset(split: Split, kinds: dict[str, str], label: str, batch_size: int,
+                 shuffle_buffer: int = 0, seed: int = 0):
+    """A ``tf.data.Dataset`` of (features, labels) batches; a new shuffle order every epoch."""
+    import tensorflow as tf
+
+    epoch = itertools.count()
+    dtypes = {INT: tf.int64, STRING: tf.string, FLOAT: tf.float32}
+    signature = ({name: tf.TensorSpec([None], dtypes[kind], name=name) for name, kind in kinds.items()},
+                 tf.TensorSpec([None], tf.float32, name=label))
+
+    def generate():
+        yield from iter_batches(split, kinds, label, batch_size, shuffle_buffer, seed + next(epoch))
+
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)

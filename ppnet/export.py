@@ -1,0 +1,100 @@
+"""SavedModel export in TF Serving's layout: ``EXPORT_BASE/<version>/``, written atomically.
+
+The export needs TensorFlow alone (no ppnet, no TFRS, no legacy-Keras switch). Signatures:
+
+* ``serving_default``: one ``[batch]`` input per raw feature column → ``probability [batch]``;
+* ``serve_examples``: serialized ``tf.Example`` protos (``examples [batch]``) → ``probability``;
+* ``gates`` (PPNet only): the same raw inputs → ``gate_<i> [batch, width_i]``, each tower
+  layer's gate values, for analysis.
+
+``assets.extra/ppnet.json`` (ignored by TF Serving) records the label and user columns, so
+``ppnet evaluate`` can score parquet with nothing but the export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import tensorflow as tf
+
+from ppnet.errors import PPNetError
+from ppnet.model import RankingModel
+
+DTYPES = {"int64": tf.int64, "string": tf.string, "float32": tf.float32}
+# tf.Example has no NaN-free "missing" for floats: a missing numeric becomes NaN, i.e. the mean.
+EXAMPLE_DEFAULTS = {"int64": -1, "string": "", "float32": float("nan")}
+
+
+class ServingModule(tf.Module):
+    """The exported object: the trained model plus its serving functions."""
+
+    def __init__(self, model: RankingModel):
+        super().__init__(name="ppnet_serving")
+        self.model = model
+        kinds = model.stats.kinds
+        specs = {name: tf.TensorSpec([None], DTYPES[kind], name=name) for name, kind in kinds.items()}
+        example_spec = {name: tf.io.FixedLenFeature([], DTYPES[kind], default_value=EXAMPLE_DEFAULTS[kind])
+                        for name, kind in kinds.items()}
+
+        @tf.function(input_signature=[specs])
+        def serve(features):
+            return {"probability": tf.sigmoid(model(features, training=False))}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve_examples(examples):
+            return serve(tf.io.parse_example(examples, example_spec))
+
+        @tf.function(input_signature=[specs])
+        def gates(features):
+            _, values, _ = model.forward(features, training=False)
+            return {f"gate_{i}": g for i, g in enumerate(values)}
+
+        self.serve, self.serve_examples = serve, serve_examples
+        self.gates = gates if model.gated else None
+
+    def signature_map(self) -> dict:
+        """Signature name → function (``signatures`` itself is reserved by tf.saved_model)."""
+        functions = {"serving_default": self.serve, "serve_examples": self.serve_examples, "gates": self.gates}
+        return {name: fn for name, fn in functions.items() if fn is not None}
+
+
+def next_version(export_base: Path) -> int:
+    """One more than the largest integer version under ``export_base`` (TF Serving serves the largest)."""
+    versions = [int(p.name) for p in export_base.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_model(model: RankingModel, export_base: str | Path, version: int | None = None,
+                 overwrite: bool = False) -> Path:
+    """Save ``model`` to ``export_base/<version>`` via a temporary directory and a rename.
+
+    TF Serving watches ``export_base`` and would load a half-written version directory; the
+    rename makes the version appear complete or not at all.
+    """
+    export_base = Path(export_base)
+    export_base.mkdir(parents=True, exist_ok=True)
+    version = next_version(export_base) if version is None else version
+    target = export_base / str(version)
+    if target.exists() and not overwrite:
+        raise PPNetError(f"{target}: export version already exists; pass --overwrite to replace it")
+    tmp = export_base / f".tmp-{version}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        module = ServingModule(model)
+        tf.saved_model.save(module, str(tmp), signatures=module.signature_map())
+        extra = tmp / "assets.extra"
+        extra.mkdir()
+        data = model.config.data
+        (extra / "ppnet.json").write_text(json.dumps({
+            "model": model.config.model.name, "label": data.label, "user_column": data.user_column,
+            "inputs": model.stats.kinds}, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,74 @@
+"""Exact ranking and calibration metrics on numpy arrays (shared by train, evaluate, notebook).
+
+Keras' streaming AUC is bucketed (200 thresholds); these are the exact, tie-aware values that
+metrics.json and the README report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ppnet.errors import PPNetError
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN if one class."""
+    labels = np.asarray(labels, dtype=np.float64)
+    positives = labels.sum()
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = pd.Series(np.asarray(scores)).rank(method="average").to_numpy()
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """Impression-weighted mean of per-user AUC, skipping users who saw a single class.
+
+    Computed for all users at once with a grouped rank, not a Python loop over users.
+    """
+    frame = pd.DataFrame({"y": np.asarray(labels, dtype=np.float64), "s": np.asarray(scores), "g": groups})
+    frame["rank"] = frame.groupby("g", sort=False)["s"].rank(method="average")
+    frame["pos_rank"] = frame["rank"] * frame["y"]
+    per_user = frame.groupby("g", sort=False).agg(n=("y", "size"), pos=("y", "sum"), rank_sum=("pos_rank", "sum"))
+    per_user = per_user[(per_user.pos > 0) & (per_user.pos < per_user.n)]
+    if per_user.empty:
+        return float("nan")
+    neg = per_user.n - per_user.pos
+    user_auc = (per_user.rank_sum - per_user.pos * (per_user.pos + 1) / 2) / (per_user.pos * neg)
+    return float(np.average(user_auc, weights=per_user.n))
+
+
+def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def calibration_curve(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Mean prediction vs. observed rate in equal-count bins of the prediction."""
+    frame = pd.DataFrame({"y": labels, "p": probabilities})
+    frame["bin"] = pd.qcut(frame["p"].rank(method="first"), q=min(bins, len(frame)), labels=False)
+    return frame.groupby("bin").agg(mean_prediction=("p", "mean"), observed_rate=("y", "mean"), rows=("y", "size"))
+
+
+def report(labels: np.ndarray, probabilities: np.ndarray, users: np.ndarray | None, source: str) -> dict:
+    """The metrics every command prints: auc, gauc, logloss, rows, mean prediction, observed CTR.
+
+    All-one-class data has no AUC: that is a user error (wrong split or file), reported as such.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.size == 0:
+        raise PPNetError(f"{source}: no rows to evaluate")
+    if labels.min() == labels.max():
+        raise PPNetError(f"{source}: every label is {labels[0]:g} ({labels.size} rows); AUC is undefined "
+                         "with a single class, evaluate on data with both clicks and non-clicks")
+    return {
+        "auc": auc(labels, probabilities),
+        "gauc": gauc(labels, probabilities, users) if users is not None else float("nan"),
+        "logloss": logloss(labels, probabilities),
+        "rows": int(labels.size),
+        "mean_prediction": float(np.mean(probabilities)),
+        "observed_ctr": float(np.mean(labels)),
+    }

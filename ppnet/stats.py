@@ -1,0 +1,102 @@
+"""Vocabularies and numeric statistics from one streaming pass over the training split.
+
+They are saved in the run directory (``stats.json``) so that ``ppnet export --run`` rebuilds
+exactly the model that was trained, and so that a user can see what the model knows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ppnet.config import Config
+from ppnet.data import Split
+from ppnet.errors import PPNetError
+
+
+@dataclass
+class Stats:
+    """What the model needs from the training data.
+
+    kinds: each feature's input kind (int64 / string / float32), i.e. the serving signature.
+    vocabularies: vocab features' values, most frequent first, those seen >= min_count times.
+    numeric: per numeric feature [mean, std] after the optional log1p.
+    rows: training rows; positive_rate: training CTR (initialises the logit bias).
+    """
+
+    kinds: dict[str, str]
+    vocabularies: dict[str, list]
+    numeric: dict[str, list[float]]
+    rows: int
+    positive_rate: float
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> "Stats":
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            raise PPNetError(f"{path}: cannot read statistics ({err})") from None
+
+
+def signed_log1p(values: np.ndarray) -> np.ndarray:
+    """log1p that keeps the sign, so negative counts (KuaiRand has them) stay finite."""
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
+    """One pass over ``split``: value counts for vocab features, moments for numerics."""
+    vocab_features = [f for f in config.features if f.kind == "vocab"]
+    numeric_features = [f for f in config.features if f.kind == "numeric"]
+    counts = {f.name: Counter() for f in vocab_features}
+    moments = {f.name: np.zeros(3) for f in numeric_features}  # n, sum, sum of squares
+    rows = positives = 0
+    columns = [config.data.label, *(f.name for f in vocab_features + numeric_features)]
+    for _, batch in split.batches(columns):
+        rows += batch.num_rows
+        positives += pc.sum(batch.column(config.data.label).cast(pa.float64())).as_py() or 0
+        for f in vocab_features:
+            column = batch.column(f.name)
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(pa.string())
+            value_counts = pc.value_counts(column.drop_null())
+            counts[f.name].update(dict(zip(value_counts.field("values").to_pylist(),
+                                           value_counts.field("counts").to_pylist())))
+        for f in numeric_features:
+            values = batch.column(f.name).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            values = values[np.isfinite(values)]
+            if f.log1p:
+                values = signed_log1p(values)
+            moments[f.name] += (values.size, values.sum(), np.square(values).sum())
+    if rows == 0:
+        raise PPNetError(f"{split.description}: the training split has no rows")
+    vocabularies = {f.name: [value for value, n in sorted(counts[f.name].items(), key=lambda kv: (-kv[1], str(kv[0])))
+                             if n >= f.min_count]
+                    for f in vocab_features}
+    empty = [name for name, values in vocabularies.items() if not values]
+    if empty:
+        raise PPNetError(f"{split.description}: no value of {empty} occurs min_count times in the training split; "
+                         "lower features.NAME.min_count or use kind = \"hash\"")
+    return Stats(kinds=dict(kinds), vocabularies=vocabularies,
+                 numeric={name: _mean_std(m) for name, m in moments.items()},
+                 rows=rows, positive_rate=positives / rows)
+
+
+def _mean_std(moments: np.ndarray) -> list[float]:
+    n, total, squares = moments
+    if n == 0:
+        return [0.0, 1.0]
+    mean = total / n
+    var = max(squares / n - mean * mean, 0.0)
+    std = math.sqrt(var)
+    return [float(mean), float(std) if std > 1e-12 else 1.0]
+
