@@ -152,6 +152,20 @@ def _read_side_table(path: Path, required: tuple[str, ...], key: str) -> pa.Tabl
     if duplicates:
         raise PPNetError(f"{path}: column {key} has {duplicates} duplicate value(s); expected one "
                          f"row per {key}")
+    return _whole_floats_as_int(table)
+
+
+def _whole_floats_as_int(table: pa.Table) -> pa.Table:
+    """Float columns holding only whole numbers → nullable int64.
+
+    CSV gives codes with gaps (``onehot_feat12``, ``music_type``) a float type only because of
+    their nulls; as int64 they can be vocabulary features like every other code.
+    """
+    for i, field in enumerate(table.schema):
+        if pa.types.is_floating(field.type):
+            values = table[field.name].drop_null()
+            if pc.all(pc.equal(values, pc.floor(values))).as_py() is not False:
+                table = table.set_column(i, field.name, table[field.name].cast(pa.int64()))
     return table
 
 
