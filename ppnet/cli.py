@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("ppnet").setLevel(logging.INFO)
     try:
-        result = args.run(args)
+        result = args.handler(args)
     except PPNetError as err:
         print(f"ppnet: error: {err}", file=sys.stderr)
         return 2
@@ -46,13 +46,13 @@ def parser() -> argparse.ArgumentParser:
     kuairand.add_argument("--missing-video", choices=["keep", "drop"], default="keep",
                           help="log rows whose video is not in the video table: keep (OOV author) or drop")
     kuairand.add_argument("--overwrite", action="store_true")
-    kuairand.set_defaults(run=run_prepare_kuairand)
+    kuairand.set_defaults(handler=run_prepare_kuairand)
     synthetic = prepare.add_parser("synthetic", help="the embedded default click log (deterministic by seed)")
     synthetic.add_argument("--out", required=True)
     synthetic.add_argument("--rows", type=int, default=300_000)
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--overwrite", action="store_true")
-    synthetic.set_defaults(run=run_prepare_synthetic)
+    synthetic.set_defaults(handler=run_prepare_synthetic)
 
     train = commands.add_parser("train", help="train, validate and export a model")
     train.add_argument("--config", required=True, help="TOML config, e.g. ppnet/configs/default.toml")
@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. model.name=dnn (repeatable)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
-    train.set_defaults(run=run_train)
+    train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser("evaluate", help="score parquet data with an exported SavedModel")
     evaluate.add_argument("--model", required=True, help="SavedModel version directory, e.g. RUN/export/1")
@@ -71,14 +71,14 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label", help="label column (default: the one the model was trained on)")
     evaluate.add_argument("--user-column", help="gAUC groups (default: the training config's)")
     evaluate.add_argument("--json", help="also write the metrics to this file")
-    evaluate.set_defaults(run=run_evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
 
     export = commands.add_parser("export", help="export a run's best checkpoint again")
     export.add_argument("--run", required=True, help="a finished run directory")
     export.add_argument("--out", required=True, help="export base; the model goes to OUT/<next version>")
     export.add_argument("--version", type=int, help="version number (default: one more than the largest)")
     export.add_argument("--overwrite", action="store_true")
-    export.set_defaults(run=run_export)
+    export.set_defaults(handler=run_export)
     return top
 
 

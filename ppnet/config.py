@@ -103,6 +103,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise PPNetError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise PPNetError(f"{path}: cannot read the config file ({err})") from None
     except tomllib.TOMLDecodeError as err:
         raise PPNetError(f"{path}: not valid TOML: {err}") from None
     for item in overrides:

@@ -89,7 +89,12 @@ def read_schema(file: Path) -> pa.Schema:
     try:
         return pq.read_schema(file)
     except (pa.ArrowException, OSError) as err:
-        raise PPNetError(f"{file}: not a readable parquet file ({err})") from None
+        raise PPNetError(f"{file}: not a readable parquet file ({_one_line(err)})") from None
+
+
+def _one_line(err: BaseException) -> str:
+    """An arrow error message on one line (arrow's messages often span several)."""
+    return " ".join(str(err).split())
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class Split:
                     if batch.num_rows:
                         yield file, batch
             except (pa.ArrowException, OSError) as err:
-                raise PPNetError(f"{file}: cannot read ({err})") from None
+                raise PPNetError(f"{file}: cannot read ({_one_line(err)})") from None
 
 
 def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> tuple[Split, Split]:
@@ -123,7 +128,10 @@ def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> t
     for file in train_files:
         if column not in read_schema(file).names:
             raise PPNetError(f"{file}: split column {column!r} is missing; pass --valid or set data.split_column")
-        values.update(pc.unique(pq.read_table(file, columns=[column]).column(0)).to_pylist())
+        try:
+            values.update(pc.unique(pq.read_table(file, columns=[column]).column(0)).to_pylist())
+        except (pa.ArrowException, OSError) as err:
+            raise PPNetError(f"{file}: cannot read column {column!r} ({_one_line(err)})") from None
     values.discard(None)
     if len(values) <= config.data.valid_last:
         raise PPNetError(f"{data}: split column {column!r} has {len(values)} distinct value(s); "
@@ -139,6 +147,8 @@ def check_labels(split: Split, label: str) -> int:
     rows: dict[Path, list[int]] = {}
     for file, batch in split.batches([label]):
         column = batch.column(0)
+        if column_kind(column.type) not in (INT, FLOAT):
+            raise PPNetError(f"{file}: label column {label!r} has type {column.type}; expected 0/1 integers or floats")
         values = column.drop_null().cast(pa.float64())
         bad = column.null_count + (pc.sum(pc.invert(pc.is_in(values, pa.array([0.0, 1.0])))).as_py() or 0)
         counts = rows.setdefault(file, [0, 0])

@@ -1,0 +1,48 @@
+"""End to end: train → run directory → metrics.json → exported model scores like the trained one."""
+
+import json
+
+import pytest
+
+from ppnet.cli import main
+from ppnet.evaluate import evaluate_export
+
+
+def test_run_directory_contents(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.json", "stats.json", "checkpoints", "logs", "export", "metrics.json"} <= names
+    assert not trained_run.with_name(trained_run.name + ".partial").exists()
+    assert list((trained_run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event files"
+
+
+def test_metrics_json(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert 0.5 < metrics["auc"] <= 1.0 and 0.5 < metrics["gauc"] <= 1.0
+    assert 0.0 < metrics["logloss"] < 1.0
+    assert metrics["rows"] > 0 and metrics["examples_per_sec"] > 0
+    assert metrics["export"] == "export/1" and 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
+
+
+def test_exported_model_reproduces_validation_metrics(trained_run, synthetic_dir):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    last_day = sorted(synthetic_dir.glob("*.parquet"))[-1]
+    evaluated = evaluate_export(trained_run / "export" / "1", last_day)
+    assert evaluated["rows"] == metrics["rows"]
+    for key in ("auc", "gauc", "logloss"):
+        assert evaluated[key] == pytest.approx(metrics[key], abs=1e-4)
+
+
+def test_cli_trains_the_dnn_baseline_and_reexports(synthetic_dir, tmp_path, capsys):
+    from tests.conftest import DEFAULT_CONFIG, SMALL_OVERRIDES
+
+    run = tmp_path / "dnn"
+    sets = [arg for item in [*SMALL_OVERRIDES, "model.name=dnn", "train.epochs=1"] for arg in ("--set", item)]
+    code = main(["train", "--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), "--out", str(run), *sets])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()  # Keras' epoch lines, then the JSON result
+    printed = json.loads("\n".join(lines[len(lines) - lines[::-1].index("{") - 1:]))
+    assert printed["model"] == "dnn" and printed["epochs_run"] == 1
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "serving")]) == 0
+    assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()
+    meta = json.loads((tmp_path / "serving" / "1" / "assets.extra" / "ppnet.json").read_text())
+    assert meta["model"] == "dnn"
