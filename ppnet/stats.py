@@ -58,7 +58,7 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
     vocab_features = [f for f in config.features if f.kind == "vocab"]
     numeric_features = [f for f in config.features if f.kind == "numeric"]
     counts = {f.name: Counter() for f in vocab_features}
-    moments = {f.name: np.zeros(3) for f in numeric_features}  # n, sum, sum of squares
+    moments = {f.name: np.zeros(3) for f in numeric_features}  # n, mean, sum of squared deviations
     rows = positives = 0
     columns = [config.data.label, *(f.name for f in vocab_features + numeric_features)]
     for _, batch in split.batches(columns):
@@ -76,7 +76,8 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
             values = values[np.isfinite(values)]
             if f.log1p:
                 values = signed_log1p(values)
-            moments[f.name] += (values.size, values.sum(), np.square(values).sum())
+            if values.size:
+                moments[f.name] = _merge_moments(moments[f.name], values)
     if rows == 0:
         raise PPNetError(f"{split.description}: the training split has no rows")
     vocabularies = {f.name: [value for value, n in sorted(counts[f.name].items(), key=lambda kv: (-kv[1], str(kv[0])))
@@ -91,12 +92,21 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
                  rows=rows, positive_rate=positives / rows)
 
 
+def _merge_moments(moments: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Add a batch to (n, mean, M2) with Chan et al.'s pairwise update: no cancellation for large offsets."""
+    n, mean, m2 = moments
+    k = values.size
+    batch_mean = values.mean()
+    total = n + k
+    delta = batch_mean - mean
+    return np.array([total, mean + delta * k / total,
+                     m2 + np.square(values - batch_mean).sum() + delta * delta * n * k / total])
+
+
 def _mean_std(moments: np.ndarray) -> list[float]:
-    n, total, squares = moments
+    n, mean, m2 = moments
     if n == 0:
         return [0.0, 1.0]
-    mean = total / n
-    var = max(squares / n - mean * mean, 0.0)
-    std = math.sqrt(var)
+    std = math.sqrt(max(m2 / n, 0.0))
     return [float(mean), float(std) if std > 1e-12 else 1.0]
 
