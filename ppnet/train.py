@@ -96,8 +96,8 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     kinds = data.input_kinds(config, list(train_split.files) + list(valid_split.files))
     train_rows = data.check_labels(train_split, label)
     data.check_labels(valid_split, label)
-    work = prepare_run_dir(out, config, overwrite, fresh)
     stats = compute_stats(config, train_split, kinds)
+    work = prepare_run_dir(out, config, overwrite, fresh)
     stats.save(work / "stats.json")
     log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description,
              valid_split.description)
