@@ -230,17 +230,48 @@ def iter_batches(split: Split, kinds: dict[str, str], label: str, batch_size: in
             yield out, out.pop(label)
 
 
+class EpochCursor:
+    """Where the next pass over the training data starts: its epoch and batches to skip.
+
+    Each pass over the dataset is one epoch with its own shuffle order (seed + epoch). After a
+    crash, training resumes mid-epoch: the cursor is moved to the backed-up (epoch, step) so the
+    resumed epoch replays the same order and skips the batches already trained on.
+    """
+
+    def __init__(self) -> None:
+        self.epoch, self.skip = 0, 0
+
+    def move_to(self, epoch: int, skip: int) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def take(self) -> tuple[int, int]:
+        """(epoch, batches to skip) for the pass that starts now; advances to the next epoch."""
+        position = (self.epoch, self.skip)
+        self.epoch, self.skip = self.epoch + 1, 0
+        return position
+
+
 def make_dataset(split: Split, kinds: dict[str, str], label: str, batch_size: int,
-                 shuffle_buffer: int = 0, seed: int = 0):
-    """A ``tf.data.Dataset`` of (features, labels) batches; a new shuffle order every epoch."""
+                 shuffle_buffer: int = 0, seed: int = 0, cursor: EpochCursor | None = None,
+                 rows: int | None = None):
+    """A ``tf.data.Dataset`` of (features, labels) batches; a new shuffle order every epoch.
+
+    With ``rows`` (the split's row count) the dataset declares its number of batches, which gives
+    Keras a complete progress bar and lets ``BackupAndRestore`` resume mid-epoch.
+    """
     import tensorflow as tf
 
-    epoch = itertools.count()
+    cursor = cursor or EpochCursor()
     dtypes = {INT: tf.int64, STRING: tf.string, FLOAT: tf.float32}
     signature = ({name: tf.TensorSpec([None], dtypes[kind], name=name) for name, kind in kinds.items()},
                  tf.TensorSpec([None], tf.float32, name=label))
 
     def generate():
-        yield from iter_batches(split, kinds, label, batch_size, shuffle_buffer, seed + next(epoch))
+        epoch, skip = cursor.take()
+        batches = iter_batches(split, kinds, label, batch_size, shuffle_buffer, seed + epoch)
+        yield from itertools.islice(batches, skip, None)
 
-    return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    if rows is not None:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -39,6 +39,27 @@ log = logging.getLogger(__name__)
 BEST_WEIGHTS = "checkpoints/best"
 
 
+class ResumeDataPosition(tf.keras.callbacks.Callback):
+    """After ``BackupAndRestore`` restored a backup, start the data where the backup was taken.
+
+    Keras resumes its epoch and step counters but restarts the data iterator from the first
+    batch; moving the cursor makes the resumed epoch skip exactly the batches already trained.
+    Must come after ``BackupAndRestore`` in the callback list.
+    """
+
+    def __init__(self, cursor: data.EpochCursor, steps_per_epoch: int):
+        super().__init__()
+        self.cursor, self.steps_per_epoch = cursor, steps_per_epoch
+
+    def on_train_begin(self, logs=None):
+        state = getattr(self.model, "_training_state", None)
+        if state is not None:
+            epoch, step = state.maybe_load_initial_counters_from_ckpt(self.steps_per_epoch, 0, mode="train")  # ModeKeys.TRAIN
+            if epoch or step:
+                log.info("resuming at epoch %d, step %d", epoch + 1, step)
+            self.cursor.move_to(epoch, step)
+
+
 class ThroughputMeter(tf.keras.callbacks.Callback):
     """Steady-state training examples/sec: each epoch's first step (tracing, warm-up) is excluded."""
 
@@ -105,11 +126,14 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     tf.keras.utils.set_random_seed(config.train.seed)
     model = build_model(config, stats)
     batch = config.train.batch_size
-    train_ds = data.make_dataset(train_split, kinds, label, batch, config.data.shuffle_buffer, config.train.seed)
+    cursor = data.EpochCursor()
+    train_ds = data.make_dataset(train_split, kinds, label, batch, config.data.shuffle_buffer, config.train.seed,
+                                 cursor, rows=train_rows)
     valid_ds = data.make_dataset(valid_split, kinds, label, max(batch, 4096))
     meter = ThroughputMeter(batch)
+    resume = ResumeDataPosition(cursor, steps_per_epoch=-(-train_rows // batch))
     history = model.fit(train_ds, validation_data=valid_ds, epochs=config.train.epochs,
-                        callbacks=callbacks(config, work, meter), verbose=1 if sys.stdout.isatty() else 2)
+                        callbacks=callbacks(config, work, resume, meter), verbose=1 if sys.stdout.isatty() else 2)
     losses = history.history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
         raise PPNetError(f"training loss became {losses[-1]} in epoch {len(losses)}; lower train.learning_rate "
@@ -132,11 +156,13 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     return metrics
 
 
-def callbacks(config: Config, work: Path, meter: ThroughputMeter) -> list[tf.keras.callbacks.Callback]:
+def callbacks(config: Config, work: Path, resume: ResumeDataPosition,
+              meter: ThroughputMeter) -> list[tf.keras.callbacks.Callback]:
     """Backups for crash-resume, best-epoch checkpoint, early stopping, NaN guard, TensorBoard."""
     every = config.train.backup_every_steps
     return [
         tf.keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq=every if every > 0 else "epoch"),
+        resume,
         tf.keras.callbacks.ModelCheckpoint(str(work / BEST_WEIGHTS), monitor="val_auc", mode="max",
                                            save_best_only=True, save_weights_only=True),
         tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",

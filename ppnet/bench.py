@@ -1,0 +1,479 @@
+"""One benchmark run: quality, training speed, memory and serving latency → one JSON + a markdown table.
+
+``python -m ppnet.bench`` (``make bench``) prepares the KuaiRand slice (or takes ``--data``), trains
+PPNet (both gate modes), the DNN and a one-hot logistic-regression floor over ``--seeds`` seeds,
+measures the input pipeline and the dense-matmul peak of this machine, the peak RSS of a training
+process on the log and on the log repeated 4x, and the serving latency of the export in a plain
+TensorFlow subprocess. Everything goes to ``bench/results/<timestamp>.json``; scratch files live
+in ``bench/tmp/`` and are removed after a successful run. ``--smoke`` runs all of it on a tiny
+synthetic log with a tiny model in well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import ppnet  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+
+from ppnet import data
+from ppnet.config import Config, load_config
+from ppnet.errors import PPNetError
+from ppnet.evaluate import score_split
+from ppnet.features import NumericNormalizer, make_lookup, table_size
+from ppnet.stats import Stats
+from ppnet.train import model_predictor, train
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = Path(__file__).resolve().parent / "configs"
+KUAIRAND = REPO.parent / "shared" / "data" / "kuairand-pure"
+VARIANTS = {"ppnet": ["model.name=ppnet", "model.gate_stop_gradient=shared"],
+            "ppnet_ids": ["model.name=ppnet", "model.gate_stop_gradient=ids"],
+            "dnn": ["model.name=dnn"]}
+LOGREG = "logreg"
+LOGREG_L2 = 1e-6
+QUALITY_KEYS = ("auc", "gauc", "logloss")
+SMOKE_ROWS = 4000
+SMOKE_OVERRIDES = ["model.hidden_units=[16]", "model.gate_hidden=8", "train.epochs=1", "train.batch_size=256",
+                   "train.learning_rate=1e-2", "data.shuffle_buffer=2048", "train.backup_every_steps=0"]
+SERVING_REPEATS = {1: 200, 64: 200, 1024: 50}
+SMOKE_SERVING_REPEATS = {1: 20, 64: 20, 1024: 5}
+PACKAGES = ("tensorflow", "tf-keras", "tensorflow-recommenders", "pyarrow", "numpy", "pandas")
+
+# Runs a command and prints its peak RSS (KiB). A wrapper, because a child forked from this large
+# process would inherit this process's RSS high-water mark in its own ru_maxrss.
+RSS_WRAPPER = r'''
+import resource, subprocess, sys
+with open(sys.argv[1], "w") as log:
+    code = subprocess.call(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(code)
+'''
+# Run by a separate interpreter: TensorFlow alone, no ppnet, no TF_USE_LEGACY_KERAS (as TF Serving).
+SERVING_SCRIPT = r'''
+import json, os, sys, time
+import numpy as np
+import tensorflow as tf
+
+
+def latency(serve, inputs, repeats):
+    """p50/p99 of one call (outputs fetched) after warm-up calls, and rows/sec over all repeats."""
+    for _ in range(10):
+        serve(**inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        [value.numpy() for value in serve(**inputs).values()]
+        times.append(time.perf_counter() - start)
+    rows = int(next(iter(inputs.values())).shape[0])
+    return {"rows": rows, "repeats": repeats, "p50_ms": 1e3 * float(np.percentile(times, 50)),
+            "p99_ms": 1e3 * float(np.percentile(times, 99)), "rows_per_sec": rows * repeats / float(np.sum(times))}
+
+
+def bench(model_dir, columns, repeats):
+    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    return {str(n): latency(serve, {k: tf.constant(v[:n]) for k, v in columns.items()}, r) for n, r in repeats.items()}
+
+
+rows_path, model_dir, trivial_dir, out_path, repeats = sys.argv[1:6]
+repeats = {int(n): r for n, r in json.loads(repeats).items()}
+rows = dict(np.load(rows_path))
+trivial = {"x": np.linspace(0.0, 1.0, max(repeats), dtype=np.float32)}
+result = {"model": bench(model_dir, rows, repeats), "trivial": bench(trivial_dir, trivial, repeats),
+          "ppnet_imported": "ppnet" in sys.modules, "tf_use_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS")}
+with open(out_path, "w") as f:
+    json.dump(result, f)
+'''
+
+
+# --- machine -------------------------------------------------------------------------------------
+
+def machine_info() -> dict:
+    """CPU model, cores, memory and platform of this machine."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return {"cpu": models[0] if models else platform.processor(), "cores": os.cpu_count(),
+            "affinity_cores": len(os.sched_getaffinity(0)), "memory_bytes": pages,
+            "platform": platform.platform()}
+
+
+def versions() -> dict:
+    """Python, ppnet and library versions, and the git commit of the repository."""
+    found = {"python": platform.python_version(), "ppnet": ppnet.__version__}
+    found.update({name: importlib.metadata.version(name) for name in PACKAGES})
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    found["git_commit"] = git.stdout.strip() if git.returncode == 0 else None
+    return found
+
+
+def matmul_peak_flops(n: int = 1024, repeats: int = 10) -> float:
+    """Best dense float32 matmul FLOP/s of an ``n x n`` by ``n x n`` product in a ``tf.function``."""
+    a, b = tf.random.uniform([n, n]), tf.random.uniform([n, n])
+    product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
+    product().numpy()  # trace and warm up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product().numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def prepare_data(args: argparse.Namespace, work: Path) -> list[tuple[str, str, Path]]:
+    """(name, parquet path, config) of every log to benchmark, preparing them under ``work``."""
+    from ppnet.synthetic import write_synthetic
+
+    if args.smoke:
+        write_synthetic(work / "synthetic", rows=SMOKE_ROWS, seed=0)
+        return [("synthetic", str(work / "synthetic"), CONFIGS / "default.toml")]
+    if args.data:
+        logs = [(Path(args.data).name, args.data, Path(args.config))]
+    elif not KUAIRAND.is_dir():
+        raise PPNetError(f"{KUAIRAND}: KuaiRand slice not found; pass --data PATH --config TOML, or --smoke")
+    else:
+        from ppnet.datasets.kuairand import prepare_kuairand
+
+        prepare_kuairand(sorted(KUAIRAND.glob("log_standard_*.csv")), KUAIRAND / "user_features_pure.csv",
+                         KUAIRAND / "video_features_basic_pure.csv", work / "kuairand")
+        logs = [("kuairand", str(work / "kuairand"), Path(args.config))]
+    if args.synthetic:
+        write_synthetic(work / "synthetic", seed=0)
+        logs.append(("synthetic", str(work / "synthetic"), CONFIGS / "default.toml"))
+    return logs
+
+
+def repeat_log(data_path: str, out: Path, times: int = 4) -> Path:
+    """Every parquet file of the log written ``times`` times under different names (same dates)."""
+    out.mkdir(parents=True)
+    for i, file in enumerate(data.resolve_files(data_path)):
+        for copy in range(times):
+            shutil.copyfile(file, out / f"copy{copy}-{i:04d}-{file.name}")
+    return out
+
+
+def serving_rows(split: data.Split, kinds: dict[str, str], label: str, rows: int, out: Path) -> Path:
+    """The first ``rows`` validation rows (cycled if fewer) as an .npz of serving inputs."""
+    features, _ = next(data.iter_batches(split, kinds, label, rows))
+    columns = {name: np.resize(values.astype(str) if values.dtype == object else values, rows)
+               for name, values in features.items()}
+    np.savez(out, **columns)
+    return out
+
+
+# --- quality -------------------------------------------------------------------------------------
+
+class LogisticRegression(tf.keras.Model):
+    """One-hot logistic regression: one weight per vocabulary entry (a 1-d embedding), linear numerics.
+
+    The lookups and normalisers are ppnet's own, so it sees exactly the features the ranker sees.
+    """
+
+    def __init__(self, config: Config, stats: Stats, l2: float = LOGREG_L2):
+        super().__init__(name="logistic_regression")
+        categorical = [f for f in config.features if f.kind != "numeric"]
+        self.lookups = {f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name))
+                        for f in categorical}
+        self.tables = {name: tf.keras.layers.Embedding(table_size(lookup), 1, embeddings_initializer="zeros",
+                                                         embeddings_regularizer=tf.keras.regularizers.L2(l2))
+                         for name, lookup in self.lookups.items()}
+        self.normalizers = {f.name: NumericNormalizer(*stats.numeric[f.name], log1p=f.log1p)
+                            for f in config.features if f.kind == "numeric"}
+        rate = min(max(stats.positive_rate, 1e-6), 1 - 1e-6)
+        bias = tf.keras.initializers.Constant(math.log(rate / (1 - rate)))  # the training CTR, as the ranker
+        self.linear = tf.keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer=bias,
+                                            kernel_regularizer=tf.keras.regularizers.L2(l2))
+
+    def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        rows = tf.shape(next(iter(features.values())))[0]
+        numeric = [norm(features[name]) for name, norm in self.normalizers.items()] or [tf.zeros([rows, 1])]
+        terms = [table(self.lookups[name](features[name])) for name, table in self.tables.items()]
+        return tf.squeeze(tf.add_n([self.linear(tf.concat(numeric, axis=-1)), *terms]), axis=-1)
+
+
+def train_logreg(config: Config, stats: Stats, splits: tuple[data.Split, data.Split], kinds: dict[str, str],
+                 seed: int) -> dict:
+    """Fit the logistic-regression floor (Adam, at most 2 epochs) and report its validation metrics."""
+    tf.keras.utils.set_random_seed(seed)
+    model = LogisticRegression(config, stats)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2),
+                  loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+    label, batch = config.data.label, config.train.batch_size
+    model.fit(data.make_dataset(splits[0], kinds, label, batch, config.data.shuffle_buffer, seed),
+              epochs=min(2, config.train.epochs), verbose=0)
+    return score_split(model_predictor(model), splits[1], kinds, label, config.data.user_column)
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per-seed auc/gauc/logloss and their mean and (population) std."""
+    summary = {"runs": [{key: run[key] for key in ("seed", *QUALITY_KEYS)} for run in runs]}
+    for key in QUALITY_KEYS:
+        values = np.array([run[key] for run in runs], dtype=np.float64)
+        summary[key] = {"mean": float(values.mean()), "std": float(values.std())}
+    return summary
+
+
+def quality(name: str, data_path: str, config_path: Path, overrides: list[str], seeds: list[int],
+            work: Path) -> tuple[dict, dict[str, Path]]:
+    """Train every variant for every seed, plus the LR floor: summaries and the run dir of the first of each."""
+    runs: dict[str, list[dict]] = {}
+    first: dict[str, Path] = {}
+    for variant, sets in VARIANTS.items():
+        for seed in seeds:
+            out = work / "runs" / f"{name}-{variant}-s{seed}"
+            config = load_config(config_path, [*overrides, *sets, f"train.seed={seed}"])
+            runs.setdefault(variant, []).append({"seed": seed, **train(config, data_path, out)})
+            first.setdefault(variant, out)
+    config = load_config(config_path, overrides)
+    splits = data.make_splits(config, data_path, None)
+    kinds = data.input_kinds(config, list(splits[0].files))
+    stats = Stats.load(first["ppnet"] / "stats.json")
+    runs[LOGREG] = [{"seed": seed, **train_logreg(config, stats, splits, kinds, seed)} for seed in seeds]
+    return {variant: summarise(results) for variant, results in runs.items()}, first
+
+
+# --- speed ---------------------------------------------------------------------------------------
+
+def forward_flops(config: Config) -> int:
+    """Analytic forward FLOPs per example: ``2 * in * out`` per Dense of the tower and the gates.
+
+    Embedding lookups, activations and the gates' element-wise products are ignored.
+    """
+    model = config.model
+    width = sum(f.dim if f.kind != "numeric" else 1 for f in config.features)
+    inputs = [width, *model.hidden_units]  # input width of each Dense layer of the tower
+    flops = sum(2 * a * b for a, b in zip(inputs, [*model.hidden_units, 1]))
+    if model.name != "ppnet":
+        return flops
+    gate_width = width + (sum(config.feature(p).dim for p in model.personal_ids)
+                          if model.gate_stop_gradient == "shared" else 0)
+    return flops + sum(2 * gate_width * model.gate_hidden + 2 * model.gate_hidden * w for w in inputs)
+
+
+def input_pipeline_rate(config: Config, data_path: str) -> float:
+    """Examples/sec of one epoch of the training ``make_dataset`` alone, after its first batch."""
+    train_split, _ = data.make_splits(config, data_path, None)
+    kinds = data.input_kinds(config, list(train_split.files))
+    dataset = data.make_dataset(train_split, kinds, config.data.label, config.train.batch_size,
+                                config.data.shuffle_buffer, config.train.seed)
+    batches = iter(dataset)
+    next(batches)
+    rows, start = 0, time.perf_counter()
+    for _, labels in batches:
+        rows += int(labels.shape[0])
+    return rows / (time.perf_counter() - start)
+
+
+def speed(config: Config, data_path: str, train_rate: float, peak_flops: float) -> dict:
+    """Training and input-pipeline throughput, and the training FLOP utilisation of the matmul peak."""
+    forward = forward_flops(config)
+    return {"train_examples_per_sec": train_rate, "input_examples_per_sec": input_pipeline_rate(config, data_path),
+            "forward_flops_per_example": forward, "train_flops_per_example": 3 * forward,
+            "train_flops_per_sec": 3 * forward * train_rate, "matmul_peak_flops_per_sec": peak_flops,
+            "flop_utilisation": 3 * forward * train_rate / peak_flops}
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+def start_measured(command: list[str], log_path: Path) -> subprocess.Popen:
+    """Start ``command`` under the peak-RSS wrapper; its stdout will be the peak RSS in KiB."""
+    return subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, str(log_path), *command], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def rss_bytes(process: subprocess.Popen, log_path: Path) -> int:
+    """Wait for a ``start_measured`` wrapper and return the peak RSS in bytes; fail with the log's tail."""
+    stdout, _ = process.communicate()
+    if process.returncode != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
+        raise RuntimeError(f"{' '.join(map(str, process.args))} exited with {process.returncode}:\n{tail}")
+    return int(stdout.split()[-1]) * 1024  # Linux reports KiB
+
+
+def memory(name: str, data_path: str, config_path: Path, overrides: list[str], work: Path) -> dict:
+    """Peak RSS of one-epoch ``ppnet train`` subprocesses on the log and on the log repeated 4x.
+
+    The two run side by side (RSS is per process, so they do not disturb each other's figure).
+    """
+    sets = [arg for item in [*overrides, *VARIANTS["ppnet"], "train.epochs=1"] for arg in ("--set", item)]
+    paths = {"1x": data_path, "4x": str(repeat_log(data_path, work / f"{name}-x4"))}
+    outs = {copies: work / "runs" / f"{name}-memory-{copies}" for copies in paths}
+    logs = {copies: work / f"{name}-memory-{copies}.log" for copies in paths}
+    processes = {copies: start_measured([sys.executable, "-m", "ppnet.cli", "train", "--config", str(config_path),
+                                   "--data", path, "--out", str(outs[copies]), *sets], logs[copies])
+                 for copies, path in paths.items()}
+    result = {}
+    for copies, process in processes.items():
+        result[f"peak_rss_{copies}_bytes"] = rss_bytes(process, logs[copies])
+        result[f"train_rows_{copies}"] = json.loads((outs[copies] / "metrics.json").read_text())["train_rows"]
+    result["ratio_4x_1x"] = result["peak_rss_4x_bytes"] / result["peak_rss_1x_bytes"]
+    return result
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+class Multiply(tf.Module):
+    """The trivial SavedModel: ``y = 2 x`` on a ``[None]`` float32 input (TF's call-overhead floor)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": 2.0 * x}
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def serving(run: Path, config: Config, data_path: str, repeats: dict[int, int], work: Path) -> dict:
+    """Latency of the run's export and of a trivial SavedModel, in a plain TensorFlow subprocess."""
+    export = run / json.loads((run / "metrics.json").read_text())["export"]
+    _, valid_split = data.make_splits(config, data_path, None)
+    kinds = data.input_kinds(config, list(valid_split.files))
+    rows = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows.npz")
+    trivial = Multiply()
+    tf.saved_model.save(trivial, str(work / "trivial"), signatures={"serving_default": trivial.serve})
+    out = work / f"{run.name}-serving.json"
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    command = [sys.executable, "-c", SERVING_SCRIPT, str(rows), str(export), str(work / "trivial"), str(out),
+               json.dumps(repeats)]
+    subprocess.run(command, env=env, cwd=work, check=True, stdout=subprocess.DEVNULL)
+    shutil.rmtree(work / "trivial")
+    return {"export_bytes": directory_bytes(export), **json.loads(out.read_text())}
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def bench_log(name: str, data_path: str, config_path: Path, args: argparse.Namespace, peak_flops: float,
+              work: Path) -> dict:
+    """Every measure on one log, with the wall seconds each took."""
+    overrides = [*(SMOKE_OVERRIDES if args.smoke else []), *args.set]
+    config = load_config(config_path, overrides)
+    seeds = [config.train.seed + i for i in range(1 if args.smoke else args.seeds)]
+    clock = Stopwatch()
+    scores, first = clock("quality", quality, name, data_path, config_path, overrides, seeds, work)
+    ppnet_config = load_config(config_path, [*overrides, *VARIANTS["ppnet"], f"train.seed={seeds[0]}"])
+    train_rate = json.loads((first["ppnet"] / "metrics.json").read_text())["examples_per_sec"]
+    repeats = SMOKE_SERVING_REPEATS if args.smoke else SERVING_REPEATS
+    return {"data": data_path, "config_path": str(config_path), "overrides": overrides, "seeds": seeds,
+            "config": ppnet_config.to_dict(), "quality": scores,
+            "speed": clock("speed", speed, ppnet_config, data_path, train_rate, peak_flops),
+            "memory": clock("memory", memory, name, data_path, config_path, overrides, work),
+            "serving": clock("serving", serving, first["ppnet"], ppnet_config, data_path, repeats, work),
+            "seconds": clock.seconds}
+
+
+class Stopwatch:
+    """Calls functions and records the wall seconds of each under a name."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, function, *args):
+        start = time.perf_counter()
+        result = function(*args)
+        self.seconds[name] = time.perf_counter() - start
+        return result
+
+
+def markdown(result: dict) -> str:
+    """The result as markdown: per log, one table per measure."""
+    lines = [f"# ppnet bench {result['timestamp']}",
+             f"{result['machine']['cpu']}, {result['machine']['cores']} cores, "
+             f"{result['machine']['memory_bytes'] / 2 ** 30:.1f} GiB; TF {result['versions']['tensorflow']}; "
+             f"matmul peak {result['machine']['matmul_peak_flops_per_sec'] / 1e9:.1f} GFLOP/s"]
+    for name, log in result["logs"].items():
+        lines += ["", f"## {name} ({log['data']})", *quality_table(log["quality"]), *speed_table(log["speed"]),
+                  *memory_table(log["memory"]), *serving_table(log["serving"])]
+    return "\n".join(lines)
+
+
+def quality_table(scores: dict) -> Iterator[str]:
+    yield from ["", "### Quality (validation, mean ± std over seeds)", "",
+                "| model | auc | gauc | logloss |", "| --- | --- | --- | --- |"]
+    for variant, summary in scores.items():
+        cells = [f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in QUALITY_KEYS]
+        yield f"| {variant} | {' | '.join(cells)} |"
+
+
+def speed_table(figures: dict) -> Iterator[str]:
+    yield from ["", "### Training speed (ppnet)", "", "| measure | value |", "| --- | --- |",
+                f"| training examples/sec | {figures['train_examples_per_sec']:,.0f} |",
+                f"| input pipeline examples/sec | {figures['input_examples_per_sec']:,.0f} |",
+                f"| training FLOPs/example | {figures['train_flops_per_example']:,} |",
+                f"| training GFLOP/s | {figures['train_flops_per_sec'] / 1e9:.2f} |",
+                f"| FLOP utilisation of matmul peak | {100 * figures['flop_utilisation']:.2f}% |"]
+
+
+def memory_table(figures: dict) -> Iterator[str]:
+    yield from ["", "### Memory (peak RSS of `ppnet train`, 1 epoch)", "", "| log | train rows | peak RSS MiB |",
+                "| --- | --- | --- |"]
+    for copies in ("1x", "4x"):
+        mib = figures[f"peak_rss_{copies}_bytes"] / 2 ** 20
+        yield f"| {copies} | {figures[f'train_rows_{copies}']:,} | {mib:,.0f} |"
+    yield f"| ratio 4x / 1x | | {figures['ratio_4x_1x']:.2f} |"
+
+
+def serving_table(figures: dict) -> Iterator[str]:
+    yield from ["", f"### Serving (`serving_default`, export {figures['export_bytes'] / 2 ** 20:.1f} MiB)", "",
+                "| model | batch | p50 ms | p99 ms | rows/sec |", "| --- | --- | --- | --- | --- |"]
+    for model in ("model", "trivial"):
+        for batch, t in figures[model].items():
+            yield f"| {model} | {batch} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} | {t['rows_per_sec']:,.0f} |"
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="python -m ppnet.bench", description=__doc__.splitlines()[0])
+    cli.add_argument("--data", help="a prepared parquet log (default: the KuaiRand slice in ../shared/data)")
+    cli.add_argument("--config", default=str(CONFIGS / "kuairand.toml"), help="TOML config for --data")
+    cli.add_argument("--synthetic", action="store_true", help="also benchmark the embedded synthetic log")
+    cli.add_argument("--seeds", type=int, default=3, help="training seeds per model (default 3)")
+    cli.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    cli.add_argument("--smoke", action="store_true",
+                     help=f"tiny synthetic log ({SMOKE_ROWS} rows), tiny model, 1 seed; ignores --data/--synthetic")
+    cli.add_argument("--results", default=str(REPO / "bench" / "results"), help="directory for the JSON")
+    return cli
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the benchmark, write ``RESULTS/<timestamp>.json``, print the markdown table; return the JSON path."""
+    args = parser().parse_args(argv)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = REPO / "bench" / "tmp" / f"{stamp}-{os.getpid()}"
+    work.mkdir(parents=True)
+    started = time.perf_counter()
+    result = {"timestamp": stamp, "args": vars(args), "versions": versions(),
+              "machine": {**machine_info(), "matmul_peak_flops_per_sec": matmul_peak_flops()}}
+    peak = result["machine"]["matmul_peak_flops_per_sec"]
+    result["logs"] = {name: bench_log(name, path, config, args, peak, work)
+                      for name, path, config in prepare_data(args, work)}
+    result["seconds"] = time.perf_counter() - started
+    out = Path(args.results) / f"{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    shutil.rmtree(work)
+    print(markdown(result))
+    print(f"\nwritten to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except PPNetError as err:
+        sys.exit(f"ppnet.bench: error: {err}")

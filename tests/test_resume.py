@@ -1,0 +1,74 @@
+"""Crash and resume: a training process killed with SIGKILL mid-epoch resumes from its last backup."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ppnet.synthetic import write_synthetic
+from tests.conftest import DEFAULT_CONFIG
+
+BACKUP_EVERY = 20
+SETTINGS = ["model.hidden_units=[32, 16]", "model.gate_hidden=8", "train.batch_size=128", "train.epochs=2",
+            f"train.backup_every_steps={BACKUP_EVERY}", "data.shuffle_buffer=8192"]
+
+
+def train_command(data, out, *extra):
+    sets = [arg for item in SETTINGS for arg in ("--set", item)]
+    return [sys.executable, "-m", "ppnet.cli", "train", "--config", str(DEFAULT_CONFIG), "--data", str(data),
+            "--out", str(out), *sets, *extra]
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "log"
+    write_synthetic(out, rows=30_000, seed=3)
+    return out
+
+
+def test_killed_run_resumes_mid_epoch_and_finishes_like_an_uninterrupted_one(log_dir, tmp_path):
+    run = tmp_path / "run"
+    backup = tmp_path / "run.partial" / "backup"
+    first = subprocess.Popen(train_command(log_dir, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not backup.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # a few more steps past the first backup
+    first.send_signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL, "training finished before it could be killed"
+    assert not run.exists() and backup.exists()
+
+    resumed = subprocess.run(train_command(log_dir, run), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    match = re.search(r"resuming at epoch (\d+), step (\d+)", resumed.stderr)
+    assert match, "the second run restarted instead of resuming"
+    epoch, step = map(int, match.groups())
+    assert epoch >= 1 and (step > 0 or epoch > 1) and step % BACKUP_EVERY == 0
+    resumed_metrics = json.loads((run / "metrics.json").read_text())
+    assert (run / "export" / "1" / "saved_model.pb").is_file()
+    assert not (tmp_path / "run.partial").exists()
+
+    clean = subprocess.run(train_command(log_dir, tmp_path / "clean"), capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    clean_metrics = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    assert resumed_metrics["rows"] == clean_metrics["rows"]
+    assert resumed_metrics["auc"] == pytest.approx(clean_metrics["auc"], abs=0.01)
+
+
+def test_resume_with_a_different_config_is_refused_and_fresh_starts_over(log_dir, tmp_path):
+    partial = tmp_path / "run.partial"
+    partial.mkdir()
+    (partial / "config.json").write_text(json.dumps({"features": []}))
+    refused = subprocess.run(train_command(log_dir, tmp_path / "run"), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "different config" in refused.stderr and "--fresh" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    fresh = subprocess.run(train_command(log_dir, tmp_path / "run", "--fresh", "--set", "train.epochs=1"),
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert "resuming" not in fresh.stderr and (tmp_path / "run" / "metrics.json").exists()
