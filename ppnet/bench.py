@@ -218,32 +218,34 @@ def train_logreg(config: Config, stats: Stats, splits: tuple[data.Split, data.Sp
     return score_split(model_predictor(model), splits[1], kinds, label, config.data.user_column)
 
 
-def summarise(runs: list[dict]) -> dict:
-    """Per-seed auc/gauc/logloss and their mean and (population) std."""
-    summary = {"runs": [{key: run[key] for key in ("seed", *QUALITY_KEYS)} for run in runs]}
-    for key in QUALITY_KEYS:
-        values = np.array([run[key] for run in runs], dtype=np.float64)
-        summary[key] = {"mean": float(values.mean()), "std": float(values.std())}
-    return summary
-
-
-def quality(name: str, data_path: str, config_path: Path, overrides: list[str], seeds: list[int],
-            work: Path) -> tuple[dict, dict[str, Path]]:
-    """Train every variant for every seed, plus the LR floor: summaries and the run dir of the first of each."""
-    runs: dict[str, list[dict]] = {}
-    first: dict[str, Path] = {}
+def variant_runs(name: str, data_path: str, config_path: Path, overrides: list[str], seeds: list[int],
+                 work: Path) -> Iterator[dict]:
+    """Train every variant (PPNet first) for every seed: each run's metrics with variant, seed and run dir."""
     for variant, sets in VARIANTS.items():
         for seed in seeds:
             out = work / "runs" / f"{name}-{variant}-s{seed}"
             config = load_config(config_path, [*overrides, *sets, f"train.seed={seed}"])
-            runs.setdefault(variant, []).append({"seed": seed, **train(config, data_path, out)})
-            first.setdefault(variant, out)
+            yield {"variant": variant, "seed": seed, "run": out, **train(config, data_path, out)}
+
+
+def logreg_runs(data_path: str, config_path: Path, overrides: list[str], seeds: list[int], stats: Stats) -> list[dict]:
+    """The logistic-regression floor for every seed, on the rankers' splits and statistics."""
     config = load_config(config_path, overrides)
     splits = data.make_splits(config, data_path, None)
     kinds = data.input_kinds(config, list(splits[0].files))
-    stats = Stats.load(first["ppnet"] / "stats.json")
-    runs[LOGREG] = [{"seed": seed, **train_logreg(config, stats, splits, kinds, seed)} for seed in seeds]
-    return {variant: summarise(results) for variant, results in runs.items()}, first
+    return [{"variant": LOGREG, "seed": seed, **train_logreg(config, stats, splits, kinds, seed)} for seed in seeds]
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per variant: per-seed auc/gauc/logloss and their mean and (population) std."""
+    summary: dict[str, dict] = {}
+    for variant in dict.fromkeys(run["variant"] for run in runs):
+        chosen = [run for run in runs if run["variant"] == variant]
+        summary[variant] = {"runs": [{key: run[key] for key in ("seed", *QUALITY_KEYS)} for run in chosen]}
+        for key in QUALITY_KEYS:
+            values = np.array([run[key] for run in chosen], dtype=np.float64)
+            summary[variant][key] = {"mean": float(values.mean()), "std": float(values.std())}
+    return summary
 
 
 # --- speed ---------------------------------------------------------------------------------------
@@ -304,24 +306,32 @@ def rss_bytes(process: subprocess.Popen, log_path: Path) -> int:
     return int(stdout.split()[-1]) * 1024  # Linux reports KiB
 
 
-def memory(name: str, data_path: str, config_path: Path, overrides: list[str], work: Path) -> dict:
-    """Peak RSS of one-epoch ``ppnet train`` subprocesses on the log and on the log repeated 4x.
+class MemoryRuns:
+    """One-epoch PPNet ``ppnet train`` subprocesses on the log and on the log repeated 4x, started at once.
 
-    The two run side by side (RSS is per process, so they do not disturb each other's figure).
+    They may run side by side with each other and with in-process runs whose speed is not reported:
+    RSS is per process, so that does not change their figures.
     """
-    sets = [arg for item in [*overrides, *VARIANTS["ppnet"], "train.epochs=1"] for arg in ("--set", item)]
-    paths = {"1x": data_path, "4x": str(repeat_log(data_path, work / f"{name}-x4"))}
-    outs = {copies: work / "runs" / f"{name}-memory-{copies}" for copies in paths}
-    logs = {copies: work / f"{name}-memory-{copies}.log" for copies in paths}
-    processes = {copies: start_measured([sys.executable, "-m", "ppnet.cli", "train", "--config", str(config_path),
-                                   "--data", path, "--out", str(outs[copies]), *sets], logs[copies])
-                 for copies, path in paths.items()}
-    result = {}
-    for copies, process in processes.items():
-        result[f"peak_rss_{copies}_bytes"] = rss_bytes(process, logs[copies])
-        result[f"train_rows_{copies}"] = json.loads((outs[copies] / "metrics.json").read_text())["train_rows"]
-    result["ratio_4x_1x"] = result["peak_rss_4x_bytes"] / result["peak_rss_1x_bytes"]
-    return result
+
+    def __init__(self, name: str, data_path: str, config_path: Path, overrides: list[str], work: Path):
+        sets = [arg for item in [*overrides, *VARIANTS["ppnet"], "train.epochs=1"] for arg in ("--set", item)]
+        paths = {"1x": data_path, "4x": str(repeat_log(data_path, work / f"{name}-x4"))}
+        self.outs = {copies: work / "runs" / f"{name}-memory-{copies}" for copies in paths}
+        self.logs = {copies: work / f"{name}-memory-{copies}.log" for copies in paths}
+        self.processes = {copies: start_measured([sys.executable, "-m", "ppnet.cli", "train", "--config",
+                                                  str(config_path), "--data", path, "--out", str(self.outs[copies]),
+                                                  *sets], self.logs[copies])
+                          for copies, path in paths.items()}
+
+    def result(self) -> dict:
+        """Wait for both: peak RSS and training rows of each, and the 4x / 1x RSS ratio."""
+        result = {}
+        for copies, process in self.processes.items():
+            result[f"peak_rss_{copies}_bytes"] = rss_bytes(process, self.logs[copies])
+            metrics = json.loads((self.outs[copies] / "metrics.json").read_text())
+            result[f"train_rows_{copies}"] = metrics["train_rows"]
+        result["ratio_4x_1x"] = result["peak_rss_4x_bytes"] / result["peak_rss_1x_bytes"]
+        return result
 
 
 # --- serving -------------------------------------------------------------------------------------
@@ -359,34 +369,27 @@ def serving(run: Path, config: Config, data_path: str, repeats: dict[int, int], 
 
 def bench_log(name: str, data_path: str, config_path: Path, args: argparse.Namespace, peak_flops: float,
               work: Path) -> dict:
-    """Every measure on one log, with the wall seconds each took."""
+    """Every measure on one log.
+
+    The first PPNet run trains alone (its throughput is reported); the memory subprocesses then run
+    side by side with the remaining quality runs, and speed and serving are measured after both.
+    """
+    start = time.perf_counter()
     overrides = [*(SMOKE_OVERRIDES if args.smoke else []), *args.set]
-    config = load_config(config_path, overrides)
-    seeds = [config.train.seed + i for i in range(1 if args.smoke else args.seeds)]
-    clock = Stopwatch()
-    scores, first = clock("quality", quality, name, data_path, config_path, overrides, seeds, work)
-    ppnet_config = load_config(config_path, [*overrides, *VARIANTS["ppnet"], f"train.seed={seeds[0]}"])
-    train_rate = json.loads((first["ppnet"] / "metrics.json").read_text())["examples_per_sec"]
+    seeds = [load_config(config_path, overrides).train.seed + i for i in range(1 if args.smoke else args.seeds)]
+    runs = variant_runs(name, data_path, config_path, overrides, seeds, work)
+    first = next(runs)
+    memory_runs = MemoryRuns(name, data_path, config_path, overrides, work)
+    results = [first, *runs]
+    results += logreg_runs(data_path, config_path, overrides, seeds, Stats.load(first["run"] / "stats.json"))
+    memory = memory_runs.result()
+    config = load_config(config_path, [*overrides, *VARIANTS["ppnet"], f"train.seed={seeds[0]}"])
     repeats = SMOKE_SERVING_REPEATS if args.smoke else SERVING_REPEATS
     return {"data": data_path, "config_path": str(config_path), "overrides": overrides, "seeds": seeds,
-            "config": ppnet_config.to_dict(), "quality": scores,
-            "speed": clock("speed", speed, ppnet_config, data_path, train_rate, peak_flops),
-            "memory": clock("memory", memory, name, data_path, config_path, overrides, work),
-            "serving": clock("serving", serving, first["ppnet"], ppnet_config, data_path, repeats, work),
-            "seconds": clock.seconds}
-
-
-class Stopwatch:
-    """Calls functions and records the wall seconds of each under a name."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str, function, *args):
-        start = time.perf_counter()
-        result = function(*args)
-        self.seconds[name] = time.perf_counter() - start
-        return result
+            "config": config.to_dict(), "quality": summarise(results),
+            "speed": speed(config, data_path, first["examples_per_sec"], peak_flops), "memory": memory,
+            "serving": serving(first["run"], config, data_path, repeats, work),
+            "seconds": time.perf_counter() - start}
 
 
 def markdown(result: dict) -> str:

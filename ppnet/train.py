@@ -70,11 +70,13 @@ class ThroughputMeter(tf.keras.callbacks.Callback):
         self.steps = 0
         self._start: float | None = None
         self._epoch_steps = 0
+        self.last_step = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start, self._epoch_steps = None, 0
 
     def on_train_batch_end(self, batch, logs=None):
+        self.last_step = batch
         if self._start is None:
             self._start = time.perf_counter()
         else:
@@ -135,9 +137,11 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     history = model.fit(train_ds, validation_data=valid_ds, epochs=config.train.epochs,
                         callbacks=callbacks(config, work, resume, meter), verbose=1 if sys.stdout.isatty() else 2)
     losses = history.history.get("loss", [])
-    if losses and not np.isfinite(losses[-1]):
-        raise PPNetError(f"training loss became {losses[-1]} in epoch {len(losses)}; lower train.learning_rate "
-                         f"or check the numeric features (the last good backup is in {work / 'backup'})")
+    if model.stop_training and losses and not np.isfinite(losses[-1]):
+        raise PPNetError(f"training loss became {losses[-1]} in epoch {len(losses)} (step {meter.last_step}); "
+                         "lower train.learning_rate or check the numeric features; the last good backup is kept "
+                         f"in {work / 'backup'} (rerun with --fresh after changing the config)")
+    shutil.rmtree(work / "backup", ignore_errors=True)
 
     model.load_weights(str(work / BEST_WEIGHTS)).expect_partial()
     valid_auc = history.history.get("val_auc", [])
@@ -161,7 +165,8 @@ def callbacks(config: Config, work: Path, resume: ResumeDataPosition,
     """Backups for crash-resume, best-epoch checkpoint, early stopping, NaN guard, TensorBoard."""
     every = config.train.backup_every_steps
     return [
-        tf.keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq=every if every > 0 else "epoch"),
+        tf.keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq=every if every > 0 else "epoch",
+                                            delete_checkpoint=False),  # kept after a NaN; removed on success
         resume,
         tf.keras.callbacks.ModelCheckpoint(str(work / BEST_WEIGHTS), monitor="val_auc", mode="max",
                                            save_best_only=True, save_weights_only=True),
