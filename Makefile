@@ -31,5 +31,12 @@ train: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
+# Benchmark (quality, speed, memory, serving) → bench/results/<timestamp>.json; see ppnet/bench.py.
+bench: $(STAMP)
+	$(BIN)/python -m ppnet.bench $(ARGS)
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m ppnet.bench --smoke $(ARGS)
+
 clean:
 	rm -rf $(VENV) runs data/synthetic .pytest_cache

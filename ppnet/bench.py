@@ -218,14 +218,15 @@ def train_logreg(config: Config, stats: Stats, splits: tuple[data.Split, data.Sp
     return score_split(model_predictor(model), splits[1], kinds, label, config.data.user_column)
 
 
-def variant_runs(name: str, data_path: str, config_path: Path, overrides: list[str], seeds: list[int],
-                 work: Path) -> Iterator[dict]:
-    """Train every variant (PPNet first) for every seed: each run's metrics with variant, seed and run dir."""
-    for variant, sets in VARIANTS.items():
-        for seed in seeds:
-            out = work / "runs" / f"{name}-{variant}-s{seed}"
-            config = load_config(config_path, [*overrides, *sets, f"train.seed={seed}"])
-            yield {"variant": variant, "seed": seed, "run": out, **train(config, data_path, out)}
+def variant_runs(name: str, data_path: str, config_path: Path, overrides: list[str],
+                 pairs: list[tuple[str, int]], work: Path) -> list[dict]:
+    """Train each (variant, seed) in process: each run's metrics with variant and seed."""
+    results = []
+    for variant, seed in pairs:
+        config = load_config(config_path, [*overrides, *VARIANTS[variant], f"train.seed={seed}"])
+        metrics = train(config, data_path, work / "runs" / f"{name}-{variant}-s{seed}")
+        results.append({"variant": variant, "seed": seed, **metrics})
+    return results
 
 
 def logreg_runs(data_path: str, config_path: Path, overrides: list[str], seeds: list[int], stats: Stats) -> list[dict]:
@@ -291,47 +292,32 @@ def speed(config: Config, data_path: str, train_rate: float, peak_flops: float) 
 
 # --- memory --------------------------------------------------------------------------------------
 
-def start_measured(command: list[str], log_path: Path) -> subprocess.Popen:
-    """Start ``command`` under the peak-RSS wrapper; its stdout will be the peak RSS in KiB."""
-    return subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, str(log_path), *command], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+class TrainProcess:
+    """``python -m ppnet.cli train`` in a subprocess, under a wrapper that reports its peak RSS."""
+
+    def __init__(self, config_path: Path, data_path: str, overrides: list[str], out: Path):
+        self.out, self.log = out, out.with_name(out.name + ".log")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sets = [arg for item in overrides for arg in ("--set", item)]
+        command = [sys.executable, "-m", "ppnet.cli", "train", "--config", str(config_path), "--data", data_path,
+                   "--out", str(out), *sets]
+        self.process = subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, str(self.log), *command], cwd=REPO,
+                                        stdout=subprocess.PIPE, text=True)
+
+    def wait(self) -> tuple[int, dict]:
+        """Peak RSS in bytes and the run's metrics.json; fails with the tail of the run's log."""
+        stdout, _ = self.process.communicate()
+        if self.process.returncode != 0:
+            tail = "".join(self.log.read_text().splitlines(keepends=True)[-20:])
+            raise RuntimeError(f"ppnet train --out {self.out} exited with {self.process.returncode}:\n{tail}")
+        return int(stdout.split()[-1]) * 1024, json.loads((self.out / "metrics.json").read_text())  # KiB → bytes
 
 
-def rss_bytes(process: subprocess.Popen, log_path: Path) -> int:
-    """Wait for a ``start_measured`` wrapper and return the peak RSS in bytes; fail with the log's tail."""
-    stdout, _ = process.communicate()
-    if process.returncode != 0:
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
-        raise RuntimeError(f"{' '.join(map(str, process.args))} exited with {process.returncode}:\n{tail}")
-    return int(stdout.split()[-1]) * 1024  # Linux reports KiB
-
-
-class MemoryRuns:
-    """One-epoch PPNet ``ppnet train`` subprocesses on the log and on the log repeated 4x, started at once.
-
-    They may run side by side with each other and with in-process runs whose speed is not reported:
-    RSS is per process, so that does not change their figures.
-    """
-
-    def __init__(self, name: str, data_path: str, config_path: Path, overrides: list[str], work: Path):
-        sets = [arg for item in [*overrides, *VARIANTS["ppnet"], "train.epochs=1"] for arg in ("--set", item)]
-        paths = {"1x": data_path, "4x": str(repeat_log(data_path, work / f"{name}-x4"))}
-        self.outs = {copies: work / "runs" / f"{name}-memory-{copies}" for copies in paths}
-        self.logs = {copies: work / f"{name}-memory-{copies}.log" for copies in paths}
-        self.processes = {copies: start_measured([sys.executable, "-m", "ppnet.cli", "train", "--config",
-                                                  str(config_path), "--data", path, "--out", str(self.outs[copies]),
-                                                  *sets], self.logs[copies])
-                          for copies, path in paths.items()}
-
-    def result(self) -> dict:
-        """Wait for both: peak RSS and training rows of each, and the 4x / 1x RSS ratio."""
-        result = {}
-        for copies, process in self.processes.items():
-            result[f"peak_rss_{copies}_bytes"] = rss_bytes(process, self.logs[copies])
-            metrics = json.loads((self.outs[copies] / "metrics.json").read_text())
-            result[f"train_rows_{copies}"] = metrics["train_rows"]
-        result["ratio_4x_1x"] = result["peak_rss_4x_bytes"] / result["peak_rss_1x_bytes"]
-        return result
+def memory(rss_1x: int, metrics_1x: dict, run_4x: TrainProcess) -> dict:
+    """Peak RSS and training rows on the log and on the log repeated 4x, and the 4x / 1x RSS ratio."""
+    rss_4x, metrics_4x = run_4x.wait()
+    return {"peak_rss_1x_bytes": rss_1x, "train_rows_1x": metrics_1x["train_rows"],
+            "peak_rss_4x_bytes": rss_4x, "train_rows_4x": metrics_4x["train_rows"], "ratio_4x_1x": rss_4x / rss_1x}
 
 
 # --- serving -------------------------------------------------------------------------------------
@@ -371,24 +357,29 @@ def bench_log(name: str, data_path: str, config_path: Path, args: argparse.Names
               work: Path) -> dict:
     """Every measure on one log.
 
-    The first PPNet run trains alone (its throughput is reported); the memory subprocesses then run
-    side by side with the remaining quality runs, and speed and serving are measured after both.
+    The first PPNet seed trains alone in a ``ppnet train`` subprocess: its quality, its throughput
+    and its peak RSS. The 4x-log subprocess then runs side by side with the other quality runs
+    (trained in process; their speed is not reported, and RSS is per process); speed and serving
+    are measured after both.
     """
     start = time.perf_counter()
     overrides = [*(SMOKE_OVERRIDES if args.smoke else []), *args.set]
     seeds = [load_config(config_path, overrides).train.seed + i for i in range(1 if args.smoke else args.seeds)]
-    runs = variant_runs(name, data_path, config_path, overrides, seeds, work)
-    first = next(runs)
-    memory_runs = MemoryRuns(name, data_path, config_path, overrides, work)
-    results = [first, *runs]
-    results += logreg_runs(data_path, config_path, overrides, seeds, Stats.load(first["run"] / "stats.json"))
-    memory = memory_runs.result()
-    config = load_config(config_path, [*overrides, *VARIANTS["ppnet"], f"train.seed={seeds[0]}"])
+    first_sets = [*overrides, *VARIANTS["ppnet"], f"train.seed={seeds[0]}"]
+    first_run = work / "runs" / f"{name}-ppnet-s{seeds[0]}"
+    rss_1x, first = TrainProcess(config_path, data_path, first_sets, first_run).wait()
+    run_4x = TrainProcess(config_path, str(repeat_log(data_path, work / f"{name}-x4")), first_sets,
+                          work / "runs" / f"{name}-ppnet-x4")
+    pairs = [(variant, seed) for variant in VARIANTS for seed in seeds][1:]
+    results = [{"variant": "ppnet", "seed": seeds[0], **first},
+               *variant_runs(name, data_path, config_path, overrides, pairs, work),
+               *logreg_runs(data_path, config_path, overrides, seeds, Stats.load(first_run / "stats.json"))]
+    config = load_config(config_path, first_sets)
     repeats = SMOKE_SERVING_REPEATS if args.smoke else SERVING_REPEATS
     return {"data": data_path, "config_path": str(config_path), "overrides": overrides, "seeds": seeds,
-            "config": config.to_dict(), "quality": summarise(results),
-            "speed": speed(config, data_path, first["examples_per_sec"], peak_flops), "memory": memory,
-            "serving": serving(first["run"], config, data_path, repeats, work),
+            "config": config.to_dict(), "quality": summarise(results), "memory": memory(rss_1x, first, run_4x),
+            "speed": speed(config, data_path, first["examples_per_sec"], peak_flops),
+            "serving": serving(first_run, config, data_path, repeats, work),
             "seconds": time.perf_counter() - start}
 
 
@@ -422,7 +413,7 @@ def speed_table(figures: dict) -> Iterator[str]:
 
 
 def memory_table(figures: dict) -> Iterator[str]:
-    yield from ["", "### Memory (peak RSS of `ppnet train`, 1 epoch)", "", "| log | train rows | peak RSS MiB |",
+    yield from ["", "### Memory (peak RSS of `ppnet train`, PPNet)", "", "| log | train rows | peak RSS MiB |",
                 "| --- | --- | --- |"]
     for copies in ("1x", "4x"):
         mib = figures[f"peak_rss_{copies}_bytes"] / 2 ** 20

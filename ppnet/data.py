@@ -142,9 +142,14 @@ def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> t
             Split(train_files, field >= cutoff, f"{data} [{column} >= {cutoff}]"))
 
 
-def check_labels(split: Split, label: str) -> int:
-    """Count rows, failing on null or non-0/1 labels with the file and the number of bad rows."""
+def check_labels(split: Split, label: str, need_both_classes: bool = False) -> int:
+    """Count rows, failing on null or non-0/1 labels with the file and the number of bad rows.
+
+    ``need_both_classes`` (validation and evaluation data): all-click or all-non-click data has
+    no AUC, which is reported before any training or scoring rather than as a NaN at the end.
+    """
     rows: dict[Path, list[int]] = {}
+    positives = 0
     for file, batch in split.batches([label]):
         column = batch.column(0)
         if column_kind(column.type) not in (INT, FLOAT):
@@ -154,12 +159,16 @@ def check_labels(split: Split, label: str) -> int:
         counts = rows.setdefault(file, [0, 0])
         counts[0] += batch.num_rows
         counts[1] += bad
+        positives += pc.sum(pc.equal(values, 1.0)).as_py() or 0
     for file, (_, bad) in rows.items():
         if bad:
             raise PPNetError(f"{file}: label column {label!r} has {bad} null or non-0/1 value(s); expected 0 or 1")
     total = sum(n for n, _ in rows.values())
     if total == 0:
         raise PPNetError(f"{split.description}: no rows")
+    if need_both_classes and positives in (0, total):
+        raise PPNetError(f"{split.description}: every {label!r} is {int(positives > 0)} ({total} rows); AUC is "
+                         "undefined with a single class, use data with both clicks and non-clicks")
     return total
 
 

@@ -70,5 +70,5 @@ def evaluate_export(model_dir: str | Path, data_path: str | Path, label: str | N
         missing = [c for c in [*meta["inputs"], label, user_column] if c not in data.read_schema(file).names]
         if missing:
             raise PPNetError(f"{file}: column(s) {missing} missing (the model expects them)")
-    data.check_labels(split, label)
+    data.check_labels(split, label, need_both_classes=True)
     return score_split(predict, split, meta["inputs"], label, user_column)

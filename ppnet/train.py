@@ -118,7 +118,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     label = config.data.label
     kinds = data.input_kinds(config, list(train_split.files) + list(valid_split.files))
     train_rows = data.check_labels(train_split, label)
-    data.check_labels(valid_split, label)
+    data.check_labels(valid_split, label, need_both_classes=True)
     stats = compute_stats(config, train_split, kinds)
     work = prepare_run_dir(out, config, overwrite, fresh)
     stats.save(work / "stats.json")

@@ -15,3 +15,19 @@ def test_nan_loss_stops_with_step_and_hint_and_keeps_the_backup(synthetic_dir, t
     assert not (tmp_path / "run").exists()
     assert any((tmp_path / "run.partial" / "backup").rglob("*")), "the last good backup was deleted"
 
+
+
+def test_single_class_validation_day_is_refused_before_training(synthetic_dir, tmp_path):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    log = tmp_path / "log"
+    log.mkdir()
+    files = sorted(synthetic_dir.glob("*.parquet"))
+    for file in files[:-1]:
+        (log / file.name).write_bytes(file.read_bytes())
+    last = pq.read_table(files[-1])
+    pq.write_table(last.filter(pc.equal(last["is_click"], 0)), log / files[-1].name)
+    with pytest.raises(PPNetError, match=r"AUC is undefined"):
+        train(small_config(), str(log), tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
