@@ -1,12 +1,20 @@
 """One benchmark run: quality, training speed, memory and serving latency → one JSON + a markdown table.
 
-``python -m ppnet.bench`` (``make bench``) prepares the KuaiRand slice (or takes ``--data``), trains
-PPNet (both gate modes), the DNN and a one-hot logistic-regression floor over ``--seeds`` seeds,
-measures the input pipeline and the dense-matmul peak of this machine, the peak RSS of a training
-process on the log and on the log repeated 4x, and the serving latency of the export in a plain
-TensorFlow subprocess. Everything goes to ``bench/results/<timestamp>.json``; scratch files live
-in ``bench/tmp/`` and are removed after a successful run. ``--smoke`` runs all of it on a tiny
-synthetic log with a tiny model in well under a minute.
+``python -m ppnet.bench`` (``make bench``) prepares the KuaiRand slice (or takes ``--data``; with
+``--synthetic`` also the embedded synthetic log) and measures on each log:
+
+* quality: PPNet (``gate_stop_gradient`` shared and ids), the DNN and a one-hot logistic-regression
+  floor, over ``--seeds`` seeds: mean and std of validation auc, gauc, logloss;
+* training speed: the first PPNet run's steady-state examples/sec, the input pipeline alone, and
+  the analytic training FLOP/s as a fraction of this machine's dense float32 matmul peak;
+* memory: peak RSS of ``ppnet train`` subprocesses on the log and on the log repeated 4x;
+* serving: p50/p99 latency of the export's ``serving_default`` for batches of 1, 64 and 1024 rows,
+  in a plain TensorFlow subprocess, next to a trivial SavedModel (TF's call-overhead floor).
+
+Machine, versions, config and every figure go to ``bench/results/<timestamp>.json`` (``--results``)
+and a markdown table is printed. Scratch files live in ``bench/tmp/`` and are removed after a
+successful run. ``--smoke`` runs all of it on a tiny synthetic log with a tiny model in well under a
+minute.
 """
 
 from __future__ import annotations
@@ -18,13 +26,14 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
-import ppnet  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import ppnet  # first: sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import numpy as np
 import tensorflow as tf
 
@@ -114,8 +123,10 @@ def versions() -> dict:
     """Python, ppnet and library versions, and the git commit of the repository."""
     found = {"python": platform.python_version(), "ppnet": ppnet.__version__}
     found.update({name: importlib.metadata.version(name) for name in PACKAGES})
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    found["git_commit"] = git.stdout.strip() if git.returncode == 0 else None
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True)
+    found["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+    found["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
     return found
 
 
@@ -189,8 +200,8 @@ class LogisticRegression(tf.keras.Model):
         self.lookups = {f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name))
                         for f in categorical}
         self.tables = {name: tf.keras.layers.Embedding(table_size(lookup), 1, embeddings_initializer="zeros",
-                                                         embeddings_regularizer=tf.keras.regularizers.L2(l2))
-                         for name, lookup in self.lookups.items()}
+                                                       embeddings_regularizer=tf.keras.regularizers.L2(l2))
+                       for name, lookup in self.lookups.items()}
         self.normalizers = {f.name: NumericNormalizer(*stats.numeric[f.name], log1p=f.log1p)
                             for f in config.features if f.kind == "numeric"}
         rate = min(max(stats.positive_rate, 1e-6), 1 - 1e-6)
@@ -302,7 +313,13 @@ class TrainProcess:
         command = [sys.executable, "-m", "ppnet.cli", "train", "--config", str(config_path), "--data", data_path,
                    "--out", str(out), *sets]
         self.process = subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, str(self.log), *command], cwd=REPO,
-                                        stdout=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+    def stop(self) -> None:
+        """Terminate the wrapper and the training under it (their own process group) if still running."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait()
 
     def wait(self) -> tuple[int, dict]:
         """Peak RSS in bytes and the run's metrics.json; fails with the tail of the run's log."""
@@ -371,9 +388,13 @@ def bench_log(name: str, data_path: str, config_path: Path, args: argparse.Names
     run_4x = TrainProcess(config_path, str(repeat_log(data_path, work / f"{name}-x4")), first_sets,
                           work / "runs" / f"{name}-ppnet-x4")
     pairs = [(variant, seed) for variant in VARIANTS for seed in seeds][1:]
-    results = [{"variant": "ppnet", "seed": seeds[0], **first},
-               *variant_runs(name, data_path, config_path, overrides, pairs, work),
-               *logreg_runs(data_path, config_path, overrides, seeds, Stats.load(first_run / "stats.json"))]
+    try:
+        results = [{"variant": "ppnet", "seed": seeds[0], **first},
+                   *variant_runs(name, data_path, config_path, overrides, pairs, work),
+                   *logreg_runs(data_path, config_path, overrides, seeds, Stats.load(first_run / "stats.json"))]
+    except BaseException:
+        run_4x.stop()
+        raise
     config = load_config(config_path, first_sets)
     repeats = SMOKE_SERVING_REPEATS if args.smoke else SERVING_REPEATS
     return {"data": data_path, "config_path": str(config_path), "overrides": overrides, "seeds": seeds,

@@ -1,0 +1,101 @@
+"""The benchmark: the smoke run writes one JSON with every section, and the analytic FLOPs are exact."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tests.conftest import small_config
+
+VARIANTS = {"ppnet", "ppnet_ids", "dnn", "logreg"}
+BATCHES = {"1", "64", "1024"}
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """(the JSON written by ``python -m ppnet.bench --smoke``, the markdown it printed)."""
+    import contextlib
+    import io
+
+    from ppnet.bench import main
+
+    results = tmp_path_factory.mktemp("bench")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        path = main(["--smoke", "--results", str(results)])
+    assert path.parent == results and [p.name for p in results.iterdir()] == [path.name]
+    return json.loads(path.read_text()), printed.getvalue()
+
+
+def test_machine_and_versions(smoke):
+    result, _ = smoke
+    machine, versions = result["machine"], result["versions"]
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["memory_bytes"] > 0
+    assert finite(machine["matmul_peak_flops_per_sec"]) and machine["matmul_peak_flops_per_sec"] > 1e8
+    for package in ("python", "tensorflow", "tf-keras", "tensorflow-recommenders", "pyarrow"):
+        assert versions[package]
+    assert list(result["logs"]) == ["synthetic"] and result["args"]["smoke"] is True
+
+
+def test_quality(smoke):
+    log = smoke[0]["logs"]["synthetic"]
+    assert set(log["quality"]) == VARIANTS and log["config"]["model"]["hidden_units"] == [16]
+    for variant, summary in log["quality"].items():
+        assert len(summary["runs"]) == 1, variant
+        assert 0.5 < summary["auc"]["mean"] <= 1.0, variant
+        assert 0.0 <= summary["gauc"]["mean"] <= 1.0, variant
+        assert 0.0 < summary["logloss"]["mean"] < 1.0, variant
+        assert all(finite(summary[key]["std"]) for key in ("auc", "gauc", "logloss"))
+
+
+def test_speed(smoke):
+    speed = smoke[0]["logs"]["synthetic"]["speed"]
+    assert all(finite(value) and value > 0 for value in speed.values()), speed
+    assert speed["train_flops_per_example"] == 3 * speed["forward_flops_per_example"]
+    assert 0 < speed["flop_utilisation"] < 1
+
+
+def test_memory(smoke):
+    memory = smoke[0]["logs"]["synthetic"]["memory"]
+    assert memory["peak_rss_1x_bytes"] > 50 * 2 ** 20 and memory["peak_rss_4x_bytes"] > 50 * 2 ** 20
+    assert memory["train_rows_4x"] == 4 * memory["train_rows_1x"]
+    assert finite(memory["ratio_4x_1x"]) and memory["ratio_4x_1x"] > 0
+
+
+def test_serving(smoke):
+    serving = smoke[0]["logs"]["synthetic"]["serving"]
+    assert serving["export_bytes"] > 0
+    assert serving["ppnet_imported"] is False and serving["tf_use_legacy_keras"] is None
+    for model in ("model", "trivial"):
+        assert set(serving[model]) == BATCHES
+        for batch, timing in serving[model].items():
+            assert timing["rows"] == int(batch)
+            assert 0 < timing["p50_ms"] <= timing["p99_ms"] and finite(timing["p99_ms"])
+            assert finite(timing["rows_per_sec"]) and timing["rows_per_sec"] > 0
+
+
+def test_markdown_has_one_section_per_measure(smoke):
+    _, printed = smoke
+    for heading in ("### Quality", "### Training speed", "### Memory", "### Serving"):
+        assert heading in printed
+
+
+@pytest.mark.parametrize("overrides", [["model.name=dnn"], ["model.gate_stop_gradient=shared"],
+                                       ["model.gate_stop_gradient=ids"]])
+def test_forward_flops_are_twice_the_tower_kernels(overrides, synthetic_dir):
+    """2 * in * out per Dense is 2 * (kernel size) summed over the tower's and the gates' kernels."""
+    from ppnet import data
+    from ppnet.bench import forward_flops
+    from ppnet.model import build_model
+    from ppnet.stats import compute_stats
+
+    config = small_config(*overrides)
+    train_split, _ = data.make_splits(config, synthetic_dir, None)
+    model = build_model(config, compute_stats(config, train_split, data.input_kinds(config, list(train_split.files))))
+    kernels = [w for w in model.tower.trainable_weights if "kernel" in w.name]
+    assert forward_flops(config) == sum(2 * int(np.prod(w.shape)) for w in kernels)
