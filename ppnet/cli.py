@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import ppnet  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ppnet.distribute import STRATEGIES
 from ppnet.errors import PPNetError
 
 
@@ -63,7 +64,16 @@ def parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. model.name=dnn (repeatable)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
+    train.add_argument("--strategy", choices=STRATEGIES, default="local",
+                       help="tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG")
     train.set_defaults(handler=run_train)
+
+    launch = commands.add_parser("launch-local", help="run `ppnet train` as a multi-worker cluster on 127.0.0.1",
+                                 usage="ppnet launch-local [--workers N] [--timeout S] -- TRAIN_ARGS ...")
+    launch.add_argument("--workers", type=int, default=2)
+    launch.add_argument("--timeout", type=float, default=1800.0, help="stop every worker after this many seconds")
+    launch.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of `ppnet train`, after --")
+    launch.set_defaults(handler=run_launch_local)
 
     evaluate = commands.add_parser("evaluate", help="score parquet data with an exported SavedModel")
     evaluate.add_argument("--model", required=True, help="SavedModel version directory, e.g. RUN/export/1")
@@ -100,7 +110,17 @@ def run_train(args: argparse.Namespace) -> dict:
     from ppnet.train import train
 
     config = load_config(args.config, args.set)
-    return train(config, args.data, args.out, args.valid, overwrite=args.overwrite, fresh=args.fresh)
+    return train(config, args.data, args.out, args.valid, overwrite=args.overwrite, fresh=args.fresh,
+                 strategy=args.strategy) or None
+
+
+def run_launch_local(args: argparse.Namespace) -> None:
+    from ppnet.distribute import launch_local
+
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    status = launch_local(args.workers, train_args, timeout=args.timeout)
+    if status:
+        raise PPNetError(f"launch-local: the cluster failed (exit status {status}); see the workers' output above")
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:

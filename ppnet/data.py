@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -99,23 +99,48 @@ def _one_line(err: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Split:
-    """A set of parquet files and an optional row filter (e.g. ``date >= 20220503``)."""
+    """A set of parquet files, an optional row filter (e.g. ``date >= 20220503``) and, for a worker's
+    shard of fewer files than workers, the row groups of each file it reads."""
 
     files: tuple[Path, ...]
     filter: pc.Expression | None = None
     description: str = ""
+    row_groups: tuple[tuple[Path, tuple[int, ...]], ...] | None = None
 
     def batches(self, columns: list[str], batch_rows: int = 65536) -> Iterator[tuple[Path, pa.RecordBatch]]:
         """Stream (file, record batch) pairs with only ``columns``, in file order."""
+        groups = dict(self.row_groups or ())
         for file in self.files:
             try:
-                scanner = pds.dataset(file, format="parquet").scanner(
-                    columns=columns, filter=self.filter, batch_size=batch_rows, use_threads=True)
-                for batch in scanner.to_batches():
+                source = pds.dataset(file, format="parquet")
+                if file in groups:
+                    fragment = next(iter(source.get_fragments())).subset(row_group_ids=list(groups[file]))
+                    batches = fragment.to_batches(columns=columns, filter=self.filter, batch_size=batch_rows)
+                else:
+                    batches = source.scanner(columns=columns, filter=self.filter, batch_size=batch_rows,
+                                             use_threads=True).to_batches()
+                for batch in batches:
                     if batch.num_rows:
                         yield file, batch
             except (pa.ArrowException, OSError) as err:
                 raise PPNetError(f"{file}: cannot read ({_one_line(err)})") from None
+
+    def shard(self, index: int, count: int) -> "Split":
+        """Worker ``index`` of ``count``: every ``count``-th file, or every ``count``-th row group
+        (over all files in order) when there are fewer files than workers.
+
+        Deterministic and disjoint: together the shards cover every row exactly once.
+        """
+        if count == 1:
+            return self
+        if len(self.files) >= count:
+            return replace(self, files=self.files[index::count],
+                           description=f"{self.description} [files {index}::{count}]")
+        pieces = [(file, group) for file in self.files for group in range(pq.ParquetFile(file).num_row_groups)]
+        mine = pieces[index::count]
+        files = tuple(dict.fromkeys(file for file, _ in mine))
+        return replace(self, files=files, description=f"{self.description} [row groups {index}::{count}]",
+                       row_groups=tuple((f, tuple(g for file, g in mine if file == f)) for f in files))
 
 
 def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> tuple[Split, Split]:
@@ -210,7 +235,7 @@ def iter_batches(split: Split, kinds: dict[str, str], label: str, batch_size: in
     files = list(split.files)
     if shuffle_buffer:
         rng.shuffle(files)
-    source = Split(tuple(files), split.filter, split.description)
+    source = replace(split, files=tuple(files))
     columns = [*kinds, label]
     read_rows = max(batch_size, min(shuffle_buffer or batch_size, 65536))
     pending: list[dict[str, np.ndarray]] = []
@@ -262,11 +287,12 @@ class EpochCursor:
 
 def make_dataset(split: Split, kinds: dict[str, str], label: str, batch_size: int,
                  shuffle_buffer: int = 0, seed: int = 0, cursor: EpochCursor | None = None,
-                 rows: int | None = None):
+                 rows: int | None = None, repeat: bool = False):
     """A ``tf.data.Dataset`` of (features, labels) batches; a new shuffle order every epoch.
 
     With ``rows`` (the split's row count) the dataset declares its number of batches, which gives
-    Keras a complete progress bar and lets ``BackupAndRestore`` resume mid-epoch.
+    Keras a complete progress bar and lets ``BackupAndRestore`` resume mid-epoch. ``repeat``
+    streams pass after pass (each reshuffled), for a fixed number of steps per epoch.
     """
     import tensorflow as tf
 
@@ -283,4 +309,4 @@ def make_dataset(split: Split, kinds: dict[str, str], label: str, batch_size: in
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
     if rows is not None:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return (dataset.repeat() if repeat else dataset).prefetch(tf.data.AUTOTUNE)

@@ -56,6 +56,7 @@ class RankingModel(tfrs.Model):
             loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
             metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc"),
                      tf.keras.metrics.BinaryCrossentropy(from_logits=True, name="logloss")])
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
     def _table(self, feature, prefix: str) -> tf.keras.layers.Embedding:
         return tf.keras.layers.Embedding(table_size(self.lookups[feature.name]), feature.dim,
@@ -86,8 +87,23 @@ class RankingModel(tfrs.Model):
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         features, labels = inputs
         logits, _, l2 = self.forward(features, training=training)
-        per_example = self.task(labels[:, tf.newaxis], logits[:, tf.newaxis], training=training)
-        return tf.nn.compute_average_loss(per_example + l2)
+        per_example = self.task(labels[:, tf.newaxis], logits[:, tf.newaxis], training=training) + l2
+        self.loss_tracker.update_state(per_example)
+        return tf.nn.compute_average_loss(per_example)
+
+    def train_step(self, inputs):
+        super().train_step(inputs)
+        return self.metric_results()
+
+    def test_step(self, inputs):
+        super().test_step(inputs)
+        return self.metric_results()
+
+    def metric_results(self) -> dict[str, tf.Tensor]:
+        """Only metric results, so that Keras replaces each epoch's logs by the metrics read across
+        replicas (global AUC and loss under ``tf.distribute``) instead of summing per-replica values,
+        which it does for TFRS's extra ``loss`` / ``regularization_loss`` entries."""
+        return {metric.name: metric.result() for metric in self.metrics}
 
     def get_config(self) -> dict:
         return {"config": self.config.to_dict(), "stats": vars(self.stats)}

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from ppnet import data
+from ppnet import data, distribute
 from ppnet.config import Config, config_from_dict, save_config
 from ppnet.errors import PPNetError
 from ppnet.evaluate import score_split
@@ -58,6 +58,26 @@ class ResumeDataPosition(tf.keras.callbacks.Callback):
             if epoch or step:
                 log.info("resuming at epoch %d, step %d", epoch + 1, step)
             self.cursor.move_to(epoch, step)
+
+
+class ValidationScore(tf.keras.callbacks.Callback):
+    """Exact validation metrics after every epoch: ``val_auc``, ``val_gauc``, ``val_logloss``.
+
+    Scores the whole validation split in this process (in a cluster, every worker computes the
+    same numbers from the same weights), so model selection uses exact, global AUC rather than
+    Keras' bucketed, per-replica streaming estimate.
+    """
+
+    def __init__(self, split: data.Split, kinds: dict[str, str], label: str, user_column: str):
+        super().__init__()
+        self.split, self.kinds, self.label, self.user_column = split, kinds, label, user_column
+
+    def on_epoch_end(self, epoch, logs=None):
+        result = score_split(model_predictor(self.model), self.split, self.kinds, self.label, self.user_column)
+        if logs is not None:
+            logs.update({f"val_{key}": result[key] for key in ("auc", "gauc", "logloss")})
+        log.info("epoch %d validation: auc %.4f gauc %.4f logloss %.4f", epoch + 1, result["auc"],
+                 result["gauc"], result["logloss"])
 
 
 class ThroughputMeter(tf.keras.callbacks.Callback):
@@ -111,44 +131,52 @@ def prepare_run_dir(out: Path, config: Config, overwrite: bool, fresh: bool) -> 
 
 
 def train(config: Config, data_path: str, out: str | Path, valid_path: str | None = None,
-          overwrite: bool = False, fresh: bool = False) -> dict:
-    """Train on ``data_path`` and return the metrics written to ``RUN_DIR/metrics.json``."""
+          overwrite: bool = False, fresh: bool = False, strategy: str = "local") -> dict:
+    """Train on ``data_path`` and return the metrics written to ``RUN_DIR/metrics.json``.
+
+    With ``strategy="multi_worker"`` every worker of the ``TF_CONFIG`` cluster runs this same
+    call; only the chief writes metrics and the export (the others return ``{}``).
+    """
     out = Path(out)
+    role = distribute.current_role(strategy)
     train_split, valid_split = data.make_splits(config, data_path, valid_path)
     label = config.data.label
     kinds = data.input_kinds(config, list(train_split.files) + list(valid_split.files))
     train_rows = data.check_labels(train_split, label)
     data.check_labels(valid_split, label, need_both_classes=True)
-    stats = compute_stats(config, train_split, kinds)
-    work = prepare_run_dir(out, config, overwrite, fresh)
-    stats.save(work / "stats.json")
+    work, stats = setup_run(config, train_split, kinds, out, role, overwrite, fresh)
     log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description,
              valid_split.description)
 
     tf.keras.utils.set_random_seed(config.train.seed)
-    model = build_model(config, stats)
-    batch = config.train.batch_size
+    dist = distribute.make_strategy(strategy)
+    with dist.scope():
+        model = build_model(config, stats)
     cursor = data.EpochCursor()
-    train_ds = data.make_dataset(train_split, kinds, label, batch, config.data.shuffle_buffer, config.train.seed,
-                                 cursor, rows=train_rows)
-    valid_ds = data.make_dataset(valid_split, kinds, label, max(batch, 4096))
-    meter = ThroughputMeter(batch)
-    resume = ResumeDataPosition(cursor, steps_per_epoch=-(-train_rows // batch))
-    history = model.fit(train_ds, validation_data=valid_ds, epochs=config.train.epochs,
-                        callbacks=callbacks(config, work, resume, meter), verbose=1 if sys.stdout.isatty() else 2)
+    train_ds = make_input(dist, role, config, train_split, kinds, cursor, train_rows)
+    meter = ThroughputMeter(config.train.batch_size * role.count)
+    # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
+    steps = -(-train_rows // (config.train.batch_size * role.count))
+    resume = ResumeDataPosition(cursor, steps_per_epoch=steps)
+    validation = ValidationScore(valid_split, kinds, label, config.data.user_column)
+    history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps if role.count > 1 else None,
+                        callbacks=callbacks(config, work, validation, resume, meter, step_backups=role.count == 1),
+                        verbose=1 if sys.stdout.isatty() else 2)
     losses = history.history.get("loss", [])
     if model.stop_training and losses and not np.isfinite(losses[-1]):
         raise PPNetError(f"training loss became {losses[-1]} in epoch {len(losses)} (step {meter.last_step}); "
                          "lower train.learning_rate or check the numeric features; the last good backup is kept "
                          f"in {work / 'backup'} (rerun with --fresh after changing the config)")
+    if not role.is_chief:
+        return {}
     shutil.rmtree(work / "backup", ignore_errors=True)
-
-    model.load_weights(str(work / BEST_WEIGHTS)).expect_partial()
+    final = build_model(config, stats) if role.count > 1 else model  # a plain local copy to score and export
+    final.load_weights(str(work / BEST_WEIGHTS)).expect_partial()
+    metrics = score_split(model_predictor(final), valid_split, kinds, label, config.data.user_column)
+    export_dir = export_model(final, work / "export")
     valid_auc = history.history.get("val_auc", [])
-    metrics = score_split(model_predictor(model), valid_split, kinds, label, config.data.user_column)
-    export_dir = export_model(model, work / "export")
     metrics.update({
-        "examples_per_sec": meter.examples_per_sec, "train_rows": train_rows,
+        "examples_per_sec": meter.examples_per_sec, "train_rows": train_rows, "workers": role.count,
         "epochs_run": len(losses), "best_epoch": int(np.argmax(valid_auc)) + 1 if valid_auc else 0,
         "model": config.model.name, "gate_stop_gradient": config.model.gate_stop_gradient,
         "export": str(Path("export") / export_dir.name),
@@ -160,11 +188,42 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     return metrics
 
 
-def callbacks(config: Config, work: Path, resume: ResumeDataPosition,
-              meter: ThroughputMeter) -> list[tf.keras.callbacks.Callback]:
-    """Backups for crash-resume, best-epoch checkpoint, early stopping, NaN guard, TensorBoard."""
-    every = config.train.backup_every_steps
+def setup_run(config: Config, train_split: data.Split, kinds: dict[str, str], out: Path,
+              role: distribute.Role, overwrite: bool, fresh: bool) -> tuple[Path, Stats]:
+    """The chief computes the statistics and prepares the run directory; other workers wait for them."""
+    if not role.is_chief:
+        work = out.with_name(out.name + ".partial")
+        return work, Stats.load(distribute.wait_for_file(work / "stats.json"))
+    stats = compute_stats(config, train_split, kinds)
+    work = prepare_run_dir(out, config, overwrite, fresh)
+    stats.save(work / "stats.json")
+    return work, stats
+
+
+def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, config: Config, split: data.Split,
+               kinds: dict[str, str], cursor: data.EpochCursor, rows: int):
+    """The training dataset; in a cluster each worker streams only its own shard of the files.
+
+    ``train.batch_size`` is per worker, so the global batch is ``batch_size x workers``.
+    """
+    options = {"label": config.data.label, "batch_size": config.train.batch_size,
+               "shuffle_buffer": config.data.shuffle_buffer, "seed": config.train.seed, "cursor": cursor}
+    if role.count == 1:
+        return data.make_dataset(split, kinds, rows=rows, **options)
+    return strategy.distribute_datasets_from_function(lambda context: data.make_dataset(
+        split.shard(context.input_pipeline_id, context.num_input_pipelines), kinds, repeat=True, **options))
+
+
+def callbacks(config: Config, work: Path, validation: ValidationScore, resume: ResumeDataPosition,
+              meter: ThroughputMeter, step_backups: bool = True) -> list[tf.keras.callbacks.Callback]:
+    """Backups for crash-resume, best-epoch checkpoint, early stopping, NaN guard, TensorBoard.
+
+    Mid-epoch backups need a known number of steps per epoch; sharded multi-worker input does not
+    declare one, so there backups are taken at the end of every epoch.
+    """
+    every = config.train.backup_every_steps if step_backups else 0
     return [
+        validation,  # first: the checkpoint and early-stopping callbacks read the val_auc it adds
         tf.keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq=every if every > 0 else "epoch",
                                             delete_checkpoint=False),  # kept after a NaN; removed on success
         resume,
