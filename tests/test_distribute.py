@@ -1,0 +1,63 @@
+"""tf.distribute: deterministic sharding, TF_CONFIG roles, and a real 2-worker cluster on 127.0.0.1."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from ppnet import data, distribute
+from ppnet.errors import PPNetError
+from tests.conftest import DEFAULT_CONFIG, SMALL_OVERRIDES
+
+
+def row_ids(split):
+    return [v for _, batch in split.batches(["user_id", "video_id", "hour"]) for v in
+            zip(*(batch.column(i).to_pylist() for i in range(3)))]
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8, 20])
+def test_shards_cover_every_row_exactly_once(synthetic_dir, tmp_path, workers):
+    files = sorted(synthetic_dir.glob("*.parquet"))
+    for file in files[:2]:  # small row groups, so that 20 workers over 2 files split by row group
+        pq.write_table(pq.read_table(file), tmp_path / file.name, row_group_size=100)
+    split = data.Split(tuple(sorted(tmp_path.glob("*.parquet"))))
+    shards = [split.shard(i, workers) for i in range(workers)]
+    assert sorted(sum((row_ids(s) for s in shards), [])) == sorted(row_ids(split))
+    assert [s.files for s in shards] == [split.shard(i, workers).files for i in range(workers)]  # deterministic
+    if workers > len(split.files):
+        assert all(s.row_groups for s in shards)
+
+
+def test_role_comes_from_tf_config(monkeypatch):
+    assert distribute.current_role("local").is_chief
+    cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    role = distribute.current_role("multi_worker")
+    assert (role.index, role.count, role.is_chief) == (1, 2, False)
+    monkeypatch.setenv("TF_CONFIG", "{}")
+    with pytest.raises(PPNetError, match="TF_CONFIG"):
+        distribute.current_role("multi_worker")
+
+
+def test_two_worker_multi_worker_mirrored_run_reports_global_metrics(synthetic_dir, tmp_path):
+    run = tmp_path / "run"
+    sets = [arg for item in [*SMALL_OVERRIDES, "train.epochs=2"] for arg in ("--set", item)]
+    result = subprocess.run(
+        [sys.executable, "-m", "ppnet.cli", "launch-local", "--workers", "2", "--timeout", "500", "--",
+         "--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), "--out", str(run), *sets],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["workers"] == 2 and 0.5 < metrics["auc"] <= 1.0
+    # Epoch logs are global metric values: an AUC summed over 2 replicas would exceed 1.
+    logged = [float(v) for v in re.findall(r" - auc: ([0-9.]+)", result.stdout)]
+    assert len(logged) == 2 and all(0.4 < v <= 1.0 for v in logged)
+    val_logged = [float(v) for v in re.findall(r"val_auc: ([0-9.]+)", result.stdout)]
+    assert max(val_logged) == pytest.approx(metrics["auc"], abs=1e-4)  # exported best epoch == best logged
+    reload = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ppnet'] = None; import tensorflow as tf; "
+                             f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))"],
+                            capture_output=True, text=True, timeout=300)
+    assert "serving_default" in reload.stdout, reload.stderr[-2000:]
