@@ -113,10 +113,8 @@ class ThroughputMeter(tf.keras.callbacks.Callback):
         return self.steps * self.batch_size / self.seconds if self.seconds else float("nan")
 
 
-def prepare_run_dir(out: Path, config: Config, overwrite: bool, fresh: bool) -> Path:
+def prepare_run_dir(out: Path, config: Config, fresh: bool) -> Path:
     """The working directory ``out.partial``: resumed if it holds the same config, else new."""
-    if out.exists() and not overwrite:
-        raise PPNetError(f"{out}: run directory already exists; pass --overwrite to replace it")
     work = out.with_name(out.name + ".partial")
     saved = work / "config.json"
     if work.exists() and not fresh:
@@ -140,12 +138,14 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     """
     out = Path(out)
     role = distribute.current_role(strategy)
+    if role.is_chief and out.exists() and not overwrite:
+        raise PPNetError(f"{out}: run directory already exists; pass --overwrite to replace it")
     train_split, valid_split = data.make_splits(config, data_path, valid_path)
     label = config.data.label
     kinds = data.input_kinds(config, list(train_split.files) + list(valid_split.files))
     train_rows = data.check_labels(train_split, label)
     data.check_labels(valid_split, label, need_both_classes=True)
-    work, stats = setup_run(config, train_split, kinds, out, role, overwrite, fresh)
+    work, stats = setup_run(config, train_split, kinds, out, role, fresh)
     log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description,
              valid_split.description)
 
@@ -190,13 +190,13 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
 
 
 def setup_run(config: Config, train_split: data.Split, kinds: dict[str, str], out: Path,
-              role: distribute.Role, overwrite: bool, fresh: bool) -> tuple[Path, Stats]:
+              role: distribute.Role, fresh: bool) -> tuple[Path, Stats]:
     """The chief computes the statistics and prepares the run directory; other workers wait for them."""
     if not role.is_chief:
         work = out.with_name(out.name + ".partial")
         return work, Stats.load(distribute.wait_for_file(work / "stats.json"))
     stats = compute_stats(config, train_split, kinds)
-    work = prepare_run_dir(out, config, overwrite, fresh)
+    work = prepare_run_dir(out, config, fresh)
     stats.save(work / "stats.json")
     return work, stats
 
