@@ -125,10 +125,11 @@ def run_launch_local(args: argparse.Namespace) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> dict:
     from ppnet.evaluate import evaluate_export
+    from ppnet.files import write_text_atomic
 
     result = evaluate_export(args.model, args.data, label=args.label, user_column=args.user_column)
     if args.json:
-        write_json_atomic(Path(args.json), result)
+        write_text_atomic(Path(args.json), json.dumps(result, indent=2))
     return result
 
 
@@ -138,12 +139,6 @@ def run_export(args: argparse.Namespace) -> dict:
 
     path = export_model(load_run(args.run), args.out, version=args.version, overwrite=args.overwrite)
     return {"export": str(path)}
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

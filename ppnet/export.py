@@ -14,13 +14,11 @@ The export needs TensorFlow alone (no ppnet, no TFRS, no legacy-Keras switch). S
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import tensorflow as tf
 
-from ppnet.errors import PPNetError
+from ppnet.files import atomic_directory
 from ppnet.model import RankingModel
 
 DTYPES = {"int64": tf.int64, "string": tf.string, "float32": tf.float32}
@@ -78,11 +76,7 @@ def export_model(model: RankingModel, export_base: str | Path, version: int | No
     export_base.mkdir(parents=True, exist_ok=True)
     version = next_version(export_base) if version is None else version
     target = export_base / str(version)
-    if target.exists() and not overwrite:
-        raise PPNetError(f"{target}: export version already exists; pass --overwrite to replace it")
-    tmp = export_base / f".tmp-{version}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(target, overwrite, what="export version") as tmp:
         module = ServingModule(model)
         tf.saved_model.save(module, str(tmp), signatures=module.signature_map())
         extra = tmp / "assets.extra"
@@ -91,10 +85,4 @@ def export_model(model: RankingModel, export_base: str | Path, version: int | No
         (extra / "ppnet.json").write_text(json.dumps({
             "model": model.config.model.name, "label": data.label, "user_column": data.user_column,
             "inputs": model.stats.kinds}, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -10,15 +10,13 @@ plain DNN here, as it does on real logs.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ppnet.errors import PPNetError
+from ppnet.files import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +72,11 @@ def generate(rows: int = 300_000, days: int = 8, users: int = 5_000, videos: int
 def write_synthetic(out: str | Path, rows: int = 300_000, seed: int = 0, overwrite: bool = False) -> dict:
     """Write the synthetic log to ``out/part-<date>.parquet`` atomically; return a summary."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise PPNetError(f"{out}: already exists; pass --overwrite to replace it")
     table = generate(rows=rows, seed=seed)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out, overwrite) as tmp:
         dates = table.column("date").to_numpy()
         for date in np.unique(dates):
             pq.write_table(table.filter(pa.array(dates == date)), tmp / f"part-{date}.parquet")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     ctr = float(np.mean(table.column("is_click").to_numpy()))
     log.info("wrote %d synthetic rows (CTR %.3f) to %s", table.num_rows, ctr, out)
     return {"rows": table.num_rows, "ctr": ctr, "files": sorted(p.name for p in out.iterdir())}

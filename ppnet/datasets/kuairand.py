@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +28,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from ppnet.errors import PPNetError
+from ppnet.files import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +87,13 @@ def prepare_kuairand(
     if not logs:
         raise PPNetError("logs: expected at least one KuaiRand log CSV, got none")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise PPNetError(f"{out}: output already exists; pass --overwrite to replace it")
     user_table = _read_side_table(Path(users), USER_REQUIRED, USER_KEY)
     video_table = _read_side_table(Path(videos), VIDEO_REQUIRED, VIDEO_KEY)
     schema = _output_schema(user_table, video_table, Path(users), Path(videos))
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out, overwrite) as tmp:
         report = _convert(
             [Path(p) for p in logs], user_table, video_table, schema, tmp, missing_video, block_size
         )
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info(
         "kuairand: %d rows, %d files (%s..%s) → %s; missing videos %d, missing users %d, dropped %d",
         report["rows"], len(report["files"]), report["dates"][0] if report["dates"] else "-",
@@ -263,17 +253,3 @@ def _write_by_date(table: pa.Table, writers: dict[int, pq.ParquetWriter], schema
         if date not in writers:
             writers[date] = pq.ParquetWriter(tmp / _file_name(date), schema)
         writers[date].write_table(table.filter(pc.equal(table["date"], date)))
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished temporary directory to ``out``, replacing an old ``out`` last."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = out.parent / f"{out.name}.old-{os.getpid()}"
-    out.rename(old)
-    tmp.rename(out)
-    if old.is_dir():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
