@@ -226,7 +226,7 @@ def train_logreg(config: Config, stats: Stats, splits: tuple[data.Split, data.Sp
     label, batch = config.data.label, config.train.batch_size
     model.fit(data.make_dataset(splits[0], kinds, label, batch, config.data.shuffle_buffer, seed),
               epochs=min(2, config.train.epochs), verbose=0)
-    return score_split(model_predictor(model), splits[1], kinds, label, config.data.user_column)
+    return score_split(model_predictor(model, kinds), splits[1], kinds, label, config.data.user_column)
 
 
 def variant_runs(name: str, data_path: str, config_path: Path, overrides: list[str],

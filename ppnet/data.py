@@ -264,6 +264,14 @@ def iter_batches(split: Split, kinds: dict[str, str], label: str, batch_size: in
             yield out, out.pop(label)
 
 
+def input_specs(kinds: dict[str, str]) -> dict:
+    """One ``[batch]`` ``tf.TensorSpec`` per raw input column: the model's and the export's signature."""
+    import tensorflow as tf
+
+    dtypes = {INT: tf.int64, STRING: tf.string, FLOAT: tf.float32}
+    return {name: tf.TensorSpec([None], dtypes[kind], name=name) for name, kind in kinds.items()}
+
+
 class EpochCursor:
     """Where the next pass over the training data starts: its epoch and batches to skip.
 
@@ -297,9 +305,7 @@ def make_dataset(split: Split, kinds: dict[str, str], label: str, batch_size: in
     import tensorflow as tf
 
     cursor = cursor or EpochCursor()
-    dtypes = {INT: tf.int64, STRING: tf.string, FLOAT: tf.float32}
-    signature = ({name: tf.TensorSpec([None], dtypes[kind], name=name) for name, kind in kinds.items()},
-                 tf.TensorSpec([None], tf.float32, name=label))
+    signature = (input_specs(kinds), tf.TensorSpec([None], tf.float32, name=label))
 
     def generate():
         epoch, skip = cursor.take()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from ppnet.data import input_specs
 from ppnet.files import atomic_directory
 from ppnet.model import RankingModel
 
-DTYPES = {"int64": tf.int64, "string": tf.string, "float32": tf.float32}
 # tf.Example has no NaN-free "missing" for floats: a missing numeric becomes NaN, i.e. the mean.
 EXAMPLE_DEFAULTS = {"int64": -1, "string": "", "float32": float("nan")}
 
@@ -33,9 +33,9 @@ class ServingModule(tf.Module):
         super().__init__(name="ppnet_serving")
         self.model = model
         kinds = model.stats.kinds
-        specs = {name: tf.TensorSpec([None], DTYPES[kind], name=name) for name, kind in kinds.items()}
-        example_spec = {name: tf.io.FixedLenFeature([], DTYPES[kind], default_value=EXAMPLE_DEFAULTS[kind])
-                        for name, kind in kinds.items()}
+        specs = input_specs(kinds)
+        example_spec = {name: tf.io.FixedLenFeature([], spec.dtype, default_value=EXAMPLE_DEFAULTS[kinds[name]])
+                        for name, spec in specs.items()}
 
         @tf.function(input_signature=[specs])
         def serve(features):

@@ -71,9 +71,13 @@ class ValidationScore(tf.keras.callbacks.Callback):
     def __init__(self, split: data.Split, kinds: dict[str, str], label: str, user_column: str):
         super().__init__()
         self.split, self.kinds, self.label, self.user_column = split, kinds, label, user_column
+        self.predict = None
+
+    def on_train_begin(self, logs=None):
+        self.predict = model_predictor(self.model, self.kinds)
 
     def on_epoch_end(self, epoch, logs=None):
-        result = score_split(model_predictor(self.model), self.split, self.kinds, self.label, self.user_column)
+        result = score_split(self.predict, self.split, self.kinds, self.label, self.user_column)
         if logs is not None:
             logs.update({f"val_{key}": result[key] for key in ("auc", "gauc", "logloss")})
         log.info("epoch %d validation: auc %.4f gauc %.4f logloss %.4f", epoch + 1, result["auc"],
@@ -173,7 +177,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     shutil.rmtree(work / "backup", ignore_errors=True)
     final = build_model(config, stats) if role.count > 1 else model  # a plain local copy to score and export
     final.load_weights(str(work / BEST_WEIGHTS)).expect_partial()
-    metrics = score_split(model_predictor(final), valid_split, kinds, label, config.data.user_column)
+    metrics = score_split(model_predictor(final, kinds), valid_split, kinds, label, config.data.user_column)
     export_dir = export_model(final, work / "export")
     valid_auc = history.history.get("val_auc", [])
     metrics.update({
@@ -238,9 +242,10 @@ def callbacks(config: Config, work: Path, validation: ValidationScore, resume: R
     ]
 
 
-def model_predictor(model: RankingModel):
-    """numpy feature batch → probabilities, through a compiled ``tf.function``."""
-    predict = tf.function(lambda features: tf.sigmoid(model(features, training=False)), reduce_retracing=True)
+def model_predictor(model: tf.keras.Model, kinds: dict[str, str]):
+    """numpy feature batch → probabilities, through one ``tf.function`` traced once for any batch size."""
+    predict = tf.function(lambda features: tf.sigmoid(model(features, training=False)),
+                          input_signature=[data.input_specs(kinds)])
     return lambda features: predict(features).numpy()
 
 
