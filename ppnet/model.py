@@ -63,7 +63,7 @@ class RankingModel(tfrs.Model):
                                          name=f"{prefix}_{feature.name}")
 
     def forward(self, features: dict[str, tf.Tensor], training: bool = False):
-        """Logits ``[batch]``, the gate values of each tower layer, and per-example embedding L2."""
+        """Logits ``[batch]``, the gate values of each tower layer, and the embedding rows looked up."""
         index = {name: lookup(features[name]) for name, lookup in self.lookups.items()}
         embedded = {name: self.embeddings[name](index[name]) for name in self.categorical_names}
         numeric = [self.normalizers[name](features[name]) for name in self.numeric_names]
@@ -78,16 +78,17 @@ class RankingModel(tfrs.Model):
             gate_input = tf.concat([tf.stop_gradient(embedded[n]) if n in self.personal_ids else embedded[n]
                                     for n in self.categorical_names] + numeric, axis=-1)
         logits, gates = self.tower(dnn_input, gate_input, training=training, return_gates=True)
-        l2 = self.config.model.embedding_l2 * tf.add_n([tf.reduce_sum(tf.square(r), axis=-1) for r in used_rows])
-        return logits, gates, l2
+        return logits, gates, used_rows
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         return self.forward(features, training=training)[0]
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         features, labels = inputs
-        logits, _, l2 = self.forward(features, training=training)
-        per_example = self.task(labels[:, tf.newaxis], logits[:, tf.newaxis], training=training) + l2
+        logits, _, used_rows = self.forward(features, training=training)
+        per_example = self.task(labels[:, tf.newaxis], logits[:, tf.newaxis], training=training)
+        if self.config.model.embedding_l2:  # on the rows this example used: cheap, and sparse gradients
+            per_example += self.config.model.embedding_l2 * tf.reduce_sum(tf.square(tf.concat(used_rows, -1)), -1)
         self.loss_tracker.update_state(per_example)
         return tf.nn.compute_average_loss(per_example)
 
