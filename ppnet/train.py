@@ -85,7 +85,8 @@ class ValidationScore(tf.keras.callbacks.Callback):
 
 
 class ThroughputMeter(tf.keras.callbacks.Callback):
-    """Steady-state training examples/sec: each epoch's first step (tracing, warm-up) is excluded."""
+    """Steady-state training examples/sec: from the end of each epoch's first step (tracing,
+    warm-up excluded) to the end of its last step (per-epoch validation excluded)."""
 
     def __init__(self, batch_size: int):
         super().__init__()
@@ -93,24 +94,24 @@ class ThroughputMeter(tf.keras.callbacks.Callback):
         self.batch_size = batch_size
         self.seconds = 0.0
         self.steps = 0
-        self._start: float | None = None
-        self._epoch_steps = 0
-        self.last_step = 0
+        self._first: tuple[int, float] | None = None
+        self._last: tuple[int, float] = (0, 0.0)
+
+    @property
+    def last_step(self) -> int:
+        return self._last[0]
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._epoch_steps = None, 0
+        self._first = None
 
     def on_train_batch_end(self, batch, logs=None):
-        self.last_step = batch
-        if self._start is None:
-            self._start = time.perf_counter()
-        else:
-            self._epoch_steps += 1
+        self._last = (batch, time.perf_counter())
+        self._first = self._first or self._last
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._start is not None:
-            self.seconds += time.perf_counter() - self._start
-            self.steps += self._epoch_steps
+        if self._first is not None:
+            self.steps += self._last[0] - self._first[0]
+            self.seconds += self._last[1] - self._first[1]
 
     @property
     def examples_per_sec(self) -> float:
