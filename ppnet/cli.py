@@ -127,6 +127,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from ppnet.evaluate import evaluate_export
     from ppnet.files import write_text_atomic
 
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise PPNetError(f"--json {args.json}: its directory does not exist")
     result = evaluate_export(args.model, args.data, label=args.label, user_column=args.user_column)
     if args.json:
         write_text_atomic(Path(args.json), json.dumps(result, indent=2))

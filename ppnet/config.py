@@ -224,6 +224,12 @@ def _check(config: Config, source: str) -> None:
             raise PPNetError(f"{source}: model.personal_ids: {pid!r} is numeric; ids must be vocab or hash")
     if model.name == "ppnet" and not model.personal_ids:
         raise PPNetError(f"{source}: model.personal_ids is empty; PPNet needs at least one id for its gates")
+    if model.gate_hidden < 1:
+        raise PPNetError(f"{source}: model.gate_hidden must be >= 1, got {model.gate_hidden}")
+    if model.embedding_l2 < 0:
+        raise PPNetError(f"{source}: model.embedding_l2 must be >= 0, got {model.embedding_l2}")
+    if config.data.shuffle_buffer < 0:
+        raise PPNetError(f"{source}: data.shuffle_buffer must be >= 0, got {config.data.shuffle_buffer}")
     if not 0.0 <= model.dropout < 1.0:
         raise PPNetError(f"{source}: model.dropout must be in [0, 1), got {model.dropout}")
     train = config.train

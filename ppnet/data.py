@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -21,8 +20,6 @@ import pyarrow.parquet as pq
 
 from ppnet.config import Config
 from ppnet.errors import PPNetError
-
-log = logging.getLogger(__name__)
 
 # Column kinds of the raw inputs, as they appear in the model's serving signature.
 INT, STRING, FLOAT = "int64", "string", "float32"
@@ -47,6 +44,8 @@ def resolve_files(path: str | Path) -> list[Path]:
 
 def column_kind(arrow_type: pa.DataType) -> str | None:
     """The signature kind of an arrow column type, or None if unusable as a feature."""
+    if arrow_type == pa.uint64():
+        return None  # ids past 2**63 do not fit the model's int64 inputs: hash them or store as int64
     if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
         return INT
     if pa.types.is_floating(arrow_type):
@@ -65,7 +64,7 @@ def input_kinds(config: Config, files: list[Path]) -> dict[str, str]:
     kinds: dict[str, str] = {}
     for file in files:
         schema = read_schema(file)
-        for column in [config.data.label, *(f.name for f in config.features)]:
+        for column in [config.data.label, config.data.user_column, *(f.name for f in config.features)]:
             if column not in schema.names:
                 raise PPNetError(f"{file}: column {column!r} is missing (the config expects it)")
         label_kind = column_kind(schema.field(config.data.label).type)
@@ -89,10 +88,10 @@ def read_schema(file: Path) -> pa.Schema:
     try:
         return pq.read_schema(file)
     except (pa.ArrowException, OSError) as err:
-        raise PPNetError(f"{file}: not a readable parquet file ({_one_line(err)})") from None
+        raise PPNetError(f"{file}: not a readable parquet file ({one_line(err)})") from None
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     """An arrow error message on one line (arrow's messages often span several)."""
     return " ".join(str(err).split())
 
@@ -123,7 +122,12 @@ class Split:
                     if batch.num_rows:
                         yield file, batch
             except (pa.ArrowException, OSError) as err:
-                raise PPNetError(f"{file}: cannot read ({_one_line(err)})") from None
+                raise PPNetError(f"{file}: cannot read ({one_line(err)})") from None
+
+    def nonempty(self) -> "Split":
+        """The same rows without the files the filter leaves empty (e.g. the validation date's)."""
+        return replace(self, files=tuple(f for f in self.files
+                                         if pds.dataset(f, format="parquet").count_rows(filter=self.filter)))
 
     def shard(self, index: int, count: int) -> "Split":
         """Worker ``index`` of ``count``: every ``count``-th file, or every ``count``-th row group
@@ -156,7 +160,7 @@ def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> t
         try:
             values.update(pc.unique(pq.read_table(file, columns=[column]).column(0)).to_pylist())
         except (pa.ArrowException, OSError) as err:
-            raise PPNetError(f"{file}: cannot read column {column!r} ({_one_line(err)})") from None
+            raise PPNetError(f"{file}: cannot read column {column!r} ({one_line(err)})") from None
     values.discard(None)
     if len(values) <= config.data.valid_last:
         raise PPNetError(f"{data}: split column {column!r} has {len(values)} distinct value(s); "

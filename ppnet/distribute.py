@@ -112,11 +112,19 @@ def launch_local(workers: int, train_args: list[str], timeout: float = 1800.0) -
             {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})}
         out = logs[index] or None
         processes.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
-    status = _wait_all(processes, time.monotonic() + timeout)
+    try:
+        status = _wait_all(processes, time.monotonic() + timeout)
+    finally:  # interrupted or crashed: leave no worker behind
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     for index, (process, file) in enumerate(zip(processes, logs)):
-        if file is not None and process.returncode:
-            file.seek(0)
-            sys.stderr.write(f"--- worker {index} (exit {process.returncode}) ---\n{file.read()[-4000:]}\n")
+        if file is not None:
+            if process.returncode:
+                file.seek(0)
+                sys.stderr.write(f"--- worker {index} (exit {process.returncode}) ---\n{file.read()[-4000:]}\n")
+            file.close()
     return status
 
 

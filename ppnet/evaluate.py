@@ -67,8 +67,13 @@ def evaluate_export(model_dir: str | Path, data_path: str | Path, label: str | N
     user_column = user_column or meta["user_column"]
     split = data.Split(tuple(data.resolve_files(data_path)), None, str(data_path))
     for file in split.files:
-        missing = [c for c in [*meta["inputs"], label, user_column] if c not in data.read_schema(file).names]
+        schema = data.read_schema(file)
+        missing = [c for c in [*meta["inputs"], label, user_column] if c not in schema.names]
         if missing:
             raise PPNetError(f"{file}: column(s) {missing} missing (the model expects them)")
+        for name, kind in meta["inputs"].items():
+            found = data.column_kind(schema.field(name).type)
+            if found != kind and not (kind == data.FLOAT and found == data.INT):
+                raise PPNetError(f"{file}: column {name!r} has type {schema.field(name).type}; the model expects {kind}")
     data.check_labels(split, label, need_both_classes=True)
     return score_split(predict, split, meta["inputs"], label, user_column)

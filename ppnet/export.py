@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from ppnet.data import input_specs
 from ppnet.files import atomic_directory
-from ppnet.model import RankingModel
+from ppnet.model import RankingModel, build_model
 
 # tf.Example has no NaN-free "missing" for floats: a missing numeric becomes NaN, i.e. the mean.
 EXAMPLE_DEFAULTS = {"int64": -1, "string": "", "float32": float("nan")}
@@ -76,8 +76,10 @@ def export_model(model: RankingModel, export_base: str | Path, version: int | No
     export_base.mkdir(parents=True, exist_ok=True)
     version = next_version(export_base) if version is None else version
     target = export_base / str(version)
+    serving = build_model(model.config, model.stats, compile=False)  # weights only: no optimizer state
+    serving.set_weights(model.get_weights())
     with atomic_directory(target, overwrite, what="export version") as tmp:
-        module = ServingModule(model)
+        module = ServingModule(serving)
         tf.saved_model.save(module, str(tmp), signatures=module.signature_map())
         extra = tmp / "assets.extra"
         extra.mkdir()

@@ -11,7 +11,7 @@ import math
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from ppnet.config import Config, config_from_dict
+from ppnet.config import Config
 from ppnet.features import NumericNormalizer, make_lookup, table_size
 from ppnet.layers import GatedTower
 from ppnet.stats import Stats
@@ -106,17 +106,13 @@ class RankingModel(tfrs.Model):
         which it does for TFRS's extra ``loss`` / ``regularization_loss`` entries."""
         return {metric.name: metric.result() for metric in self.metrics}
 
-    def get_config(self) -> dict:
-        return {"config": self.config.to_dict(), "stats": vars(self.stats)}
 
-    @classmethod
-    def from_config(cls, config: dict) -> "RankingModel":
-        return cls(config_from_dict(config["config"]), Stats(**config["stats"]))
-
-
-def build_model(config: Config, stats: Stats) -> RankingModel:
-    """A compiled model with its variables created (so checkpoints can be restored into it)."""
+def build_model(config: Config, stats: Stats, compile: bool = True) -> RankingModel:
+    """A model with its variables created (so weights can be restored into it); compiled for training."""
     model = RankingModel(config, stats, name=config.model.name)
+    if not compile:
+        model(dummy_batch(stats))
+        return model
     optimizers = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad,
                   "sgd": tf.keras.optimizers.SGD}
     model.compile(optimizer=optimizers[config.train.optimizer](learning_rate=config.train.learning_rate))
@@ -125,6 +121,6 @@ def build_model(config: Config, stats: Stats) -> RankingModel:
 
 
 def dummy_batch(stats: Stats, rows: int = 1) -> dict[str, tf.Tensor]:
-    """A batch of default raw values (unseen ids, NaN numerics), to build variables."""
+    """A batch of default raw values (unseen ids, zero numerics), to build variables."""
     defaults = {"int64": tf.constant(-1, tf.int64), "string": tf.constant(""), "float32": tf.constant(0.0)}
     return {name: tf.fill([rows], defaults[kind]) for name, kind in stats.kinds.items()}

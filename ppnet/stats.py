@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from ppnet.config import Config
 from ppnet.data import Split
 from ppnet.errors import PPNetError
+from ppnet.files import write_text_atomic
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Stats:
     positive_rate: float
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
+        write_text_atomic(path, json.dumps(asdict(self)))  # other workers read it as soon as it exists
 
     @classmethod
     def load(cls, path: Path) -> "Stats":

@@ -29,6 +29,7 @@ import tensorflow as tf
 from ppnet import data, distribute
 from ppnet.config import Config, config_from_dict, save_config
 from ppnet.errors import PPNetError
+from ppnet.files import write_text_atomic
 from ppnet.evaluate import score_split
 from ppnet.export import export_model
 from ppnet.model import RankingModel, build_model
@@ -37,6 +38,7 @@ from ppnet.stats import Stats, compute_stats
 log = logging.getLogger(__name__)
 
 BEST_WEIGHTS = "checkpoints/best"
+EPOCHS_FILE = "epochs.jsonl"
 
 
 class ResumeDataPosition(tf.keras.callbacks.Callback):
@@ -68,9 +70,11 @@ class ValidationScore(tf.keras.callbacks.Callback):
     Keras' bucketed, per-replica streaming estimate.
     """
 
-    def __init__(self, split: data.Split, kinds: dict[str, str], label: str, user_column: str):
+    def __init__(self, split: data.Split, kinds: dict[str, str], label: str, user_column: str,
+                 epochs_file: Path | None):
         super().__init__()
         self.split, self.kinds, self.label, self.user_column = split, kinds, label, user_column
+        self.epochs_file = epochs_file  # one JSON line per epoch; it survives crashes and resumes
         self.predict = None
 
     def on_train_begin(self, logs=None):
@@ -78,8 +82,12 @@ class ValidationScore(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         result = score_split(self.predict, self.split, self.kinds, self.label, self.user_column)
+        scores = {f"val_{key}": result[key] for key in ("auc", "gauc", "logloss")}
         if logs is not None:
-            logs.update({f"val_{key}": result[key] for key in ("auc", "gauc", "logloss")})
+            logs.update(scores)
+        if self.epochs_file is not None:
+            with self.epochs_file.open("a") as file:
+                file.write(json.dumps({"epoch": epoch + 1, **scores}) + "\n")
         log.info("epoch %d validation: auc %.4f gauc %.4f logloss %.4f", epoch + 1, result["auc"],
                  result["gauc"], result["logloss"])
 
@@ -118,20 +126,28 @@ class ThroughputMeter(tf.keras.callbacks.Callback):
         return self.steps * self.batch_size / self.seconds if self.seconds else float("nan")
 
 
-def prepare_run_dir(out: Path, config: Config, fresh: bool) -> Path:
-    """The working directory ``out.partial``: resumed if it holds the same config, else new."""
+def prepare_run_dir(out: Path, config: Config, inputs: dict, fresh: bool) -> Path:
+    """The working directory ``out.partial``: resumed if it holds the same config and data, else new."""
     work = out.with_name(out.name + ".partial")
-    saved = work / "config.json"
+    identity = json.dumps({"config": config.to_dict(), "inputs": inputs}, sort_keys=True)
+    saved = work / "run.json"
     if work.exists() and not fresh:
-        if saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(config.to_dict())):
+        if saved.exists() and saved.read_text() == identity:
             log.info("resuming the interrupted run in %s", work)
             return work
-        raise PPNetError(f"{work}: an interrupted run with a different config is there; "
-                         "rerun with the same config to resume, or pass --fresh to start over")
+        raise PPNetError(f"{work}: an interrupted run with a different config or data is there; "
+                         "rerun the same command to resume, or pass --fresh to start over")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    save_config(config, saved)
+    save_config(config, work / "config.json")
+    write_text_atomic(saved, identity)
     return work
+
+
+def epoch_scores(work: Path) -> list[dict]:
+    """Every finished epoch's validation scores, across resumes."""
+    path = work / EPOCHS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def train(config: Config, data_path: str, out: str | Path, valid_path: str | None = None,
@@ -150,7 +166,8 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     kinds = data.input_kinds(config, list(train_split.files) + list(valid_split.files))
     train_rows = data.check_labels(train_split, label)
     data.check_labels(valid_split, label, need_both_classes=True)
-    work, stats = setup_run(config, train_split, kinds, out, role, fresh)
+    inputs = {"data": str(data_path), "valid": None if valid_path is None else str(valid_path)}
+    work, stats = setup_run(config, train_split, kinds, out, inputs, role, fresh)
     log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description,
              valid_split.description)
 
@@ -164,44 +181,45 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
     steps = -(-train_rows // (config.train.batch_size * role.count))
     resume = ResumeDataPosition(cursor, steps_per_epoch=steps)
-    validation = ValidationScore(valid_split, kinds, label, config.data.user_column)
+    validation = ValidationScore(valid_split, kinds, label, config.data.user_column,
+                                 work / EPOCHS_FILE if role.is_chief else None)
     history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps if role.count > 1 else None,
                         callbacks=callbacks(config, work, validation, resume, meter, step_backups=role.count == 1),
                         verbose=1 if sys.stdout.isatty() else 2)
     losses = history.history.get("loss", [])
     if model.stop_training and losses and not np.isfinite(losses[-1]):
         raise PPNetError(f"training loss became {losses[-1]} in epoch {len(losses)} (step {meter.last_step}); "
-                         "lower train.learning_rate or check the numeric features; the last good backup is kept "
-                         f"in {work / 'backup'} (rerun with --fresh after changing the config)")
+                         f"lower train.learning_rate or check the numeric features, then rerun with --fresh "
+                         f"(backups taken before the NaN are in {work / 'backup'})")
     if not role.is_chief:
         return {}
-    shutil.rmtree(work / "backup", ignore_errors=True)
     final = build_model(config, stats) if role.count > 1 else model  # a plain local copy to score and export
     final.load_weights(str(work / BEST_WEIGHTS)).expect_partial()
     metrics = score_split(model_predictor(final, kinds), valid_split, kinds, label, config.data.user_column)
     export_dir = export_model(final, work / "export")
-    valid_auc = history.history.get("val_auc", [])
+    epochs = epoch_scores(work)
     metrics.update({
         "examples_per_sec": meter.examples_per_sec, "train_rows": train_rows, "workers": role.count,
-        "epochs_run": len(losses), "best_epoch": int(np.argmax(valid_auc)) + 1 if valid_auc else 0,
+        "epochs_run": len(epochs), "best_epoch": max(epochs, key=lambda e: e["val_auc"])["epoch"] if epochs else 0,
         "model": config.model.name, "gate_stop_gradient": config.model.gate_stop_gradient,
         "export": str(Path("export") / export_dir.name),
     })
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    shutil.rmtree(work / "backup", ignore_errors=True)  # last: a crash before here still resumes
     if out.exists():
         shutil.rmtree(out)
     work.rename(out)
     return metrics
 
 
-def setup_run(config: Config, train_split: data.Split, kinds: dict[str, str], out: Path,
+def setup_run(config: Config, train_split: data.Split, kinds: dict[str, str], out: Path, inputs: dict,
               role: distribute.Role, fresh: bool) -> tuple[Path, Stats]:
     """The chief computes the statistics and prepares the run directory; other workers wait for them."""
     if not role.is_chief:
         work = out.with_name(out.name + ".partial")
         return work, Stats.load(distribute.wait_for_file(work / "stats.json"))
     stats = compute_stats(config, train_split, kinds)
-    work = prepare_run_dir(out, config, fresh)
+    work = prepare_run_dir(out, config, inputs, fresh)
     stats.save(work / "stats.json")
     return work, stats
 
@@ -216,6 +234,11 @@ def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, config: 
                "shuffle_buffer": config.data.shuffle_buffer, "seed": config.train.seed, "cursor": cursor}
     if role.count == 1:
         return data.make_dataset(split, kinds, rows=rows, **options)
+    split = split.nonempty()
+    empty = [i for i in range(role.count) if not split.shard(i, role.count).files]
+    if empty:
+        raise PPNetError(f"{split.description}: worker(s) {empty} of {role.count} would get no training rows; "
+                         "write the log in more files or row groups, or use fewer workers")
     return strategy.distribute_datasets_from_function(lambda context: data.make_dataset(
         split.shard(context.input_pipeline_id, context.num_input_pipelines), kinds, repeat=True, **options))
 
@@ -228,13 +251,15 @@ def callbacks(config: Config, work: Path, validation: ValidationScore, resume: R
     declare one, so there backups are taken at the end of every epoch.
     """
     every = config.train.backup_every_steps if step_backups else 0
+    best_so_far = max((e["val_auc"] for e in epoch_scores(work)), default=None)  # before a crash, if any
     return [
         validation,  # first: the checkpoint and early-stopping callbacks read the val_auc it adds
         tf.keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq=every if every > 0 else "epoch",
                                             delete_checkpoint=False),  # kept after a NaN; removed on success
         resume,
         tf.keras.callbacks.ModelCheckpoint(str(work / BEST_WEIGHTS), monitor="val_auc", mode="max",
-                                           save_best_only=True, save_weights_only=True),
+                                           save_best_only=True, save_weights_only=True,
+                                           initial_value_threshold=best_so_far),
         tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                          patience=config.train.early_stopping_patience),
         tf.keras.callbacks.TerminateOnNaN(),

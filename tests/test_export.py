@@ -119,3 +119,9 @@ def test_failed_export_leaves_nothing_behind(trained_run, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError):
         export_model(model, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_carries_weights_but_no_optimizer_state(trained_run):
+    names = [name for name, _ in tf.train.list_variables(str(trained_run / "export" / "1" / "variables" / "variables"))]
+    assert any(n.startswith("model/variables/") for n in names)
+    assert not [n for n in names if "optimizer" in n]

@@ -50,6 +50,7 @@ def test_killed_run_resumes_mid_epoch_and_finishes_like_an_uninterrupted_one(log
     epoch, step = map(int, match.groups())
     assert epoch >= 1 and (step > 0 or epoch > 1) and step % BACKUP_EVERY == 0
     resumed_metrics = json.loads((run / "metrics.json").read_text())
+    assert resumed_metrics["epochs_run"] == 2  # counted across the killed and the resumed process
     assert (run / "export" / "1" / "saved_model.pb").is_file()
     assert not (tmp_path / "run.partial").exists()
 

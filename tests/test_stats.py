@@ -19,7 +19,9 @@ from ppnet.stats import Stats, compute_stats, signed_log1p
 
 
 def _config(features: list[dict]):
-    return config_from_dict({"features": features, "model": {"name": "dnn", "personal_ids": []}})
+    # No gAUC here: any column the files have serves as the (required) user column.
+    return config_from_dict({"features": features, "model": {"name": "dnn", "personal_ids": []},
+                             "data": {"user_column": "is_click"}})
 
 
 def _write(tmp_path: Path, tables: list[pa.Table]) -> data.Split:

@@ -31,3 +31,21 @@ def test_single_class_validation_day_is_refused_before_training(synthetic_dir, t
     with pytest.raises(PPNetError, match=r"AUC is undefined"):
         train(small_config(), str(log), tmp_path / "run")
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_missing_user_column_is_refused_before_training(synthetic_dir, tmp_path):
+    with pytest.raises(PPNetError, match=r"column 'viewer' is missing"):
+        train(small_config("data.user_column=viewer"), str(synthetic_dir), tmp_path / "run")
+    assert not (tmp_path / "run.partial").exists()
+
+
+def test_unsigned_64_bit_ids_are_refused(synthetic_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for file in sorted(synthetic_dir.glob("*.parquet")):
+        table = pq.read_table(file)
+        index = table.schema.get_field_index("video_id")
+        pq.write_table(table.set_column(index, "video_id", table["video_id"].cast(pa.uint64())), tmp_path / file.name)
+    with pytest.raises(PPNetError, match=r"'video_id' has type uint64"):
+        train(small_config(), str(tmp_path), tmp_path / "run")

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from ppnet.data import one_line
 from ppnet.errors import PPNetError
 from ppnet.files import atomic_directory
 
@@ -103,11 +104,6 @@ def prepare_kuairand(
     return report
 
 
-def _one_line(error: Exception) -> str:
-    """pyarrow messages can span lines; the CLI prints errors on one line."""
-    return " ".join(str(error).split())
-
-
 def _check_columns(path: Path, names: list[str], required: tuple[str, ...] | list[str]) -> None:
     missing = [c for c in required if c not in names]
     if missing:
@@ -121,7 +117,7 @@ def _read_header(path: Path) -> list[str]:
         with path.open(newline="", encoding="utf-8") as f:
             return next(csv.reader(f), [])
     except (OSError, UnicodeDecodeError) as e:
-        raise PPNetError(f"{path}: cannot read CSV file ({_one_line(e)})") from e
+        raise PPNetError(f"{path}: cannot read CSV file ({one_line(e)})") from e
 
 
 def _read_side_table(path: Path, required: tuple[str, ...], key: str) -> pa.Table:
@@ -137,7 +133,7 @@ def _read_side_table(path: Path, required: tuple[str, ...], key: str) -> pa.Tabl
         table = pcsv.read_csv(path, read_options=read, convert_options=convert)
     except (OSError, pa.ArrowInvalid) as e:
         raise PPNetError(f"{path}: cannot parse CSV, expected int64 in {', '.join(required)} "
-                         f"({_one_line(e)})") from e
+                         f"({one_line(e)})") from e
     duplicates = table.num_rows - pc.count_distinct(table[key], mode="all").as_py()
     if duplicates:
         raise PPNetError(f"{path}: column {key} has {duplicates} duplicate value(s); expected one "
@@ -218,7 +214,7 @@ def _log_batches(path: Path, block_size: int) -> Iterator[pa.RecordBatch]:
                 yield batch
     except (OSError, pa.ArrowInvalid) as e:
         raise PPNetError(f"{path}: cannot parse log CSV, expected the official columns with "
-                         f"numeric values ({_one_line(e)})") from e
+                         f"numeric values ({one_line(e)})") from e
 
 
 def _join(
