@@ -7,7 +7,9 @@ command after a crash resumes from the last backup in ``RUN_DIR.partial/backup``
 Run directory layout::
 
     config.json   the resolved config (overrides applied)
+    run.json      config and data paths: a rerun resumes only the same run
     stats.json    vocabularies, numeric mean/std, input kinds
+    epochs.jsonl  exact validation metrics of every epoch (across resumes)
     checkpoints/  best epoch's weights (by validation AUC)
     logs/         TensorBoard
     export/<v>/   the SavedModel (TF Serving layout)
@@ -159,8 +161,11 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     """
     out = Path(out)
     role = distribute.current_role(strategy)
-    if role.is_chief and out.exists() and not overwrite:
-        raise PPNetError(f"{out}: run directory already exists; pass --overwrite to replace it")
+    if role.is_chief and out.exists():
+        if not overwrite:
+            raise PPNetError(f"{out}: run directory already exists; pass --overwrite to replace it")
+        if not (out / "config.json").exists():
+            raise PPNetError(f"{out}: not a ppnet run directory (no config.json); --overwrite only replaces runs")
     train_split, valid_split = data.make_splits(config, data_path, valid_path)
     label = config.data.label
     kinds = data.input_kinds(config, list(train_split.files) + list(valid_split.files))
