@@ -16,11 +16,6 @@ from typing import Any, Literal
 
 from ppnet.errors import PPNetError
 
-FEATURE_KINDS = ("vocab", "hash", "numeric")
-MODEL_NAMES = ("ppnet", "dnn")
-GATE_MODES = ("shared", "ids")
-OPTIMIZERS = ("adam", "adagrad", "sgd")
-
 
 @dataclass(frozen=True)
 class Feature:
@@ -73,7 +68,7 @@ class TrainConfig:
     batch_size: int = 1024
     epochs: int = 3
     seed: int = 42
-    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    optimizer: Literal["adam", "lazy_adam", "adagrad", "sgd"] = "adam"
     learning_rate: float = 1e-3
     early_stopping_patience: int = 1
     backup_every_steps: int = 500

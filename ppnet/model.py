@@ -107,13 +107,40 @@ class RankingModel(tfrs.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
 
+class LazyAdam(tf.keras.optimizers.Adam):
+    """Adam that updates only the embedding rows a batch used (``train.optimizer = "lazy_adam"``).
+
+    Keras' Adam decays the moments of every row of a table on every step: a full pass over each
+    table per step, which dominates training once hashed id tables have millions of rows. Here
+    rows a batch did not touch keep their moments (as TF Addons' LazyAdam), the usual trade-off
+    for sparse recommender embeddings. Dense weights are updated exactly as by Adam.
+    """
+
+    def update_step(self, gradient, variable):
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - beta_2 ** step) / (1 - beta_1 ** step)
+        slot = self._index_dict[self._var_key(variable)]
+        m, v = self._momentums[slot], self._velocities[slot]
+        rows, position = tf.unique(gradient.indices)
+        grad = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0])
+        m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * grad
+        v_rows = beta_2 * tf.gather(v, rows) + (1 - beta_2) * tf.square(grad)
+        m.scatter_update(tf.IndexedSlices(m_rows, rows))
+        v.scatter_update(tf.IndexedSlices(v_rows, rows))
+        variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
+
+
 def build_model(config: Config, stats: Stats, compile: bool = True) -> RankingModel:
     """A model with its variables created (so weights can be restored into it); compiled for training."""
     model = RankingModel(config, stats, name=config.model.name)
     if not compile:
         model(dummy_batch(stats))
         return model
-    optimizers = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad,
+    optimizers = {"adam": tf.keras.optimizers.Adam, "lazy_adam": LazyAdam, "adagrad": tf.keras.optimizers.Adagrad,
                   "sgd": tf.keras.optimizers.SGD}
     model.compile(optimizer=optimizers[config.train.optimizer](learning_rate=config.train.learning_rate))
     model(dummy_batch(stats))

@@ -96,3 +96,22 @@ def test_loss_is_mean_cross_entropy_plus_embedding_l2(batch_and_stats):
     regularised = build_model(small_config("model.embedding_l2=0.1"), stats)
     regularised.set_weights(plain.get_weights())
     assert float(regularised.compute_loss((features, labels))) > float(expected)
+
+
+def test_lazy_adam_matches_adam_on_first_step_and_leaves_untouched_rows_alone():
+    from ppnet.model import LazyAdam
+
+    def run(optimizer, steps):
+        table = tf.Variable(tf.ones([6, 2]))
+        for rows in steps:
+            grad = tf.IndexedSlices(tf.ones([len(rows), 2]), tf.constant(rows), tf.constant([6, 2]))
+            optimizer.apply_gradients([(grad, table)])
+        return table.numpy()
+
+    np.testing.assert_allclose(run(LazyAdam(0.1), [[0, 2, 2]]), run(tf.keras.optimizers.Adam(0.1), [[0, 2, 2]]),
+                               rtol=1e-6)
+    lazy = run(LazyAdam(0.1), [[0, 2], [4]])
+    assert np.all(lazy[[1, 3, 5]] == 1.0)  # never touched
+    after_first = run(LazyAdam(0.1), [[0, 2]])
+    np.testing.assert_array_equal(lazy[[0, 2]], after_first[[0, 2]])  # not moved by step 2's momentum
+    assert np.all(run(tf.keras.optimizers.Adam(0.1), [[0, 2], [4]])[[0, 2]] != after_first[[0, 2]])

@@ -46,3 +46,15 @@ def test_cli_trains_the_dnn_baseline_and_reexports(synthetic_dir, tmp_path, caps
     assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()
     meta = json.loads((tmp_path / "serving" / "1" / "assets.extra" / "ppnet.json").read_text())
     assert meta["model"] == "dnn"
+
+
+def test_hashed_ids_with_a_million_buckets_train_with_lazy_adam(synthetic_dir, tmp_path):
+    from ppnet.train import train
+    from tests.conftest import small_config
+
+    config = small_config("features.user_id.kind=hash", "features.user_id.bins=1048576",
+                          "train.optimizer=lazy_adam", "train.epochs=1")
+    metrics = train(config, str(synthetic_dir), tmp_path / "run")
+    assert metrics["auc"] > 0.5
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    assert "user_id" not in stats["vocabularies"]  # hashing needs no vocabulary pass
