@@ -71,7 +71,7 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def wait_for_file(path: Path, timeout: float = 600.0) -> Path:
+def wait_for_file(path: Path, timeout: float = 3600.0) -> Path:
     """Block until the chief has written ``path`` (workers wait for its statistics)."""
     deadline = time.monotonic() + timeout
     while not path.exists():
