@@ -40,7 +40,7 @@ def table_size(lookup: tf.keras.layers.Layer) -> int:
 class NumericNormalizer(tf.keras.layers.Layer):
     """Standardise one numeric column to shape ``[batch, 1]``; safe for any float a client sends.
 
-    ``z = (signed_log1p(x) if log1p else x - mean) / std``. Nulls, NaN and +-Inf map to 0 (the
+    ``z = ((signed_log1p(x) if log1p else x) - mean) / std``. Nulls, NaN and +-Inf map to 0 (the
     training mean) and ``z`` is clipped to ``[-clip, clip]`` so huge values cannot blow up the
     tower.
     """

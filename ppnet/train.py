@@ -47,8 +47,9 @@ class ResumeDataPosition(tf.keras.callbacks.Callback):
     """After ``BackupAndRestore`` restored a backup, start the data where the backup was taken.
 
     Keras resumes its epoch and step counters but restarts the data iterator from the first
-    batch; moving the cursor makes the resumed epoch skip exactly the batches already trained.
-    Must come after ``BackupAndRestore`` in the callback list.
+    batch; moving the cursor makes the resumed epoch skip exactly the batches already trained
+    (single process; a multi-worker run resumes at the next epoch of its stream). Must come
+    after ``BackupAndRestore`` in the callback list.
     """
 
     def __init__(self, cursor: data.EpochCursor, steps_per_epoch: int):
@@ -252,8 +253,8 @@ def callbacks(config: Config, work: Path, validation: ValidationScore, resume: R
               meter: ThroughputMeter, step_backups: bool = True) -> list[tf.keras.callbacks.Callback]:
     """Backups for crash-resume, best-epoch checkpoint, early stopping, NaN guard, TensorBoard.
 
-    Mid-epoch backups need a known number of steps per epoch; sharded multi-worker input does not
-    declare one, so there backups are taken at the end of every epoch.
+    Mid-epoch resume needs each pass over the data to be one epoch; a sharded multi-worker stream
+    is continuous, so there backups are taken at the end of every epoch.
     """
     every = config.train.backup_every_steps if step_backups else 0
     best_so_far = max((e["val_auc"] for e in epoch_scores(work)), default=None)  # before a crash, if any
