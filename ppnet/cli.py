@@ -69,8 +69,9 @@ def parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=run_train)
 
     launch = commands.add_parser("launch-local", help="run `ppnet train` as a multi-worker cluster on 127.0.0.1",
-                                 usage="ppnet launch-local [--workers N] [--timeout S] -- TRAIN_ARGS ...")
+                                 usage="ppnet launch-local [--workers N] [--ps M] [--timeout S] -- TRAIN_ARGS ...")
     launch.add_argument("--workers", type=int, default=2)
+    launch.add_argument("--ps", type=int, default=0, help="parameter servers (0: multi_worker, >0: parameter_server)")
     launch.add_argument("--timeout", type=float, default=1800.0, help="stop every worker after this many seconds")
     launch.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of `ppnet train`, after --")
     launch.set_defaults(handler=run_launch_local)
@@ -118,7 +119,7 @@ def run_launch_local(args: argparse.Namespace) -> None:
     from ppnet.distribute import launch_local
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    status = launch_local(args.workers, train_args, timeout=args.timeout)
+    status = launch_local(args.workers, train_args, ps=args.ps, timeout=args.timeout)
     if status:
         raise PPNetError(f"launch-local: the cluster failed (exit status {status}); see the workers' output above")
 

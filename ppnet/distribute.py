@@ -24,51 +24,89 @@ from ppnet.errors import PPNetError
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("local", "mirrored", "multi_worker")
+STRATEGIES = ("local", "mirrored", "multi_worker", "parameter_server")
+MIN_SHARD_BYTES = 256 << 10  # parameter servers: tables smaller than this stay in one piece
 
 
 @dataclass(frozen=True)
 class Role:
-    """This process in the cluster: ``worker`` ``index`` of ``count`` (``local``: a single process)."""
+    """This process in the cluster.
+
+    ``count`` is the number of training workers (their data shards); ``is_chief`` marks the one
+    process that computes statistics, owns the run directory and exports (worker 0 under
+    ``multi_worker``, the coordinator under ``parameter_server``, the only process otherwise);
+    ``serves_only`` marks parameter-server-mode workers and parameter servers, which just run a
+    ``tf.distribute.Server`` for the coordinator.
+    """
 
     task_type: str = "local"
     index: int = 0
     count: int = 1
-
-    @property
-    def is_chief(self) -> bool:
-        """Worker 0 (or the only process): the one that writes the run directory and exports."""
-        return self.index == 0
+    is_chief: bool = True
+    serves_only: bool = False
 
 
 def current_role(strategy: str) -> Role:
-    """This process's role; for ``multi_worker`` read and checked from ``TF_CONFIG``."""
+    """This process's role; for cluster strategies read and checked from ``TF_CONFIG``."""
     if strategy not in STRATEGIES:
         raise PPNetError(f"--strategy {strategy!r}: expected one of {list(STRATEGIES)}")
-    if strategy != "multi_worker":
+    if strategy not in ("multi_worker", "parameter_server"):
         return Role()
+    cluster, task = tf_config(strategy)
+    workers = len(cluster.get("worker", []))
+    if strategy == "multi_worker":
+        if task["type"] != "worker" or not 0 <= task["index"] < workers:
+            raise PPNetError(f"TF_CONFIG: task {task} is not one of the {workers} workers")
+        return Role("worker", task["index"], workers, is_chief=task["index"] == 0)
+    if not (workers and cluster.get("ps") and len(cluster.get("chief", [])) == 1):
+        raise PPNetError("TF_CONFIG: --strategy parameter_server needs cluster.chief (one), cluster.worker "
+                         "and cluster.ps")
+    if task["type"] not in ("chief", "worker", "ps"):
+        raise PPNetError(f"TF_CONFIG: task type {task['type']!r} is not chief, worker or ps")
+    return Role(task["type"], task["index"], workers, is_chief=task["type"] == "chief",
+                serves_only=task["type"] != "chief")
+
+
+def tf_config(strategy: str) -> tuple[dict, dict]:
+    """(cluster, task) from ``TF_CONFIG``, with a one-line error when it is missing or malformed."""
     try:
         config = json.loads(os.environ.get("TF_CONFIG", ""))
-        workers = config["cluster"]["worker"]
-        task = config["task"]
-        role = Role(task["type"], int(task["index"]), len(workers))
+        cluster, task = dict(config["cluster"]), {"type": config["task"]["type"], "index": int(config["task"]["index"])}
     except (ValueError, KeyError, TypeError):
-        raise PPNetError("TF_CONFIG: --strategy multi_worker needs TF_CONFIG with cluster.worker (a list of "
-                         "host:port) and task {type: worker, index: i}") from None
-    if role.task_type != "worker" or not 0 <= role.index < role.count:
-        raise PPNetError(f"TF_CONFIG: task {task} is not one of the {role.count} workers")
-    return role
+        raise PPNetError(f"TF_CONFIG: --strategy {strategy} needs TF_CONFIG with a cluster (lists of host:port "
+                         "per job) and a task {type, index}") from None
+    return cluster, task
 
 
 def make_strategy(name: str):
-    """The ``tf.distribute`` strategy for ``--strategy`` (``local``: TensorFlow's default)."""
+    """The ``tf.distribute`` strategy for ``--strategy`` (``local``: TensorFlow's default).
+
+    Under ``parameter_server`` every variable larger than ``MIN_SHARD_BYTES`` (the embedding
+    tables) is partitioned across the parameter servers.
+    """
     import tensorflow as tf
 
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "parameter_server":
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        servers = len(resolver.cluster_spec().as_dict().get("ps", []))
+        partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+            min_shard_bytes=MIN_SHARD_BYTES, max_shards=servers)
+        return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
     return tf.distribute.get_strategy()
+
+
+def serve(role: Role) -> None:
+    """Run this worker's or parameter server's ``tf.distribute.Server`` until the process is stopped."""
+    import tensorflow as tf
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    log.info("serving as %s %d", role.task_type, role.index)
+    tf.distribute.Server(resolver.cluster_spec(), job_name=role.task_type, task_index=role.index,
+                         protocol=resolver.rpc_layer or "grpc", start=True).join()
 
 
 def wait_for_file(path: Path, timeout: float = 3600.0) -> Path:
@@ -94,50 +132,56 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def launch_local(workers: int, train_args: list[str], timeout: float = 1800.0) -> int:
-    """Run ``ppnet train TRAIN_ARGS --strategy multi_worker`` as ``workers`` processes on 127.0.0.1.
+def launch_local(workers: int, train_args: list[str], ps: int = 0, timeout: float = 1800.0) -> int:
+    """Run a whole ``ppnet train`` cluster as local processes on 127.0.0.1 with free ports.
 
-    Worker 0's output goes to this terminal, the others' to temporary log files shown if they
-    fail. Every process is stopped when one fails or ``timeout`` seconds pass, so nothing is
-    left running. Returns the cluster's exit status (0 when every worker succeeded).
+    ``ps == 0``: ``workers`` processes under ``multi_worker``. ``ps > 0``: a chief (the
+    coordinator) + ``workers`` workers + ``ps`` parameter servers under ``parameter_server``; the
+    servers are stopped once the chief is done. The first process's output goes to this terminal,
+    the others' to temporary logs shown if they fail. Every process is stopped when one fails or
+    ``timeout`` seconds pass. Returns the cluster's exit status (0 on success).
     """
-    if workers < 1:
-        raise PPNetError(f"--workers must be >= 1, got {workers}")
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
-    command = [sys.executable, "-m", "ppnet.cli", "train", *train_args, "--strategy", "multi_worker"]
-    logs = [None] + [tempfile.TemporaryFile(mode="w+") for _ in range(1, workers)]
+    if workers < 1 or ps < 0:
+        raise PPNetError(f"--workers must be >= 1 and --ps >= 0, got {workers} and {ps}")
+    tasks = ([("chief", 0)] if ps else []) + [("worker", i) for i in range(workers)] + [("ps", i) for i in range(ps)]
+    ports = iter(free_ports(len(tasks)))
+    cluster: dict[str, list[str]] = {}
+    for job, _ in tasks:
+        cluster.setdefault(job, []).append(f"127.0.0.1:{next(ports)}")
+    strategy = "parameter_server" if ps else "multi_worker"
+    command = [sys.executable, "-m", "ppnet.cli", "train", *train_args, "--strategy", strategy]
+    logs = [None] + [tempfile.TemporaryFile(mode="w+") for _ in tasks[1:]]
     processes = []
-    for index in range(workers):
-        env = {**os.environ, "TF_CONFIG": json.dumps(
-            {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})}
-        out = logs[index] or None
-        processes.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
     try:
-        status = _wait_all(processes, time.monotonic() + timeout)
-    finally:  # interrupted or crashed: leave no worker behind
+        for (job, index), out in zip(tasks, logs):
+            env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": job, "index": index}})}
+            processes.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
+        status = _wait(processes, chief_only=bool(ps), deadline=time.monotonic() + timeout)
+    finally:  # done, failed or interrupted: leave no process behind
         for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    for index, (process, file) in enumerate(zip(processes, logs)):
+    for (job, index), process, file in zip(tasks, processes, logs):
         if file is not None:
-            if process.returncode:
+            if status and process.returncode not in (0, -9):
                 file.seek(0)
-                sys.stderr.write(f"--- worker {index} (exit {process.returncode}) ---\n{file.read()[-4000:]}\n")
+                sys.stderr.write(f"--- {job} {index} (exit {process.returncode}) ---\n{file.read()[-4000:]}\n")
             file.close()
     return status
 
 
-def _wait_all(processes: list[subprocess.Popen], deadline: float) -> int:
-    """Wait for every process; on the first failure or at the deadline, stop the rest."""
-    while any(p.poll() is None for p in processes):
-        failed = [p for p in processes if p.returncode not in (None, 0)]
-        if failed or time.monotonic() > deadline:
-            for p in processes:
-                if p.poll() is None:
-                    p.kill()
-            for p in processes:
-                p.wait()
-            return failed[0].returncode if failed else 124
+def _wait(processes: list[subprocess.Popen], chief_only: bool, deadline: float) -> int:
+    """Wait for the first process (``chief_only``) or all of them; the first failure or the deadline
+    ends the wait. Returns 0, the failing exit status, or 124 at the deadline."""
+    while True:
+        codes = [p.poll() for p in processes]
+        servers_died = chief_only and any(code is not None for code in codes[1:])
+        failed = next((code for code in codes if code not in (None, 0)), 1 if servers_died else None)
+        if failed is not None:
+            return failed if failed > 0 else 1
+        if (codes[0] is not None) if chief_only else all(code is not None for code in codes):
+            return 0
+        if time.monotonic() > deadline:
+            return 124
         time.sleep(0.2)
-    return next((p.returncode for p in processes if p.returncode), 0)

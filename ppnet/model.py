@@ -92,6 +92,10 @@ class RankingModel(tfrs.Model):
         self.loss_tracker.update_state(per_example)
         return tf.nn.compute_average_loss(per_example)
 
+    def get_config(self) -> dict:
+        """What the model is built from (its weights come from checkpoints, see ``build_model``)."""
+        return {"config": self.config.to_dict(), "stats": vars(self.stats)}
+
     def train_step(self, inputs):
         super().train_step(inputs)
         return self.metric_results()

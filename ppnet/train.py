@@ -162,6 +162,9 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     """
     out = Path(out)
     role = distribute.current_role(strategy)
+    if role.serves_only:
+        distribute.serve(role)
+        return {}
     if role.is_chief and out.exists():
         if not overwrite:
             raise PPNetError(f"{out}: run directory already exists; pass --overwrite to replace it")
@@ -182,24 +185,26 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     with dist.scope():
         model = build_model(config, stats)
     cursor = data.EpochCursor()
-    train_ds = make_input(dist, role, config, train_split, kinds, cursor, train_rows)
+    train_ds = make_input(dist, role, config, train_split, kinds, cursor, train_rows, work)
     meter = ThroughputMeter(config.train.batch_size * role.count)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
     steps = -(-train_rows // (config.train.batch_size * role.count))
+    streamed = role.count > 1 or strategy == "parameter_server"
     resume = ResumeDataPosition(cursor, steps_per_epoch=steps)
     validation = ValidationScore(valid_split, kinds, label, config.data.user_column,
                                  work / EPOCHS_FILE if role.is_chief else None)
-    history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps if role.count > 1 else None,
-                        callbacks=callbacks(config, work, validation, resume, meter, step_backups=role.count == 1),
+    history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps if streamed else None,
+                        callbacks=callbacks(config, work, validation, resume, meter, step_backups=not streamed,
+                                            parameter_server=strategy == "parameter_server"),
                         verbose=1 if sys.stdout.isatty() else 2)
     losses = history.history.get("loss", [])
-    if model.stop_training and losses and not np.isfinite(losses[-1]):
+    if losses and not np.isfinite(losses[-1]):
         raise PPNetError(f"training loss became {losses[-1]} in epoch {len(losses)} (step {meter.last_step}); "
                          f"lower train.learning_rate or check the numeric features, then rerun with --fresh "
                          f"(backups taken before the NaN are in {work / 'backup'})")
     if not role.is_chief:
         return {}
-    final = build_model(config, stats) if role.count > 1 else model  # a plain local copy to score and export
+    final = build_model(config, stats) if streamed else model  # a plain local copy to score and export
     final.load_weights(str(work / BEST_WEIGHTS)).expect_partial()
     metrics = score_split(model_predictor(final, kinds), valid_split, kinds, label, config.data.user_column)
     export_dir = export_model(final, work / "export")
@@ -210,8 +215,12 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
         "model": config.model.name, "gate_stop_gradient": config.model.gate_stop_gradient,
         "export": str(Path("export") / export_dir.name),
     })
+    if strategy == "parameter_server":  # how each embedding table was split across the parameter servers
+        metrics["table_shards"] = {layer.name: len(getattr(layer.embeddings, "variables", [layer.embeddings]))
+                                   for layer in [*model.embeddings.values(), *model.gate_embeddings.values()]}
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    shutil.rmtree(work / "backup", ignore_errors=True)  # last: a crash before here still resumes
+    for scratch in ("backup", "shards"):  # last: a crash before here still resumes
+        shutil.rmtree(work / scratch, ignore_errors=True)
     if out.exists():
         shutil.rmtree(out)
     work.rename(out)
@@ -231,26 +240,33 @@ def setup_run(config: Config, train_split: data.Split, kinds: dict[str, str], ou
 
 
 def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, config: Config, split: data.Split,
-               kinds: dict[str, str], cursor: data.EpochCursor, rows: int):
+               kinds: dict[str, str], cursor: data.EpochCursor, rows: int, work: Path):
     """The training dataset; in a cluster each worker streams only its own shard of the files.
 
-    ``train.batch_size`` is per worker, so the global batch is ``batch_size x workers``.
+    ``train.batch_size`` is per worker, so the global batch is ``batch_size x workers``. Parameter-
+    server workers read their shard from TFRecord files the chief writes into the run directory.
     """
     options = {"label": config.data.label, "batch_size": config.train.batch_size,
                "shuffle_buffer": config.data.shuffle_buffer, "seed": config.train.seed, "cursor": cursor}
-    if role.count == 1:
+    if role.count == 1 and not isinstance(strategy, tf.distribute.ParameterServerStrategy):
         return data.make_dataset(split, kinds, rows=rows, **options)
     split = split.nonempty()
     empty = [i for i in range(role.count) if not split.shard(i, role.count).files]
     if empty:
         raise PPNetError(f"{split.description}: worker(s) {empty} of {role.count} would get no training rows; "
                          "write the log in more files or row groups, or use fewer workers")
+    if isinstance(strategy, tf.distribute.ParameterServerStrategy):
+        shards = [str(p) for p in data.write_tfrecord_shards(split, kinds, options["label"], options["batch_size"],
+                                                             role.count, work / "shards", config.train.seed)]
+        return tf.keras.utils.experimental.DatasetCreator(
+            lambda context: data.tfrecord_dataset(shards[context.input_pipeline_id], kinds, options["label"]))
     return strategy.distribute_datasets_from_function(lambda context: data.make_dataset(
         split.shard(context.input_pipeline_id, context.num_input_pipelines), kinds, repeat=True, **options))
 
 
 def callbacks(config: Config, work: Path, validation: ValidationScore, resume: ResumeDataPosition,
-              meter: ThroughputMeter, step_backups: bool = True) -> list[tf.keras.callbacks.Callback]:
+              meter: ThroughputMeter, step_backups: bool = True,
+              parameter_server: bool = False) -> list[tf.keras.callbacks.Callback]:
     """Backups for crash-resume, best-epoch checkpoint, early stopping, NaN guard, TensorBoard.
 
     Mid-epoch resume needs each pass over the data to be one epoch; a sharded multi-worker stream
@@ -258,18 +274,21 @@ def callbacks(config: Config, work: Path, validation: ValidationScore, resume: R
     """
     every = config.train.backup_every_steps if step_backups else 0
     best_so_far = max((e["val_auc"] for e in epoch_scores(work)), default=None)  # before a crash, if any
+    backup = [tf.keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq=every if every > 0 else "epoch",
+                                                  delete_checkpoint=False), resume] if not parameter_server else []
+    # Under a parameter server step logs are remote values: NaN is caught per epoch, after fit.
+    per_step = [] if parameter_server else [tf.keras.callbacks.TerminateOnNaN()]
     return [
         validation,  # first: the checkpoint and early-stopping callbacks read the val_auc it adds
-        tf.keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq=every if every > 0 else "epoch",
-                                            delete_checkpoint=False),  # kept after a NaN; removed on success
-        resume,
+        *backup,
         tf.keras.callbacks.ModelCheckpoint(str(work / BEST_WEIGHTS), monitor="val_auc", mode="max",
                                            save_best_only=True, save_weights_only=True,
                                            initial_value_threshold=best_so_far),
         tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                          patience=config.train.early_stopping_patience),
-        tf.keras.callbacks.TerminateOnNaN(),
-        tf.keras.callbacks.TensorBoard(str(work / "logs"), update_freq=100, profile_batch=0),
+        *per_step,
+        tf.keras.callbacks.TensorBoard(str(work / "logs"), update_freq="epoch" if parameter_server else 100,
+                                       profile_batch=0),
         meter,
     ]
 

@@ -61,3 +61,24 @@ def test_two_worker_multi_worker_mirrored_run_reports_global_metrics(synthetic_d
                              f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))"],
                             capture_output=True, text=True, timeout=300)
     assert "serving_default" in reload.stdout, reload.stderr[-2000:]
+
+
+def test_parameter_server_run_partitions_tables_and_exports(synthetic_dir, tmp_path):
+    run = tmp_path / "run"
+    extra = ["train.epochs=2", "features.user_id.kind=hash", "features.user_id.bins=65536"]  # 4 MiB table
+    sets = [arg for item in [*SMALL_OVERRIDES, *extra] for arg in ("--set", item)]
+    result = subprocess.run(
+        [sys.executable, "-m", "ppnet.cli", "launch-local", "--workers", "2", "--ps", "2", "--timeout", "500", "--",
+         "--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), "--out", str(run), *sets],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["workers"] == 2 and 0.5 < metrics["auc"] <= 1.0
+    shards = metrics["table_shards"]
+    assert shards["embedding_user_id"] == 2 and shards["gate_embedding_user_id"] == 2  # split over both servers
+    assert shards["embedding_tab"] == 1  # small tables stay whole
+    assert not (run / "shards").exists()  # the workers' TFRecord input shards are scratch
+    reload = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ppnet'] = None; import tensorflow as tf; "
+                             f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))"],
+                            capture_output=True, text=True, timeout=300)
+    assert "serving_default" in reload.stdout, reload.stderr[-2000:]
