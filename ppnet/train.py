@@ -97,7 +97,9 @@ class ValidationScore(tf.keras.callbacks.Callback):
 
 class ThroughputMeter(tf.keras.callbacks.Callback):
     """Steady-state training examples/sec: from the end of each epoch's first step (tracing,
-    warm-up excluded) to the end of its last step (per-epoch validation excluded)."""
+    warm-up excluded) to the end of the epoch, when Keras has waited for every step (under a
+    parameter server steps only get scheduled before that). Listed first among the callbacks,
+    so the per-epoch validation is not counted."""
 
     def __init__(self, batch_size: int):
         super().__init__()
@@ -122,7 +124,7 @@ class ThroughputMeter(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._first is not None:
             self.steps += self._last[0] - self._first[0]
-            self.seconds += self._last[1] - self._first[1]
+            self.seconds += time.perf_counter() - self._first[1]
 
     @property
     def examples_per_sec(self) -> float:
@@ -279,7 +281,8 @@ def callbacks(config: Config, work: Path, validation: ValidationScore, resume: R
     # Under a parameter server step logs are remote values: NaN is caught per epoch, after fit.
     per_step = [] if parameter_server else [tf.keras.callbacks.TerminateOnNaN()]
     return [
-        validation,  # first: the checkpoint and early-stopping callbacks read the val_auc it adds
+        meter,  # first: its epoch ends before the validation below
+        validation,  # before the checkpoint and early-stopping callbacks, which read the val_auc it adds
         *backup,
         tf.keras.callbacks.ModelCheckpoint(str(work / BEST_WEIGHTS), monitor="val_auc", mode="max",
                                            save_best_only=True, save_weights_only=True,
@@ -289,7 +292,6 @@ def callbacks(config: Config, work: Path, validation: ValidationScore, resume: R
         *per_step,
         tf.keras.callbacks.TensorBoard(str(work / "logs"), update_freq="epoch" if parameter_server else 100,
                                        profile_batch=0),
-        meter,
     ]
 
 
