@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
     train.add_argument("--strategy", choices=STRATEGIES, default="local",
-                       help="tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG")
+                       help="tf.distribute strategy; multi_worker and parameter_server read the cluster from TF_CONFIG")
     train.set_defaults(handler=run_train)
 
     launch = commands.add_parser("launch-local", help="run `ppnet train` as a multi-worker cluster on 127.0.0.1",
