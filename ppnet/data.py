@@ -243,29 +243,29 @@ def iter_batches(split: Split, kinds: dict[str, str], label: str, batch_size: in
     columns = [*kinds, label]
     read_rows = max(batch_size, min(shuffle_buffer or batch_size, 65536))
     pending: list[dict[str, np.ndarray]] = []
-    pending_rows = 0
     for _, batch in source.batches(columns, read_rows):
         arrays = to_arrays(batch, kinds)
         arrays[label] = batch.column(label).cast(pa.float32()).to_numpy(zero_copy_only=False)
         pending.append(arrays)
-        pending_rows += batch.num_rows
-        if pending_rows >= max(shuffle_buffer, batch_size):
-            block = _concat(pending)
-            if shuffle_buffer:
-                block = _take(block, rng.permutation(pending_rows))
-            full = pending_rows - pending_rows % batch_size
-            for start in range(0, full, batch_size):
-                out = _take(block, slice(start, start + batch_size))
-                yield out, out.pop(label)
-            pending = [_take(block, slice(full, None))] if full < pending_rows else []
-            pending_rows -= full
-    if pending_rows:
-        block = _concat(pending)
-        if shuffle_buffer:
-            block = _take(block, rng.permutation(pending_rows))
-        for start in range(0, pending_rows, batch_size):
-            out = _take(block, slice(start, start + batch_size))
-            yield out, out.pop(label)
+        if sum(len(p[label]) for p in pending) >= max(shuffle_buffer, batch_size):
+            pending = yield from _emit_block(pending, label, batch_size, rng if shuffle_buffer else None, last=False)
+    if pending:
+        yield from _emit_block(pending, label, batch_size, rng if shuffle_buffer else None, last=True)
+
+
+def _emit_block(pending: list[dict[str, np.ndarray]], label: str, batch_size: int,
+                rng: np.random.Generator | None, last: bool):
+    """Yield the buffered rows (permuted with ``rng``) as batches; return the rows that do not fill
+    a whole batch, to carry into the next buffer (``last``: emit them as a final short batch)."""
+    block = _concat(pending)
+    rows = len(block[label])
+    if rng is not None:
+        block = _take(block, rng.permutation(rows))
+    full = rows if last else rows - rows % batch_size
+    for start in range(0, full, batch_size):
+        out = _take(block, slice(start, start + batch_size))
+        yield out, out.pop(label)
+    return [_take(block, slice(full, None))] if full < rows else []
 
 
 def input_specs(kinds: dict[str, str]) -> dict:

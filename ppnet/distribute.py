@@ -44,6 +44,12 @@ class Role:
     count: int = 1
     is_chief: bool = True
     serves_only: bool = False
+    parameter_server: bool = False
+
+    @property
+    def streamed(self) -> bool:
+        """Training input is sharded per worker and streamed pass after pass (epochs of fixed steps)."""
+        return self.count > 1 or self.parameter_server
 
 
 def current_role(strategy: str) -> Role:
@@ -64,7 +70,7 @@ def current_role(strategy: str) -> Role:
     if task["type"] not in ("chief", "worker", "ps"):
         raise PPNetError(f"TF_CONFIG: task type {task['type']!r} is not chief, worker or ps")
     return Role(task["type"], task["index"], workers, is_chief=task["type"] == "chief",
-                serves_only=task["type"] != "chief")
+                serves_only=task["type"] != "chief", parameter_server=True)
 
 
 def tf_config(strategy: str) -> tuple[dict, dict]:

@@ -191,13 +191,11 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     meter = ThroughputMeter(config.train.batch_size * role.count)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
     steps = -(-train_rows // (config.train.batch_size * role.count))
-    streamed = role.count > 1 or strategy == "parameter_server"
     resume = ResumeDataPosition(cursor, steps_per_epoch=steps)
     validation = ValidationScore(valid_split, kinds, label, config.data.user_column,
                                  work / EPOCHS_FILE if role.is_chief else None)
-    history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps if streamed else None,
-                        callbacks=callbacks(config, work, validation, resume, meter, step_backups=not streamed,
-                                            parameter_server=strategy == "parameter_server"),
+    history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps if role.streamed else None,
+                        callbacks=callbacks(config, work, validation, resume, meter, role),
                         verbose=1 if sys.stdout.isatty() else 2)
     losses = history.history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
@@ -206,7 +204,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
                          f"(backups taken before the NaN are in {work / 'backup'})")
     if not role.is_chief:
         return {}
-    final = build_model(config, stats) if streamed else model  # a plain local copy to score and export
+    final = build_model(config, stats) if role.streamed else model  # a plain local copy to score and export
     final.load_weights(str(work / BEST_WEIGHTS)).expect_partial()
     metrics = score_split(model_predictor(final, kinds), valid_split, kinds, label, config.data.user_column)
     export_dir = export_model(final, work / "export")
@@ -217,7 +215,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
         "model": config.model.name, "gate_stop_gradient": config.model.gate_stop_gradient,
         "export": str(Path("export") / export_dir.name),
     })
-    if strategy == "parameter_server":  # how each embedding table was split across the parameter servers
+    if role.parameter_server:  # how each embedding table was split across the parameter servers
         metrics["table_shards"] = {layer.name: len(getattr(layer.embeddings, "variables", [layer.embeddings]))
                                    for layer in [*model.embeddings.values(), *model.gate_embeddings.values()]}
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -250,14 +248,14 @@ def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, config: 
     """
     options = {"label": config.data.label, "batch_size": config.train.batch_size,
                "shuffle_buffer": config.data.shuffle_buffer, "seed": config.train.seed, "cursor": cursor}
-    if role.count == 1 and not isinstance(strategy, tf.distribute.ParameterServerStrategy):
+    if not role.streamed:
         return data.make_dataset(split, kinds, rows=rows, **options)
     split = split.nonempty()
     empty = [i for i in range(role.count) if not split.shard(i, role.count).files]
     if empty:
         raise PPNetError(f"{split.description}: worker(s) {empty} of {role.count} would get no training rows; "
                          "write the log in more files or row groups, or use fewer workers")
-    if isinstance(strategy, tf.distribute.ParameterServerStrategy):
+    if role.parameter_server:
         shards = [str(p) for p in data.write_tfrecord_shards(split, kinds, options["label"], options["batch_size"],
                                                              role.count, work / "shards", config.train.seed)]
         return tf.keras.utils.experimental.DatasetCreator(
@@ -267,19 +265,18 @@ def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, config: 
 
 
 def callbacks(config: Config, work: Path, validation: ValidationScore, resume: ResumeDataPosition,
-              meter: ThroughputMeter, step_backups: bool = True,
-              parameter_server: bool = False) -> list[tf.keras.callbacks.Callback]:
+              meter: ThroughputMeter, role: distribute.Role) -> list[tf.keras.callbacks.Callback]:
     """Backups for crash-resume, best-epoch checkpoint, early stopping, NaN guard, TensorBoard.
 
     Mid-epoch resume needs each pass over the data to be one epoch; a sharded multi-worker stream
     is continuous, so there backups are taken at the end of every epoch.
     """
-    every = config.train.backup_every_steps if step_backups else 0
+    every = 0 if role.streamed else config.train.backup_every_steps
     best_so_far = max((e["val_auc"] for e in epoch_scores(work)), default=None)  # before a crash, if any
     backup = [tf.keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq=every if every > 0 else "epoch",
-                                                  delete_checkpoint=False), resume] if not parameter_server else []
+                                                  delete_checkpoint=False), resume] if not role.parameter_server else []
     # Under a parameter server step logs are remote values: NaN is caught per epoch, after fit.
-    per_step = [] if parameter_server else [tf.keras.callbacks.TerminateOnNaN()]
+    per_step = [] if role.parameter_server else [tf.keras.callbacks.TerminateOnNaN()]
     return [
         meter,  # first: its epoch ends before the validation below
         validation,  # before the checkpoint and early-stopping callbacks, which read the val_auc it adds
@@ -290,7 +287,7 @@ def callbacks(config: Config, work: Path, validation: ValidationScore, resume: R
         tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                          patience=config.train.early_stopping_patience),
         *per_step,
-        tf.keras.callbacks.TensorBoard(str(work / "logs"), update_freq="epoch" if parameter_server else 100,
+        tf.keras.callbacks.TensorBoard(str(work / "logs"), update_freq="epoch" if role.parameter_server else 100,
                                        profile_batch=0),
     ]
 
