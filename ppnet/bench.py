@@ -41,7 +41,7 @@ from ppnet import data
 from ppnet.config import Config, load_config
 from ppnet.errors import PPNetError
 from ppnet.evaluate import score_split
-from ppnet.features import NumericNormalizer, make_lookup, table_size
+from ppnet.features import make_lookup, numeric_normalizer, table_size
 from ppnet.stats import Stats
 from ppnet.train import model_predictor, train
 
@@ -202,8 +202,7 @@ class LogisticRegression(tf.keras.Model):
         self.tables = {name: tf.keras.layers.Embedding(table_size(lookup), 1, embeddings_initializer="zeros",
                                                        embeddings_regularizer=tf.keras.regularizers.L2(l2))
                        for name, lookup in self.lookups.items()}
-        self.normalizers = {f.name: NumericNormalizer(*stats.numeric[f.name], log1p=f.log1p)
-                            for f in config.features if f.kind == "numeric"}
+        self.normalizer = numeric_normalizer(config.features, stats)
         rate = min(max(stats.positive_rate, 1e-6), 1 - 1e-6)
         bias = tf.keras.initializers.Constant(math.log(rate / (1 - rate)))  # the training CTR, as the ranker
         self.linear = tf.keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer=bias,
@@ -211,9 +210,9 @@ class LogisticRegression(tf.keras.Model):
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         rows = tf.shape(next(iter(features.values())))[0]
-        numeric = [norm(features[name]) for name, norm in self.normalizers.items()] or [tf.zeros([rows, 1])]
+        numeric = self.normalizer(features) if self.normalizer else tf.zeros([rows, 1])
         terms = [table(self.lookups[name](features[name])) for name, table in self.tables.items()]
-        return tf.squeeze(tf.add_n([self.linear(tf.concat(numeric, axis=-1)), *terms]), axis=-1)
+        return tf.squeeze(tf.add_n([self.linear(numeric), *terms]), axis=-1)
 
 
 def train_logreg(config: Config, stats: Stats, splits: tuple[data.Split, data.Split], kinds: dict[str, str],

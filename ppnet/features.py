@@ -2,8 +2,8 @@
 
 Categorical columns go through a lookup (``StringLookup`` / ``IntegerLookup`` with the training
 vocabulary, or ``Hashing``) to an index; numeric columns are log-transformed, standardised and
-sanitised. The embedding tables themselves live in the model, which may keep two tables per
-personalisation id (the DNN's and the gates').
+sanitised. The embedding tables themselves live in the model (grouped by dimension, see
+``layers.GroupedEmbedding``), which may keep a second, gate-only table per personalisation id.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from ppnet.config import Feature
 from ppnet.data import INT, NULL_INT_ID, STRING
+from ppnet.stats import Stats
 
 
 def make_lookup(feature: Feature, kind: str, vocabulary: list | None) -> tf.keras.layers.Layer:
@@ -38,24 +39,40 @@ def table_size(lookup: tf.keras.layers.Layer) -> int:
 
 
 class NumericNormalizer(tf.keras.layers.Layer):
-    """Standardise one numeric column to shape ``[batch, 1]``; safe for any float a client sends.
+    """The numeric columns of a batch, standardised as one ``[batch, columns]`` tensor; safe for any
+    float a client sends.
 
-    ``z = ((signed_log1p(x) if log1p else x) - mean) / std``. Nulls, NaN and +-Inf map to 0 (the
-    training mean) and ``z`` is clipped to ``[-clip, clip]`` so huge values cannot blow up the
-    tower.
+    Column ``i``: ``z = ((signed_log1p(x) if log1p[i] else x) - means[i]) / stds[i]``. Nulls, NaN
+    and +-Inf map to 0 (the training mean) and ``z`` is clipped to ``[-clip, clip]`` so huge values
+    cannot blow up the tower. One layer for all columns: a dozen ops per request instead of a
+    dozen per column.
     """
 
-    def __init__(self, mean: float, std: float, log1p: bool = False, clip: float = 10.0, **kwargs):
+    def __init__(self, columns: list[str], means: list[float], stds: list[float], log1p: list[bool],
+                 clip: float = 10.0, **kwargs):
         super().__init__(**kwargs)
-        self.mean, self.std, self.log1p, self.clip = float(mean), float(std), bool(log1p), float(clip)
+        self.columns = list(columns)
+        self.means, self.stds = [float(m) for m in means], [float(s) for s in stds]
+        self.log1p, self.clip = [bool(flag) for flag in log1p], float(clip)
 
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        x = tf.cast(inputs, tf.float32)
-        if self.log1p:
-            x = tf.sign(x) * tf.math.log1p(tf.abs(x))
-        z = (x - self.mean) / self.std
+    def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        x = tf.stack([tf.cast(features[column], tf.float32) for column in self.columns], axis=1)
+        if any(self.log1p):
+            x = tf.where(tf.constant(self.log1p), tf.sign(x) * tf.math.log1p(tf.abs(x)), x)
+        z = (x - tf.constant(self.means)) / tf.constant(self.stds)
         z = tf.where(tf.math.is_finite(z), z, tf.zeros_like(z))
-        return tf.clip_by_value(z, -self.clip, self.clip)[:, tf.newaxis]
+        return tf.clip_by_value(z, -self.clip, self.clip)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "mean": self.mean, "std": self.std, "log1p": self.log1p, "clip": self.clip}
+        return {**super().get_config(), "columns": self.columns, "means": self.means, "stds": self.stds,
+                "log1p": self.log1p, "clip": self.clip}
+
+
+def numeric_normalizer(features: list[Feature], stats: Stats) -> NumericNormalizer | None:
+    """The normaliser of the numeric features (None without any), from the training statistics."""
+    numeric = [f for f in features if f.kind == "numeric"]
+    if not numeric:
+        return None
+    return NumericNormalizer([f.name for f in numeric], [stats.numeric[f.name][0] for f in numeric],
+                             [stats.numeric[f.name][1] for f in numeric], [f.log1p for f in numeric],
+                             name="numeric_normalizer")

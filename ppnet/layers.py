@@ -1,35 +1,73 @@
-"""PPNet's building blocks as plain Keras layers: the GateNN and the gated DNN tower.
+"""PPNet's building blocks as plain Keras layers: grouped embedding tables, the GateNNs and the
+gated DNN tower.
 
 These know nothing of configs, files or features: they map tensors to tensors, so they can be
-reused and tested alone. Both serialise through ``get_config``.
+reused and tested alone. All serialise through ``get_config``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 
-class GateNN(tf.keras.layers.Layer):
-    """LHUC gate: ``2 * sigmoid(Dense(units)(Dense(hidden, relu)(x)))``, one multiplier per unit.
+class GroupedEmbedding(tf.keras.layers.Layer):
+    """Several embedding tables of one dimension stored as one ``[sum(sizes), dim]`` variable.
 
-    The output layer starts at zero (kernel and bias), so an untrained gate is exactly 1 and a
-    gated tower computes the same function as the plain one; the factor 2 lets training scale a
-    unit up as well as down, in (0, 2).
+    ``call(indices)`` takes ``[batch, fields]`` indices, column ``i`` into table ``i``, and returns
+    ``[batch, fields, dim]``. One gather, one sparse gradient and one optimizer update replace one
+    of each per field: with ~40 fields those small ops, not the arithmetic, dominated a training
+    step and a one-row request. Table ``i`` is rows ``offsets[i] : offsets[i] + sizes[i]``.
     """
 
-    def __init__(self, units: int, hidden_units: int = 64, **kwargs):
+    def __init__(self, sizes: list[int], dim: int, **kwargs):
         super().__init__(**kwargs)
-        self.units = units
-        self.hidden_units = hidden_units
-        self.hidden = tf.keras.layers.Dense(hidden_units, activation="relu", name="hidden")
-        self.scale = tf.keras.layers.Dense(units, activation="sigmoid", kernel_initializer="zeros",
-                                           bias_initializer="zeros", name="scale")
+        self.sizes, self.dim = [int(s) for s in sizes], int(dim)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
 
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        return 2.0 * self.scale(self.hidden(inputs))
+    def build(self, input_shape: tf.TensorShape) -> None:
+        # Keras Embedding's default initializer, so grouping does not change the model.
+        self.embeddings = self.add_weight(name="embeddings", shape=[sum(self.sizes), self.dim],
+                                          initializer="uniform")
+        super().build(input_shape)
+
+    def call(self, indices: tf.Tensor) -> tf.Tensor:
+        # embedding_lookup, not gather: it also reads tables sharded over parameter servers.
+        return tf.nn.embedding_lookup(self.embeddings, tf.cast(indices, tf.int64) + self.offsets)
+
+    def rows(self, field: int) -> slice:
+        """The rows of table ``field`` in the grouped variable."""
+        return slice(int(self.offsets[field]), int(self.offsets[field]) + self.sizes[field])
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "units": self.units, "hidden_units": self.hidden_units}
+        return {**super().get_config(), "sizes": self.sizes, "dim": self.dim}
+
+
+class GateNNs(tf.keras.layers.Layer):
+    """One LHUC GateNN per tower layer: gate ``i`` is ``2 * sigmoid(Dense(widths[i])(Dense(hidden, relu)(x)))``.
+
+    The gates all read the same input, so their hidden layers run as one ``Dense(hidden *
+    len(widths))`` split in equal parts: the same function as separate GateNNs (each output layer
+    sees only its own hidden units) with one wide matmul instead of several narrow ones. The output
+    layers start at zero (kernel and bias), so an untrained gate is exactly 1 and a gated tower
+    computes the same function as the plain one; the factor 2 lets training scale a unit up as
+    well as down, in (0, 2).
+    """
+
+    def __init__(self, widths: list[int], hidden_units: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.widths, self.hidden_units = [int(w) for w in widths], int(hidden_units)
+        self.hidden = tf.keras.layers.Dense(self.hidden_units * len(self.widths), activation="relu", name="hidden")
+        self.scales = [tf.keras.layers.Dense(w, activation="sigmoid", kernel_initializer="zeros",
+                                             bias_initializer="zeros", name=f"scale_{i}")
+                       for i, w in enumerate(self.widths)]
+
+    def call(self, inputs: tf.Tensor) -> list[tf.Tensor]:
+        hidden = tf.split(self.hidden(inputs), len(self.widths), axis=-1)
+        return [2.0 * scale(h) for scale, h in zip(self.scales, hidden)]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "widths": self.widths, "hidden_units": self.hidden_units}
 
 
 class GatedTower(tf.keras.layers.Layer):
@@ -55,22 +93,20 @@ class GatedTower(tf.keras.layers.Layer):
         self.norms = [tf.keras.layers.BatchNormalization(name=f"batch_norm_{i}") if batch_norm else None
                       for i in range(len(self.hidden_units))]
         self.drops = [tf.keras.layers.Dropout(dropout) if dropout else None for _ in self.hidden_units]
-        self.gates: list[GateNN] = []
+        self.gates: GateNNs | None = None
 
     def build(self, input_shape: tf.TensorShape) -> None:
-        if self.gated:
-            widths = [int(input_shape[-1]), *self.hidden_units]  # input width of each Dense layer
-            self.gates = [GateNN(w, self.gate_hidden, name=f"gate_{i}") for i, w in enumerate(widths)]
+        if self.gated:  # gate i scales the input of Dense layer i
+            self.gates = GateNNs([int(input_shape[-1]), *self.hidden_units], self.gate_hidden, name="gates")
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor, gate_input: tf.Tensor | None = None, training: bool | None = None,
              return_gates: bool = False):
-        x, gate_values = inputs, []
+        x = inputs
+        gate_values = self.gates(gate_input) if self.gated else []
         for i, dense in enumerate(self.dense):
             if self.gated:
-                gate = self.gates[i](gate_input)
-                gate_values.append(gate)
-                x = x * gate
+                x = x * gate_values[i]
             x = dense(x)
             if i < len(self.hidden_units):
                 if self.norms[i] is not None:

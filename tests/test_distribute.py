@@ -75,8 +75,8 @@ def test_parameter_server_run_partitions_tables_and_exports(synthetic_dir, tmp_p
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["workers"] == 2 and 0.5 < metrics["auc"] <= 1.0
     shards = metrics["table_shards"]
-    assert shards["embedding_user_id"] == 2 and shards["gate_embedding_user_id"] == 2  # split over both servers
-    assert shards["embedding_tab"] == 1  # small tables stay whole
+    assert shards["embedding_dim16"] == 2 and shards["gate_embedding_dim16"] == 2  # split over both servers
+    assert shards["embedding_dim4"] == 1  # small tables stay whole
     assert not (run / "shards").exists()  # the workers' TFRecord input shards are scratch
     reload = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ppnet'] = None; import tensorflow as tf; "
                              f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))"],

@@ -1,25 +1,42 @@
-"""GateNN and GatedTower: identity at init, gate range, equivalence with the plain DNN, config."""
+"""GroupedEmbedding, GateNNs and GatedTower: identity at init, gate range, fused gates equal
+separate ones, equivalence with the plain DNN, grouped tables equal separate ones, config."""
 
 import numpy as np
 import tensorflow as tf
 
-from ppnet.layers import GatedTower, GateNN
+from ppnet.layers import GatedTower, GateNNs, GroupedEmbedding
 
 
-def test_untrained_gate_is_exactly_one():
-    gate = GateNN(units=7, hidden_units=5)
-    values = gate(tf.random.normal([32, 11])).numpy()
-    assert values.shape == (32, 7)
-    np.testing.assert_array_equal(values, np.ones_like(values))
+def test_untrained_gates_are_exactly_one():
+    gates = GateNNs(widths=[7, 3], hidden_units=5)
+    values = [g.numpy() for g in gates(tf.random.normal([32, 11]))]
+    assert [v.shape for v in values] == [(32, 7), (32, 3)]
+    for v in values:
+        np.testing.assert_array_equal(v, np.ones_like(v))
 
 
 def test_gate_values_stay_in_open_interval_zero_two():
-    gate = GateNN(units=64, hidden_units=16)
-    gate(tf.zeros([1, 8]))
-    gate.scale.set_weights([np.random.default_rng(0).normal(0, 0.5, (16, 64)), np.zeros(64)])
-    values = gate(tf.random.normal([256, 8], stddev=1.0, seed=1)).numpy()
+    gates = GateNNs(widths=[64], hidden_units=16)
+    gates(tf.zeros([1, 8]))
+    gates.scales[0].set_weights([np.random.default_rng(0).normal(0, 0.5, (16, 64)), np.zeros(64)])
+    values = gates(tf.random.normal([256, 8], stddev=1.0, seed=1))[0].numpy()
     assert values.min() > 0.0 and values.max() < 2.0
     assert values.min() < 0.9 and values.max() > 1.1  # both scaling down and up are reachable
+
+
+def test_fused_hidden_layer_equals_one_gate_network_per_layer():
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(16, 6)), tf.float32)
+    gates = GateNNs(widths=[4, 3], hidden_units=5)
+    gates(x)
+    for scale in gates.scales:
+        scale.set_weights([rng.normal(size=w.shape) for w in scale.get_weights()])
+    kernel, bias = gates.hidden.get_weights()
+    for i, (gate, scale) in enumerate(zip(gates(x), gates.scales)):
+        columns = slice(5 * i, 5 * i + 5)  # gate i's own hidden units
+        hidden = np.maximum(x.numpy() @ kernel[:, columns] + bias[columns], 0.0)
+        w, b = scale.get_weights()
+        np.testing.assert_allclose(gate.numpy(), 2.0 / (1.0 + np.exp(-(hidden @ w + b))), rtol=1e-5)
 
 
 def test_gated_tower_at_init_equals_plain_tower_with_same_weights():
@@ -38,13 +55,34 @@ def test_gates_change_the_output_once_trained():
     x, gate_input = tf.random.normal([16, 12], seed=4), tf.random.normal([16, 6], seed=5)
     tower = GatedTower([8], gate_hidden=5)
     before = tower(x, gate_input).numpy()
-    tower.gates[0].scale.set_weights([np.full((5, 12), 0.5), np.zeros(12)])
+    tower.gates.scales[0].set_weights([np.full((5, 12), 0.5), np.zeros(12)])
     assert not np.allclose(tower(x, gate_input).numpy(), before)
 
 
+def test_grouped_embedding_looks_each_field_up_in_its_own_table():
+    table = GroupedEmbedding([3, 5, 2], dim=4)
+    indices = tf.constant([[0, 4, 1], [2, 0, 0]], tf.int64)
+    out = table(indices).numpy()
+    weights = table.embeddings.numpy()
+    assert out.shape == (2, 3, 4) and weights.shape == (10, 4)
+    for field in range(3):
+        own = weights[table.rows(field)]
+        np.testing.assert_array_equal(out[:, field], own[indices.numpy()[:, field]])
+
+
+def test_grouped_embedding_gradient_reaches_only_the_rows_used():
+    table = GroupedEmbedding([3, 5], dim=2)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(table(tf.constant([[1, 4]], tf.int64)))
+    grad = tf.convert_to_tensor(tape.gradient(loss, table.embeddings)).numpy()
+    assert sorted(np.flatnonzero(grad.any(axis=1))) == [1, 3 + 4]
+
+
 def test_layers_round_trip_through_get_config():
-    gate = GateNN.from_config(GateNN(units=3, hidden_units=2, name="g").get_config())
-    assert (gate.units, gate.hidden_units, gate.name) == (3, 2, "g")
+    gates = GateNNs.from_config(GateNNs(widths=[3, 2], hidden_units=2, name="g").get_config())
+    assert (gates.widths, gates.hidden_units, gates.name) == ([3, 2], 2, "g")
+    table = GroupedEmbedding.from_config(GroupedEmbedding([3, 5], dim=2, name="t").get_config())
+    assert (table.sizes, table.dim, table.name) == ([3, 5], 2, "t")
     config = GatedTower([8, 4], gate_hidden=5, gated=False, dropout=0.1, batch_norm=True, output_bias=-0.2).get_config()
     tower = GatedTower.from_config(config)
     assert tower.get_config() == config

@@ -23,33 +23,38 @@ def batch_and_stats(synthetic_dir):
 def randomize_gate_outputs(model):
     """Trained gates: the zero-initialised last layer would otherwise pass no gradient back."""
     rng = np.random.default_rng(0)
-    for gate in model.tower.gates:
-        kernel, bias = gate.scale.get_weights()
-        gate.scale.set_weights([rng.normal(0, 0.3, kernel.shape), bias])
+    for scale in model.tower.gates.scales:
+        kernel, bias = scale.get_weights()
+        scale.set_weights([rng.normal(0, 0.3, kernel.shape), bias])
 
 
 def gate_gradients(model, features):
+    """Sum of |d gates / d table| over each feature's own table, keyed ("dnn"|"gate", feature)."""
     with tf.GradientTape() as tape:
         _, gates, _ = model.forward(features)
         total = tf.add_n([tf.reduce_sum(g) for g in gates])
-    tables = {("dnn", name): layer.embeddings for name, layer in model.embeddings.items()}
-    tables.update({("gate", name): layer.embeddings for name, layer in model.gate_embeddings.items()})
-    grads = tape.gradient(total, list(tables.values()), unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return {key: float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) for key, g in zip(tables, grads)}
+    tables = {("dnn", name): model.table_rows(name) for names in model.fields.values() for name in names}
+    tables.update({("gate", name): model.table_rows(name, gate=True)
+                   for names in model.gate_fields.values() for name in names})
+    variables = list({id(v): v for v, _ in tables.values()}.values())
+    grads = dict(zip(map(id, variables), tape.gradient(total, variables,
+                                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)))
+    return {key: float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(grads[id(v)])[rows])))
+            for key, (v, rows) in tables.items()}
 
 
 def test_ppnet_equals_dnn_with_the_same_weights_at_init(batch_and_stats):
     (features, _), stats = batch_and_stats
     ppnet = build_model(small_config(), stats)
     dnn = build_model(small_config("model.name=dnn"), stats)
-    for name, table in dnn.embeddings.items():
-        table.set_weights(ppnet.embeddings[name].get_weights())
+    for group, table in dnn.embeddings.items():
+        table.set_weights(ppnet.embeddings[group].get_weights())
     for a, b in zip(ppnet.tower.dense, dnn.tower.dense):
         b.set_weights(a.get_weights())
     _, gates, _ = ppnet.forward(features)
     assert all(np.all(g.numpy() == 1.0) for g in gates)
     np.testing.assert_allclose(ppnet(features).numpy(), dnn(features).numpy(), rtol=1e-5, atol=1e-6)
-    assert not dnn.tower.gates and len(ppnet.tower.gates) == len(small_config().model.hidden_units) + 1
+    assert dnn.tower.gates is None and len(gates) == len(small_config().model.hidden_units) + 1
 
 
 def test_shared_mode_stops_gate_gradient_into_dnn_embeddings(batch_and_stats):
@@ -83,8 +88,8 @@ def test_training_loss_still_reaches_dnn_embeddings_in_shared_mode(batch_and_sta
     model = build_model(small_config(), stats)
     with tf.GradientTape() as tape:
         loss = model.compute_loss((features, labels), training=True)
-    table = model.embeddings["user_id"].embeddings
-    assert float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(tape.gradient(loss, table))))) > 0.0
+    table, rows = model.table_rows("user_id")
+    assert float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(tape.gradient(loss, table))[rows]))) > 0.0
 
 
 def test_loss_is_mean_cross_entropy_plus_embedding_l2(batch_and_stats):
@@ -115,3 +120,21 @@ def test_lazy_adam_matches_adam_on_first_step_and_leaves_untouched_rows_alone():
     after_first = run(LazyAdam(0.1), [[0, 2]])
     np.testing.assert_array_equal(lazy[[0, 2]], after_first[[0, 2]])  # not moved by step 2's momentum
     assert np.all(run(tf.keras.optimizers.Adam(0.1), [[0, 2], [4]])[[0, 2]] != after_first[[0, 2]])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fused_adam_makes_the_same_updates_as_keras_adam(sparse):
+    from ppnet.model import FusedAdam
+
+    rng = np.random.default_rng(3)
+    start = rng.normal(size=(6, 4)).astype(np.float32)
+    fused_var, keras_var = tf.Variable(start), tf.Variable(start)
+    fused, keras = FusedAdam(learning_rate=0.01), tf.keras.optimizers.Adam(learning_rate=0.01)
+    for _ in range(3):
+        values = tf.constant(rng.normal(size=(5, 4)), tf.float32)
+        grad = tf.IndexedSlices(values, tf.constant([0, 2, 2, 5, 0]), dense_shape=tf.constant([6, 4])) if sparse else tf.constant(
+            rng.normal(size=(6, 4)), tf.float32)
+        fused.apply_gradients([(grad, fused_var)])
+        keras.apply_gradients([(grad, keras_var)])
+    assert not np.allclose(fused_var.numpy(), start)
+    np.testing.assert_allclose(fused_var.numpy(), keras_var.numpy(), rtol=1e-5, atol=1e-6)
