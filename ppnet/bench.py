@@ -8,8 +8,10 @@
 * training speed: the first PPNet run's steady-state examples/sec, the input pipeline alone, and
   the analytic training FLOP/s as a fraction of this machine's dense float32 matmul peak;
 * memory: peak RSS of ``ppnet train`` subprocesses on the log and on the log repeated 4x;
-* serving: p50/p99 latency of the export's ``serving_default`` for batches of 1, 64 and 1024 rows,
-  in a plain TensorFlow subprocess, next to a trivial SavedModel (TF's call-overhead floor).
+* serving: p50/p99 latency of the export's ``serving_default`` (one tensor per column) and
+  ``serve_examples`` (serialized tf.Examples) for batches of 1, 64 and 1024 rows, in a plain
+  TensorFlow subprocess, next to two floors of TF's call overhead: a one-input multiply, and a
+  trivial model taking the export's own column inputs.
 
 Machine, versions, config and every figure go to ``bench/results/<timestamp>.json`` (``--results``)
 and a markdown table is printed. Scratch files live in ``bench/tmp/`` and are removed after a
@@ -91,16 +93,34 @@ def latency(serve, inputs, repeats):
             "p99_ms": 1e3 * float(np.percentile(times, 99)), "rows_per_sec": rows * repeats / float(np.sum(times))}
 
 
-def bench(model_dir, columns, repeats):
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+def bench(model_dir, columns, repeats, signature="serving_default"):
+    serve = tf.saved_model.load(model_dir).signatures[signature]
     return {str(n): latency(serve, {k: tf.constant(v[:n]) for k, v in columns.items()}, r) for n, r in repeats.items()}
 
 
-rows_path, model_dir, trivial_dir, out_path, repeats = sys.argv[1:6]
+def feature(value):
+    if isinstance(value, np.integer):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    if isinstance(value, np.floating):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode()]))
+
+
+def examples(columns):
+    """The rows as serialized tf.Example protos, as a TF Serving client of serve_examples sends them."""
+    rows = len(next(iter(columns.values())))
+    protos = [tf.train.Example(features=tf.train.Features(
+        feature={name: feature(values[i]) for name, values in columns.items()})) for i in range(rows)]
+    return {"examples": np.array([p.SerializeToString() for p in protos], dtype=object)}
+
+
+rows_path, model_dir, trivial_dir, trivial_columns_dir, out_path, repeats = sys.argv[1:7]
 repeats = {int(n): r for n, r in json.loads(repeats).items()}
 rows = dict(np.load(rows_path))
 trivial = {"x": np.linspace(0.0, 1.0, max(repeats), dtype=np.float32)}
-result = {"model": bench(model_dir, rows, repeats), "trivial": bench(trivial_dir, trivial, repeats),
+result = {"model": bench(model_dir, rows, repeats),
+          "model_examples": bench(model_dir, examples(rows), repeats, "serve_examples"),
+          "trivial": bench(trivial_dir, trivial, repeats), "trivial_columns": bench(trivial_columns_dir, rows, repeats),
           "ppnet_imported": "ppnet" in sys.modules, "tf_use_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS")}
 with open(out_path, "w") as f:
     json.dump(result, f)
@@ -346,24 +366,37 @@ class Multiply(tf.Module):
         return {"y": 2.0 * x}
 
 
+class MultiplyColumns(tf.Module):
+    """A trivial SavedModel taking the export's own ``serving_default`` inputs, one tensor per
+    column, and returning ``2 * 1`` per row: the floor that passing that many tensors sets."""
+
+    def __init__(self, kinds: dict[str, str]):
+        super().__init__()
+        first = next(iter(kinds))
+        self.serve = tf.function(lambda features: {"y": 2.0 * tf.ones(tf.shape(features[first]))},
+                                 input_signature=[data.input_specs(kinds)])
+
+
 def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def serving(run: Path, config: Config, data_path: str, repeats: dict[int, int], work: Path) -> dict:
-    """Latency of the run's export and of a trivial SavedModel, in a plain TensorFlow subprocess."""
+    """Latency of the run's export (per-column ``serving_default`` and ``serve_examples``) and of the
+    two trivial SavedModels, in a plain TensorFlow subprocess."""
     export = run / json.loads((run / "metrics.json").read_text())["export"]
     _, valid_split = data.make_splits(config, data_path, None)
     kinds = data.input_kinds(config, list(valid_split.files))
     rows = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows.npz")
-    trivial = Multiply()
-    tf.saved_model.save(trivial, str(work / "trivial"), signatures={"serving_default": trivial.serve})
+    for trivial_name, trivial in {"trivial": Multiply(), "trivial_columns": MultiplyColumns(kinds)}.items():
+        tf.saved_model.save(trivial, str(work / trivial_name), signatures={"serving_default": trivial.serve})
     out = work / f"{run.name}-serving.json"
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    command = [sys.executable, "-c", SERVING_SCRIPT, str(rows), str(export), str(work / "trivial"), str(out),
-               json.dumps(repeats)]
+    command = [sys.executable, "-c", SERVING_SCRIPT, str(rows), str(export), str(work / "trivial"),
+               str(work / "trivial_columns"), str(out), json.dumps(repeats)]
     subprocess.run(command, env=env, cwd=work, check=True, stdout=subprocess.DEVNULL)
-    shutil.rmtree(work / "trivial")
+    for trivial_name in ("trivial", "trivial_columns"):
+        shutil.rmtree(work / trivial_name)
     return {"export_bytes": directory_bytes(export), **json.loads(out.read_text())}
 
 
@@ -441,12 +474,16 @@ def memory_table(figures: dict) -> Iterator[str]:
     yield f"| ratio 4x / 1x | | {figures['ratio_4x_1x']:.2f} |"
 
 
+SERVED = {"model": "export, serving_default (one tensor per column)", "model_examples": "export, serve_examples",
+          "trivial": "trivial: one multiply, one input", "trivial_columns": "trivial, the export's column inputs"}
+
+
 def serving_table(figures: dict) -> Iterator[str]:
-    yield from ["", f"### Serving (`serving_default`, export {figures['export_bytes'] / 2 ** 20:.1f} MiB)", "",
+    yield from ["", f"### Serving (export {figures['export_bytes'] / 2 ** 20:.1f} MiB)", "",
                 "| model | batch | p50 ms | p99 ms | rows/sec |", "| --- | --- | --- | --- | --- |"]
-    for model in ("model", "trivial"):
+    for model, label in SERVED.items():
         for batch, t in figures[model].items():
-            yield f"| {model} | {batch} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} | {t['rows_per_sec']:,.0f} |"
+            yield f"| {label} | {batch} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} | {t['rows_per_sec']:,.0f} |"
 
 
 # --- command line --------------------------------------------------------------------------------

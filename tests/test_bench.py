@@ -71,7 +71,7 @@ def test_serving(smoke):
     serving = smoke[0]["logs"]["synthetic"]["serving"]
     assert serving["export_bytes"] > 0
     assert serving["ppnet_imported"] is False and serving["tf_use_legacy_keras"] is None
-    for model in ("model", "trivial"):
+    for model in ("model", "model_examples", "trivial", "trivial_columns"):
         assert set(serving[model]) == BATCHES
         for batch, timing in serving[model].items():
             assert timing["rows"] == int(batch)
