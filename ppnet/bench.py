@@ -11,7 +11,8 @@
 * serving: p50/p99 latency of the export's ``serving_default`` (one tensor per column) and
   ``serve_examples`` (serialized tf.Examples) for batches of 1, 64 and 1024 rows, in a plain
   TensorFlow subprocess, next to two floors of TF's call overhead: a one-input multiply, and a
-  trivial model taking the export's own column inputs.
+  trivial model taking the export's own column inputs; with TF's default oneDNN kernels and
+  without (``TF_ENABLE_ONEDNN_OPTS=0``).
 
 Machine, versions, config and every figure go to ``bench/results/<timestamp>.json`` (``--results``)
 and a markdown table is printed. Scratch files live in ``bench/tmp/`` and are removed after a
@@ -121,7 +122,8 @@ trivial = {"x": np.linspace(0.0, 1.0, max(repeats), dtype=np.float32)}
 result = {"model": bench(model_dir, rows, repeats),
           "model_examples": bench(model_dir, examples(rows), repeats, "serve_examples"),
           "trivial": bench(trivial_dir, trivial, repeats), "trivial_columns": bench(trivial_columns_dir, rows, repeats),
-          "ppnet_imported": "ppnet" in sys.modules, "tf_use_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS")}
+          "ppnet_imported": "ppnet" in sys.modules, "tf_use_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"),
+          "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
 with open(out_path, "w") as f:
     json.dump(result, f)
 '''
@@ -383,21 +385,26 @@ def directory_bytes(path: Path) -> int:
 
 def serving(run: Path, config: Config, data_path: str, repeats: dict[int, int], work: Path) -> dict:
     """Latency of the run's export (per-column ``serving_default`` and ``serve_examples``) and of the
-    two trivial SavedModels, in a plain TensorFlow subprocess."""
+    two trivial SavedModels, in a plain TensorFlow subprocess; once with TF's default oneDNN
+    kernels and once without (``onednn_off``): oneDNN's per-call set-up dominates one-row matmuls."""
     export = run / json.loads((run / "metrics.json").read_text())["export"]
     _, valid_split = data.make_splits(config, data_path, None)
     kinds = data.input_kinds(config, list(valid_split.files))
     rows = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows.npz")
     for trivial_name, trivial in {"trivial": Multiply(), "trivial_columns": MultiplyColumns(kinds)}.items():
         tf.saved_model.save(trivial, str(work / trivial_name), signatures={"serving_default": trivial.serve})
-    out = work / f"{run.name}-serving.json"
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    command = [sys.executable, "-c", SERVING_SCRIPT, str(rows), str(export), str(work / "trivial"),
-               str(work / "trivial_columns"), str(out), json.dumps(repeats)]
-    subprocess.run(command, env=env, cwd=work, check=True, stdout=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS")}
+    figures = {}
+    for onednn in ("1", "0"):  # TF's default, and plain Eigen kernels (as TF Serving's standard build)
+        out = work / f"{run.name}-serving-onednn{onednn}.json"
+        command = [sys.executable, "-c", SERVING_SCRIPT, str(rows), str(export), str(work / "trivial"),
+                   str(work / "trivial_columns"), str(out), json.dumps(repeats)]
+        subprocess.run(command, env={**env, "TF_ENABLE_ONEDNN_OPTS": onednn}, cwd=work, check=True,
+                       stdout=subprocess.DEVNULL)
+        figures[onednn] = json.loads(out.read_text())
     for trivial_name in ("trivial", "trivial_columns"):
         shutil.rmtree(work / trivial_name)
-    return {"export_bytes": directory_bytes(export), **json.loads(out.read_text())}
+    return {"export_bytes": directory_bytes(export), **figures["1"], "onednn_off": figures["0"]}
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -481,9 +488,11 @@ SERVED = {"model": "export, serving_default (one tensor per column)", "model_exa
 def serving_table(figures: dict) -> Iterator[str]:
     yield from ["", f"### Serving (export {figures['export_bytes'] / 2 ** 20:.1f} MiB)", "",
                 "| model | batch | p50 ms | p99 ms | rows/sec |", "| --- | --- | --- | --- | --- |"]
-    for model, label in SERVED.items():
-        for batch, t in figures[model].items():
-            yield f"| {label} | {batch} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} | {t['rows_per_sec']:,.0f} |"
+    for kernels, runs in (("", figures), (", oneDNN off", figures["onednn_off"])):
+        for model, label in SERVED.items():
+            for batch, t in runs[model].items():
+                yield (f"| {label}{kernels} | {batch} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} "
+                       f"| {t['rows_per_sec']:,.0f} |")
 
 
 # --- command line --------------------------------------------------------------------------------

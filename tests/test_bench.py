@@ -1,5 +1,6 @@
 """The benchmark: the smoke run writes one JSON with every section, and the analytic FLOPs are exact."""
 
+import itertools
 import json
 import math
 
@@ -71,9 +72,11 @@ def test_serving(smoke):
     serving = smoke[0]["logs"]["synthetic"]["serving"]
     assert serving["export_bytes"] > 0
     assert serving["ppnet_imported"] is False and serving["tf_use_legacy_keras"] is None
-    for model in ("model", "model_examples", "trivial", "trivial_columns"):
-        assert set(serving[model]) == BATCHES
-        for batch, timing in serving[model].items():
+    assert serving["tf_enable_onednn_opts"] == "1" and serving["onednn_off"]["tf_enable_onednn_opts"] == "0"
+    for runs, model in itertools.product((serving, serving["onednn_off"]),
+                                         ("model", "model_examples", "trivial", "trivial_columns")):
+        assert set(runs[model]) == BATCHES
+        for batch, timing in runs[model].items():
             assert timing["rows"] == int(batch)
             assert 0 < timing["p50_ms"] <= timing["p99_ms"] and finite(timing["p99_ms"])
             assert finite(timing["rows_per_sec"]) and timing["rows_per_sec"] > 0
