@@ -12,4 +12,4 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from ppnet.errors import PPNetError  # noqa: E402
 
 __all__ = ["PPNetError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

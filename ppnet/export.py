@@ -7,8 +7,8 @@ The export needs TensorFlow alone (no ppnet, no TFRS, no legacy-Keras switch). S
 * ``gates`` (PPNet only): the same raw inputs → ``gate_<i> [batch, width_i]``, each tower
   layer's gate values, for analysis.
 
-``assets.extra/ppnet.json`` (ignored by TF Serving) records the label and user columns, so
-``ppnet evaluate`` can score parquet with nothing but the export.
+``assets.extra/ppnet.json`` (ignored by TF Serving) records the ppnet version, the label and user
+columns and the input kinds, so ``ppnet evaluate`` can score parquet with nothing but the export.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+import ppnet
 from ppnet.data import input_specs
 from ppnet.files import atomic_directory
 from ppnet.model import RankingModel, build_model
@@ -85,6 +86,6 @@ def export_model(model: RankingModel, export_base: str | Path, version: int | No
         extra.mkdir()
         data = model.config.data
         (extra / "ppnet.json").write_text(json.dumps({
-            "model": model.config.model.name, "label": data.label, "user_column": data.user_column,
+            "ppnet_version": ppnet.__version__, "model": model.config.model.name, "label": data.label, "user_column": data.user_column,
             "inputs": model.stats.kinds}, indent=2))
     return target

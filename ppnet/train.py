@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+import ppnet
 from ppnet import data, distribute
 from ppnet.config import Config, config_from_dict, save_config
 from ppnet.errors import PPNetError
@@ -134,13 +135,13 @@ class ThroughputMeter(tf.keras.callbacks.Callback):
 def prepare_run_dir(out: Path, config: Config, inputs: dict, fresh: bool) -> Path:
     """The working directory ``out.partial``: resumed if it holds the same config and data, else new."""
     work = out.with_name(out.name + ".partial")
-    identity = json.dumps({"config": config.to_dict(), "inputs": inputs}, sort_keys=True)
+    identity = json.dumps({"config": config.to_dict(), "inputs": inputs, "ppnet": ppnet.__version__}, sort_keys=True)
     saved = work / "run.json"
     if work.exists() and not fresh:
         if saved.exists() and saved.read_text() == identity:
             log.info("resuming the interrupted run in %s", work)
             return work
-        raise PPNetError(f"{work}: an interrupted run with a different config or data is there; "
+        raise PPNetError(f"{work}: an interrupted run with a different config, data or ppnet version is there; "
                          "rerun the same command to resume, or pass --fresh to start over")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -205,7 +206,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     if not role.is_chief:
         return {}
     final = build_model(config, stats) if role.streamed else model  # a plain local copy to score and export
-    final.load_weights(str(work / BEST_WEIGHTS)).expect_partial()
+    restore_best(final, work)
     metrics = score_split(model_predictor(final, kinds), valid_split, kinds, label, config.data.user_column)
     export_dir = export_model(final, work / "export")
     epochs = epoch_scores(work)
@@ -309,5 +310,21 @@ def load_run(run_dir: str | Path) -> RankingModel:
     model = build_model(config, Stats.load(run_dir / "stats.json"))
     if not (run_dir / "checkpoints").exists():
         raise PPNetError(f"{run_dir}: no checkpoints/ (the run did not finish an epoch)")
-    model.load_weights(str(run_dir / BEST_WEIGHTS)).expect_partial()
+    restore_best(model, run_dir)
     return model
+
+
+def restore_best(model: RankingModel, run_dir: Path) -> None:
+    """Load the run's best weights into ``model``; refuse a checkpoint that lacks any of its weights.
+
+    Without the check, a checkpoint from another model layout would restore silently in part and
+    leave the rest at random initial values.
+    """
+    restored = model.load_weights(str(run_dir / BEST_WEIGHTS))
+    restored.expect_partial()  # the optimizer's slots are in the checkpoint but not needed to score or export
+    try:
+        restored.assert_existing_objects_matched()
+    except AssertionError:
+        raise PPNetError(f"{run_dir}: its checkpoint does not hold this model's weights (written by another "
+                         f"ppnet version? this is {ppnet.__version__}); export with the version that trained "
+                         "it, or retrain") from None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import ppnet
 from ppnet import data
 from ppnet.errors import PPNetError
 from ppnet.export import export_model
@@ -41,6 +42,7 @@ def test_export_layout(trained_run):
     assert (export / "saved_model.pb").is_file() and (export / "variables").is_dir()
     meta = json.loads((export / "assets.extra" / "ppnet.json").read_text())
     assert meta["label"] == "is_click" and meta["model"] == "ppnet" and "user_id" in meta["inputs"]
+    assert meta["ppnet_version"] == ppnet.__version__
     assert [p.name for p in (trained_run / "export").iterdir()] == ["1"]  # no temporary directories left
 
 

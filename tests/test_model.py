@@ -132,8 +132,8 @@ def test_fused_adam_makes_the_same_updates_as_keras_adam(sparse):
     fused, keras = FusedAdam(learning_rate=0.01), tf.keras.optimizers.Adam(learning_rate=0.01)
     for _ in range(3):
         values = tf.constant(rng.normal(size=(5, 4)), tf.float32)
-        grad = tf.IndexedSlices(values, tf.constant([0, 2, 2, 5, 0]), dense_shape=tf.constant([6, 4])) if sparse else tf.constant(
-            rng.normal(size=(6, 4)), tf.float32)
+        dense = tf.constant(rng.normal(size=(6, 4)), tf.float32)
+        grad = tf.IndexedSlices(values, tf.constant([0, 2, 2, 5, 0]), dense_shape=tf.constant([6, 4])) if sparse else dense
         fused.apply_gradients([(grad, fused_var)])
         keras.apply_gradients([(grad, keras_var)])
     assert not np.allclose(fused_var.numpy(), start)

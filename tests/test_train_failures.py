@@ -49,3 +49,32 @@ def test_unsigned_64_bit_ids_are_refused(synthetic_dir, tmp_path):
         pq.write_table(table.set_column(index, "video_id", table["video_id"].cast(pa.uint64())), tmp_path / file.name)
     with pytest.raises(PPNetError, match=r"'video_id' has type uint64"):
         train(small_config(), str(tmp_path), tmp_path / "run")
+
+
+def test_export_refuses_a_checkpoint_that_lacks_weights_of_the_model(trained_run, tmp_path):
+    """A checkpoint from another model layout must not restore in part and export random weights."""
+    import json
+    import shutil
+
+    from ppnet.train import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["batch_norm"] = True  # layers the checkpoint has no weights for
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PPNetError, match=r"checkpoint does not hold this model's weights"):
+        load_run(run)
+    assert load_run(trained_run).tower is not None  # the untouched run still loads
+
+
+def test_interrupted_run_of_another_ppnet_version_is_not_resumed(tmp_path, monkeypatch):
+    import ppnet
+    from ppnet.train import prepare_run_dir
+
+    config, inputs = small_config(), {"is_click": "int64"}
+    work = prepare_run_dir(tmp_path / "run", config, inputs, fresh=False)
+    assert prepare_run_dir(tmp_path / "run", config, inputs, fresh=False) == work  # same version: resumed
+    monkeypatch.setattr(ppnet, "__version__", "0.0.1")
+    with pytest.raises(PPNetError, match=r"different config, data or ppnet version"):
+        prepare_run_dir(tmp_path / "run", config, inputs, fresh=False)
