@@ -11,7 +11,7 @@ DATA ?= data/synthetic
 OUT ?= runs/$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: install train test bench bench-smoke clean
+.PHONY: install train test bench bench-smoke profile clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m ppnet.bench --smoke $(ARGS)
+
+# Where a training step's and a one-row request's time goes, by TensorFlow op type; see ppnet/profile.py.
+profile: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
+	$(BIN)/python -m ppnet.profile --config $(CONFIG) --data $(DATA) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs data/synthetic .pytest_cache

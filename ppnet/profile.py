@@ -1,0 +1,117 @@
+"""Where the time goes: a TensorFlow-profiler breakdown of training steps and one-row requests, by op type.
+
+``python -m ppnet.profile --data LOG [--config C] [--set K=V]`` (``make profile``) builds the model
+from the config and the log's training statistics, traces ``--steps`` training steps on one batch
+and ``--requests`` one-row calls of the exported ``serving_default`` with ``tf.profiler``, and prints
+the CPU time of each op type per step / per request (summed over threads, so it can exceed the wall
+time on several cores), largest first. The traces stay in ``--trace`` for TensorBoard's Profile tab.
+Speed is judged by ``make bench``; this says which ops to work on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import ppnet  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+from ppnet import data
+from ppnet.config import load_config
+from ppnet.errors import PPNetError
+from ppnet.export import export_model
+from ppnet.model import build_model
+from ppnet.stats import compute_stats
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def trace(run: Callable[[], object], calls: int, logdir: Path) -> tuple[dict[str, float], float]:
+    """(CPU seconds per call of each op type, wall seconds per call) of ``calls`` calls of ``run``."""
+    for _ in range(5):  # trace and warm up outside the profile
+        run()
+    tf.profiler.experimental.start(str(logdir))
+    start = time.perf_counter()
+    for _ in range(calls):
+        result = run()
+    tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, result)
+    wall = (time.perf_counter() - start) / calls
+    tf.profiler.experimental.stop()
+    return op_seconds(sorted(logdir.glob("plugins/profile/*/*.xplane.pb"))[-1], calls), wall
+
+
+def op_seconds(xplane: Path, calls: int) -> dict[str, float]:
+    """CPU seconds per call of each op type in a profiler trace (TF op events are named ``name:type``)."""
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(xplane.read_bytes())
+    seconds: dict[str, float] = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" in name and "::" not in name and "__inference" not in name:  # not executor/function events
+                    seconds[name.rsplit(":", 1)[1]] += event.duration_ps * 1e-12 / calls
+    return dict(seconds)
+
+
+def profile(config_path: str, data_path: str, overrides: list[str], steps: int, requests: int,
+            logdir: Path) -> dict:
+    """Op-type breakdown of training steps and one-row requests of a freshly built model."""
+    config = load_config(config_path, overrides)
+    train_split, _ = data.make_splits(config, data_path, None)
+    kinds = data.input_kinds(config, list(train_split.files))
+    stats = compute_stats(config, train_split, kinds)
+    model = build_model(config, stats)
+    batch = next(iter(data.make_dataset(train_split, kinds, config.data.label, config.train.batch_size,
+                                        config.data.shuffle_buffer, config.train.seed)))
+    train_step = tf.function(model.train_step)
+    training, step_wall = trace(lambda: train_step(batch), steps, logdir / "train")
+    with tempfile.TemporaryDirectory() as tmp:
+        serve = tf.saved_model.load(str(export_model(model, tmp))).signatures["serving_default"]
+        row = {name: values[:1] for name, values in batch[0].items()}
+        serving, request_wall = trace(lambda: serve(**row), requests, logdir / "serve")
+    return {"training": training, "step_wall_seconds": step_wall, "serving": serving,
+            "request_wall_seconds": request_wall, "batch_size": config.train.batch_size}
+
+
+def table(title: str, seconds: dict[str, float], wall: float, unit: float, unit_name: str, top: int) -> list[str]:
+    total = sum(seconds.values())
+    lines = [f"{title}: wall {wall * unit:,.1f} {unit_name} (under the profiler), "
+             f"op CPU time {total * unit:,.1f} {unit_name}", "",
+             f"| op type | {unit_name} | share |", "| --- | --- | --- |"]
+    for op, value in sorted(seconds.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {op} | {value * unit:,.2f} | {100 * value / total:.1f}% |")
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cli = argparse.ArgumentParser(prog="python -m ppnet.profile", description=__doc__.splitlines()[0])
+    cli.add_argument("--data", required=True, help="a prepared parquet log (file, directory or glob)")
+    cli.add_argument("--config", default=str(CONFIGS / "kuairand.toml"), help="TOML config (default: kuairand)")
+    cli.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    cli.add_argument("--steps", type=int, default=30, help="training steps to trace (default 30)")
+    cli.add_argument("--requests", type=int, default=300, help="one-row requests to trace (default 300)")
+    cli.add_argument("--top", type=int, default=15, help="op types to print (default 15)")
+    cli.add_argument("--trace", default=None, help="directory for the traces (default: a temporary one)")
+    args = cli.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        result = profile(args.config, args.data, args.set, args.steps, args.requests, Path(args.trace or scratch))
+    print("\n".join([
+        *table(f"Training step (batch {result['batch_size']})", result["training"], result["step_wall_seconds"],
+               1e3, "ms", args.top),
+        *table("One-row request (serving_default)", result["serving"], result["request_wall_seconds"], 1e6, "us",
+               args.top)]))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except PPNetError as err:
+        sys.exit(f"ppnet.profile: error: {err}")
