@@ -100,7 +100,7 @@ class RankingModel(tfrs.Model):
         features, labels = inputs
         logits, _, used_rows = self.forward(features, training=training)
         per_example = self.task(labels[:, tf.newaxis], logits[:, tf.newaxis], training=training)
-        if self.config.model.embedding_l2:  # on the rows this example used: cheap, and sparse gradients
+        if self.config.model.embedding_l2 and used_rows:  # on the rows each example used: cheap, sparse gradients
             per_example += self.config.model.embedding_l2 * tf.add_n(
                 [tf.reduce_sum(tf.square(rows), axis=[1, 2]) for rows in used_rows])
         self.loss_tracker.update_state(per_example)

@@ -138,3 +138,19 @@ def test_fused_adam_makes_the_same_updates_as_keras_adam(sparse):
         keras.apply_gradients([(grad, keras_var)])
     assert not np.allclose(fused_var.numpy(), start)
     np.testing.assert_allclose(fused_var.numpy(), keras_var.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_without_categorical_features_trains_with_embedding_l2(synthetic_dir, tmp_path):
+    from ppnet.config import load_config
+
+    path = tmp_path / "numeric.toml"
+    path.write_text('[data]\nlabel = "is_click"\nuser_column = "user_id"\nsplit_column = "date"\n'
+                    '[model]\nname = "dnn"\npersonal_ids = []\nhidden_units = [8]\nembedding_l2 = 1e-4\n'
+                    '[[features]]\nname = "video_duration"\nkind = "numeric"\nlog1p = true\n')
+    config = load_config(path)
+    train_split, _ = data.make_splits(config, synthetic_dir, None)
+    kinds = data.input_kinds(config, list(train_split.files))
+    model = build_model(config, compute_stats(config, train_split, kinds))
+    features, labels = next(data.iter_batches(train_split, kinds, "is_click", 32))
+    loss = model.compute_loss(({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels)))
+    assert np.isfinite(float(loss)) and not model.embeddings
