@@ -99,28 +99,13 @@ def bench(model_dir, columns, repeats, signature="serving_default"):
     return {str(n): latency(serve, {k: tf.constant(v[:n]) for k, v in columns.items()}, r) for n, r in repeats.items()}
 
 
-def feature(value):
-    if isinstance(value, np.integer):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-    if isinstance(value, np.floating):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode()]))
-
-
-def examples(columns):
-    """The rows as serialized tf.Example protos, as a TF Serving client of serve_examples sends them."""
-    rows = len(next(iter(columns.values())))
-    protos = [tf.train.Example(features=tf.train.Features(
-        feature={name: feature(values[i]) for name, values in columns.items()})) for i in range(rows)]
-    return {"examples": np.array([p.SerializeToString() for p in protos], dtype=object)}
-
-
-rows_path, model_dir, trivial_dir, trivial_columns_dir, out_path, repeats = sys.argv[1:7]
+rows_path, examples_path, model_dir, trivial_dir, trivial_columns_dir, out_path, repeats = sys.argv[1:8]
 repeats = {int(n): r for n, r in json.loads(repeats).items()}
 rows = dict(np.load(rows_path))
+examples = {"examples": np.array([r.numpy() for r in tf.data.TFRecordDataset(examples_path)], dtype=object)}
 trivial = {"x": np.linspace(0.0, 1.0, max(repeats), dtype=np.float32)}
 result = {"model": bench(model_dir, rows, repeats),
-          "model_examples": bench(model_dir, examples(rows), repeats, "serve_examples"),
+          "model_examples": bench(model_dir, examples, repeats, "serve_examples"),
           "trivial": bench(trivial_dir, trivial, repeats), "trivial_columns": bench(trivial_columns_dir, rows, repeats),
           "ppnet_imported": "ppnet" in sys.modules, "tf_use_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"),
           "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
@@ -199,13 +184,18 @@ def repeat_log(data_path: str, out: Path, times: int = 4) -> Path:
     return out
 
 
-def serving_rows(split: data.Split, kinds: dict[str, str], label: str, rows: int, out: Path) -> Path:
-    """The first ``rows`` validation rows (cycled if fewer) as an .npz of serving inputs."""
+def serving_rows(split: data.Split, kinds: dict[str, str], label: str, rows: int, out: Path) -> tuple[Path, Path]:
+    """The first ``rows`` validation rows (cycled if fewer) as serving inputs: columns in an .npz, and
+    one serialized tf.Example per row in a TFRecord file (for ``serve_examples``)."""
     features, _ = next(data.iter_batches(split, kinds, label, rows))
     columns = {name: np.resize(values.astype(str) if values.dtype == object else values, rows)
                for name, values in features.items()}
-    np.savez(out, **columns)
-    return out
+    np.savez(out.with_suffix(".npz"), **columns)
+    with tf.io.TFRecordWriter(str(out.with_suffix(".tfrecord"))) as writer:
+        for i in range(rows):
+            row = data.to_example({name: values[i:i + 1] for name, values in columns.items()})
+            writer.write(row.SerializeToString())
+    return out.with_suffix(".npz"), out.with_suffix(".tfrecord")
 
 
 # --- quality -------------------------------------------------------------------------------------
@@ -390,15 +380,15 @@ def serving(run: Path, config: Config, data_path: str, repeats: dict[int, int], 
     export = run / json.loads((run / "metrics.json").read_text())["export"]
     _, valid_split = data.make_splits(config, data_path, None)
     kinds = data.input_kinds(config, list(valid_split.files))
-    rows = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows.npz")
+    rows, examples = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows")
     for trivial_name, trivial in {"trivial": Multiply(), "trivial_columns": MultiplyColumns(kinds)}.items():
         tf.saved_model.save(trivial, str(work / trivial_name), signatures={"serving_default": trivial.serve})
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS")}
     figures = {}
     for onednn in ("1", "0"):  # TF's default, and plain Eigen kernels (as TF Serving's standard build)
         out = work / f"{run.name}-serving-onednn{onednn}.json"
-        command = [sys.executable, "-c", SERVING_SCRIPT, str(rows), str(export), str(work / "trivial"),
-                   str(work / "trivial_columns"), str(out), json.dumps(repeats)]
+        command = [sys.executable, "-c", SERVING_SCRIPT, str(rows), str(examples), str(export),
+                   str(work / "trivial"), str(work / "trivial_columns"), str(out), json.dumps(repeats)]
         subprocess.run(command, env={**env, "TF_ENABLE_ONEDNN_OPTS": onednn}, cwd=work, check=True,
                        stdout=subprocess.DEVNULL)
         figures[onednn] = json.loads(out.read_text())

@@ -339,16 +339,19 @@ def write_tfrecord_shards(split: Split, kinds: dict[str, str], label: str, batch
         with tf.io.TFRecordWriter(str(paths[-1])) as writer:
             for features, labels in iter_batches(split.shard(index, count), kinds, label, batch_size,
                                                  shuffle_buffer=65536, seed=seed + index):
-                writer.write(_batch_example({**features, label: labels}).SerializeToString())
+                writer.write(to_example({**features, label: labels}).SerializeToString())
     return paths
 
 
-def _batch_example(columns: dict[str, np.ndarray]):
+def to_example(columns: dict[str, np.ndarray]):
+    """Columns as one ``tf.Example``, each feature the list of its column's values: a whole batch for
+    the parameter-server shards, one row for a ``serve_examples`` request."""
     import tensorflow as tf
 
     def feature(values: np.ndarray) -> tf.train.Feature:
-        if values.dtype == object:
-            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(v).encode() for v in values]))
+        if values.dtype.kind in "OUS":  # strings (object, unicode or bytes arrays)
+            return tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[v if isinstance(v, bytes) else str(v).encode() for v in values]))
         if np.issubdtype(values.dtype, np.integer):
             return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
         return tf.train.Feature(float_list=tf.train.FloatList(value=values))

@@ -57,10 +57,19 @@ class GateNNs(tf.keras.layers.Layer):
     def __init__(self, widths: list[int], hidden_units: int = 64, **kwargs):
         super().__init__(**kwargs)
         self.widths, self.hidden_units = [int(w) for w in widths], int(hidden_units)
-        self.hidden = tf.keras.layers.Dense(self.hidden_units * len(self.widths), activation="relu", name="hidden")
+        self.hidden: tf.keras.layers.Dense | None = None
         self.scales = [tf.keras.layers.Dense(w, activation="sigmoid", kernel_initializer="zeros",
                                              bias_initializer="zeros", name=f"scale_{i}")
                        for i, w in enumerate(self.widths)]
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        # Glorot-uniform as each separate GateNN's Dense(hidden) would draw it: VarianceScaling's
+        # fan_avg counts the fused layer's width, so its scale is corrected to fan_in + hidden.
+        fan_in, fused = int(input_shape[-1]), self.hidden_units * len(self.widths)
+        initializer = tf.keras.initializers.VarianceScaling(
+            scale=(fan_in + fused) / (fan_in + self.hidden_units), mode="fan_avg", distribution="uniform")
+        self.hidden = tf.keras.layers.Dense(fused, activation="relu", kernel_initializer=initializer, name="hidden")
+        super().build(input_shape)
 
     def call(self, inputs: tf.Tensor) -> list[tf.Tensor]:
         hidden = tf.split(self.hidden(inputs), len(self.widths), axis=-1)

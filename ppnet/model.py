@@ -131,7 +131,8 @@ class FusedAdam(tf.keras.optimizers.Adam):
     The same update as ``tf.keras.optimizers.Adam`` (``m``, ``v`` and bias correction; sparse
     embedding gradients applied densely, as Keras does), but one pass over each variable and its
     two moments instead of about ten element-wise ops: the optimizer had been a quarter of a
-    training step's CPU time.
+    training step's CPU time. A sparse gradient becomes dense only in ``update_step``, which runs
+    where the variable lives (on its parameter server), so workers send only the rows they used.
     """
 
     def update_step(self, gradient, variable):
@@ -142,12 +143,13 @@ class FusedAdam(tf.keras.optimizers.Adam):
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle, m=self._momentums[slot].handle, v=self._velocities[slot].handle,
             beta1_power=beta_1 ** step, beta2_power=beta_2 ** step, lr=tf.cast(self.learning_rate, dtype),
-            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype), grad=gradient)
+            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.convert_to_tensor(gradient))  # duplicate rows of a sparse gradient are summed
 
     def _deduplicate_sparse_grad(self, grads):
-        """Sparse embedding gradients straight to dense (duplicate rows summed), as the fused kernel
-        needs: Keras' own de-duplication first would sum the duplicates twice over."""
-        return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        """Skip Keras' per-step ``unique`` + segment sum of sparse gradients: ``update_step`` sums
+        duplicate rows itself (the dense conversion here, a ``unique`` in ``LazyAdam``)."""
+        return list(grads)
 
 
 class LazyAdam(FusedAdam):
@@ -158,10 +160,6 @@ class LazyAdam(FusedAdam):
     rows a batch did not touch keep their moments (as TF Addons' LazyAdam), the usual trade-off
     for sparse recommender embeddings. Dense weights are updated exactly as by Adam.
     """
-
-    def _deduplicate_sparse_grad(self, grads):
-        """Keep sparse gradients sparse (``update_step`` sums duplicate rows itself)."""
-        return list(grads)
 
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices):

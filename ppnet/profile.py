@@ -43,7 +43,10 @@ def trace(run: Callable[[], object], calls: int, logdir: Path) -> tuple[dict[str
     tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, result)
     wall = (time.perf_counter() - start) / calls
     tf.profiler.experimental.stop()
-    return op_seconds(sorted(logdir.glob("plugins/profile/*/*.xplane.pb"))[-1], calls), wall
+    traces = sorted(logdir.glob("plugins/profile/*/*.xplane.pb"))
+    if not traces:
+        raise PPNetError(f"{logdir}: the TensorFlow profiler wrote no trace")
+    return op_seconds(traces[-1], calls), wall
 
 
 def op_seconds(xplane: Path, calls: int) -> dict[str, float]:
@@ -90,13 +93,20 @@ def table(title: str, seconds: dict[str, float], wall: float, unit: float, unit_
     return lines + [""]
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> dict:
     cli = argparse.ArgumentParser(prog="python -m ppnet.profile", description=__doc__.splitlines()[0])
     cli.add_argument("--data", required=True, help="a prepared parquet log (file, directory or glob)")
     cli.add_argument("--config", default=str(CONFIGS / "kuairand.toml"), help="TOML config (default: kuairand)")
     cli.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
-    cli.add_argument("--steps", type=int, default=30, help="training steps to trace (default 30)")
-    cli.add_argument("--requests", type=int, default=300, help="one-row requests to trace (default 300)")
+    cli.add_argument("--steps", type=positive, default=30, help="training steps to trace (default 30)")
+    cli.add_argument("--requests", type=positive, default=300, help="one-row requests to trace (default 300)")
     cli.add_argument("--top", type=int, default=15, help="op types to print (default 15)")
     cli.add_argument("--trace", default=None, help="directory for the traces (default: a temporary one)")
     args = cli.parse_args(argv)

@@ -75,18 +75,8 @@ def test_example_signature_matches_raw_signature(trained_run, validation_batch):
     loaded = tf.saved_model.load(str(trained_run / "export" / "1"))
     kinds = json.loads((trained_run / "stats.json").read_text())["kinds"]
     rows = 20
-    examples = []
-    for i in range(rows):
-        feature = {}
-        for name, kind in kinds.items():
-            value = validation_batch[name][i]
-            if kind == "int64":
-                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-            elif kind == "string":
-                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode()]))
-            else:
-                feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
-        examples.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    examples = [data.to_example({name: validation_batch[name][i:i + 1] for name in kinds}).SerializeToString()
+                for i in range(rows)]
     from_examples = loaded.signatures["serve_examples"](examples=tf.constant(examples))["probability"].numpy()
     raw = loaded.signatures["serving_default"](
         **{k: tf.constant(v[:rows]) for k, v in validation_batch.items()})["probability"].numpy()

@@ -87,3 +87,11 @@ def test_layers_round_trip_through_get_config():
     tower = GatedTower.from_config(config)
     assert tower.get_config() == config
     assert tower(tf.zeros([2, 3]), training=True).shape == (2,)
+
+
+def test_fused_hidden_layer_starts_with_the_scale_of_one_gate_network():
+    gates = GateNNs(widths=[300, 200, 100, 50], hidden_units=64)
+    gates(tf.zeros([1, 600]))
+    kernel = gates.hidden.get_weights()[0]
+    limit = np.sqrt(6.0 / (600 + 64))  # Glorot-uniform of a separate Dense(64) on 600 inputs
+    assert kernel.shape == (600, 256) and 0.98 * limit < np.abs(kernel).max() <= limit
