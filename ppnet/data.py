@@ -220,10 +220,6 @@ def to_arrays(batch: pa.RecordBatch, kinds: dict[str, str]) -> dict[str, np.ndar
     return arrays
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def _take(arrays: dict[str, np.ndarray], index: np.ndarray | slice) -> dict[str, np.ndarray]:
     return {k: v[index] for k, v in arrays.items()}
 
@@ -253,19 +249,31 @@ def iter_batches(split: Split, kinds: dict[str, str], label: str, batch_size: in
         yield from _emit_block(pending, label, batch_size, rng if shuffle_buffer else None, last=True)
 
 
+def _merge(pieces: list[dict[str, np.ndarray]], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """The pieces as one block of rows (permuted with ``rng``), built column by column and emptying
+    ``pieces`` as it goes: about one copy of the shuffle buffer in memory, not three."""
+    rows = sum(len(next(iter(piece.values()))) for piece in pieces)
+    order = rng.permutation(rows) if rng is not None else None
+    block = {}
+    for name in list(pieces[0]):
+        column = np.concatenate([piece.pop(name) for piece in pieces])
+        block[name] = column[order] if order is not None else column
+    pieces.clear()
+    return block
+
+
 def _emit_block(pending: list[dict[str, np.ndarray]], label: str, batch_size: int,
                 rng: np.random.Generator | None, last: bool):
     """Yield the buffered rows (permuted with ``rng``) as batches; return the rows that do not fill
     a whole batch, to carry into the next buffer (``last``: emit them as a final short batch)."""
-    block = _concat(pending)
+    block = _merge(pending, rng)
     rows = len(block[label])
-    if rng is not None:
-        block = _take(block, rng.permutation(rows))
     full = rows if last else rows - rows % batch_size
     for start in range(0, full, batch_size):
         out = _take(block, slice(start, start + batch_size))
         yield out, out.pop(label)
-    return [_take(block, slice(full, None))] if full < rows else []
+    # A copy, not a view: a view would keep this whole block alive while the next one fills.
+    return [{name: column[full:].copy() for name, column in block.items()}] if full < rows else []
 
 
 def input_specs(kinds: dict[str, str]) -> dict:
