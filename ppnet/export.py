@@ -86,6 +86,6 @@ def export_model(model: RankingModel, export_base: str | Path, version: int | No
         extra.mkdir()
         data = model.config.data
         (extra / "ppnet.json").write_text(json.dumps({
-            "ppnet_version": ppnet.__version__, "model": model.config.model.name, "label": data.label, "user_column": data.user_column,
-            "inputs": model.stats.kinds}, indent=2))
+            "ppnet_version": ppnet.__version__, "model": model.config.model.name, "label": data.label,
+            "user_column": data.user_column, "inputs": model.stats.kinds}, indent=2))
     return target

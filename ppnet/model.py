@@ -43,11 +43,14 @@ class RankingModel(tfrs.Model):
         self.lookups = {f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name))
                         for f in categorical}
         # Tables grouped by dimension, keyed "dim<d>" (trackable dicts need string keys).
-        self.fields = {group_of(f): [g.name for g in categorical if group_of(g) == group_of(f)] for f in categorical}
+        fields: dict[str, list[str]] = {}  # built first: Keras tracks (and freezes) dict attributes
+        for feature in categorical:
+            fields.setdefault(group_of(feature), []).append(feature.name)
+        self.fields = fields
         self.embeddings = {group: self._tables(names, f"embedding_{group}") for group, names in self.fields.items()}
-        gate_only = self.gated and model.gate_stop_gradient == "shared"
-        self.gate_fields = {group: [n for n in names if n in self.personal_ids] for group, names in self.fields.items()}
-        self.gate_fields = {group: names for group, names in self.gate_fields.items() if gate_only and names}
+        gate_only = self.gated and model.gate_stop_gradient == "shared"  # gate-only tables for the ids
+        personal = {group: [n for n in names if n in self.personal_ids] for group, names in self.fields.items()}
+        self.gate_fields = {group: names for group, names in personal.items() if gate_only and names}
         self.gate_embeddings = {group: self._tables(names, f"gate_embedding_{group}")
                                 for group, names in self.gate_fields.items()}
         self.normalizer = numeric_normalizer(config.features, stats)
@@ -71,19 +74,23 @@ class RankingModel(tfrs.Model):
         fields, tables = (self.gate_fields, self.gate_embeddings) if gate else (self.fields, self.embeddings)
         return tables[group].embeddings, tables[group].rows(fields[group].index(name))
 
+    @staticmethod
+    def _embed(tables: dict[str, GroupedEmbedding], fields: dict[str, list[str]],
+               index: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Each group's rows ``[batch, fields, dim]``: its fields' indices stacked, one lookup."""
+        return {group: table(tf.stack([index[n] for n in fields[group]], axis=1)) for group, table in tables.items()}
+
     def forward(self, features: dict[str, tf.Tensor], training: bool = False):
         """Logits ``[batch]``, the gate values of each tower layer, and the embedding rows looked up
         (``[batch, fields, dim]`` per table group)."""
         index = {name: lookup(features[name]) for name, lookup in self.lookups.items()}
-        embedded = {group: table(tf.stack([index[n] for n in self.fields[group]], axis=1))
-                    for group, table in self.embeddings.items()}
+        embedded = self._embed(self.embeddings, self.fields, index)
         numeric = [self.normalizer(features)] if self.normalizer else []
         dnn_input = tf.concat([flatten(rows) for rows in embedded.values()] + numeric, axis=-1)
         used_rows = list(embedded.values())
         gate_input = None
         if self.gate_embeddings:
-            gate_ids = [table(tf.stack([index[n] for n in self.gate_fields[group]], axis=1))
-                        for group, table in self.gate_embeddings.items()]
+            gate_ids = list(self._embed(self.gate_embeddings, self.gate_fields, index).values())
             used_rows += gate_ids
             gate_input = tf.concat([tf.stop_gradient(dnn_input), *map(flatten, gate_ids)], axis=-1)
         elif self.gated:

@@ -133,16 +133,18 @@ class ThroughputMeter(tf.keras.callbacks.Callback):
 
 
 def prepare_run_dir(out: Path, config: Config, inputs: dict, fresh: bool) -> Path:
-    """The working directory ``out.partial``: resumed if it holds the same config and data, else new."""
+    """The working directory ``out.partial``: resumed if it holds the same config, data and ppnet
+    version, else new."""
     work = out.with_name(out.name + ".partial")
-    identity = json.dumps({"config": config.to_dict(), "inputs": inputs, "ppnet": ppnet.__version__}, sort_keys=True)
+    identity = json.dumps({"config": config.to_dict(), "inputs": inputs, "ppnet": ppnet.__version__},
+                          sort_keys=True)
     saved = work / "run.json"
     if work.exists() and not fresh:
         if saved.exists() and saved.read_text() == identity:
             log.info("resuming the interrupted run in %s", work)
             return work
-        raise PPNetError(f"{work}: an interrupted run with a different config, data or ppnet version is there; "
-                         "rerun the same command to resume, or pass --fresh to start over")
+        raise PPNetError(f"{work}: an interrupted run with a different config, data or ppnet version is "
+                         "there; rerun the same command to resume, or pass --fresh to start over")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     save_config(config, work / "config.json")
