@@ -44,26 +44,54 @@ BEST_WEIGHTS = "checkpoints/best"
 EPOCHS_FILE = "epochs.jsonl"
 
 
-class ResumeDataPosition(tf.keras.callbacks.Callback):
-    """After ``BackupAndRestore`` restored a backup, start the data where the backup was taken.
+class RunBackup(tf.keras.callbacks.BackupAndRestore):
+    """Crash backups (every ``save_freq`` steps, or ``"epoch"``) that a rerun resumes from exactly.
 
-    Keras resumes its epoch and step counters but restarts the data iterator from the first
-    batch; moving the cursor makes the resumed epoch skip exactly the batches already trained
-    (single process; a multi-worker run resumes at the next epoch of its stream). Must come
-    after ``BackupAndRestore`` in the callback list.
+    * Keras resumes its epoch and step counters but restarts the data iterator from the first
+      batch; the cursor is moved so the resumed epoch skips exactly the batches already trained
+      (single process; a multi-worker run resumes at the next epoch of its stream).
+    * An epoch's last backup is taken at its end, after validation and the best checkpoint (this
+      callback comes after them): Keras' own backup of an epoch's last batch would resume at the
+      next epoch, so a crash during validation left that epoch unscored, and a one-epoch run could
+      then never finish.
     """
 
-    def __init__(self, cursor: data.EpochCursor, steps_per_epoch: int):
-        super().__init__()
+    def __init__(self, backup_dir: Path, save_freq: int | str, cursor: data.EpochCursor, steps_per_epoch: int):
+        super().__init__(str(backup_dir), save_freq=save_freq, delete_checkpoint=False)
         self.cursor, self.steps_per_epoch = cursor, steps_per_epoch
 
     def on_train_begin(self, logs=None):
-        state = getattr(self.model, "_training_state", None)
-        if state is not None:
-            epoch, step = state.maybe_load_initial_counters_from_ckpt(self.steps_per_epoch, 0, mode="train")  # ModeKeys.TRAIN
-            if epoch or step:
-                log.info("resuming at epoch %d, step %d", epoch + 1, step)
-            self.cursor.move_to(epoch, step)
+        super().on_train_begin(logs)
+        epoch, step = self._training_state.maybe_load_initial_counters_from_ckpt(self.steps_per_epoch, 0,
+                                                                                 mode="train")  # ModeKeys.TRAIN
+        if epoch or step:
+            log.info("resuming at epoch %d, step %d", epoch + 1, step)
+        self.cursor.move_to(epoch, step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 < self.steps_per_epoch:
+            super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            super().on_epoch_end(epoch, logs)
+        else:  # the last batch's backup: resumes at the next epoch
+            self._backup(epoch=epoch, batch=self.steps_per_epoch - 1)
+
+
+class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
+    """Early stopping on ``val_auc`` whose patience counts the epochs before a resume too."""
+
+    def __init__(self, patience: int, previous: list[float]):
+        super().__init__(monitor="val_auc", mode="max", patience=patience)
+        self.previous = previous  # val_auc of the epochs finished before this process started
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for score in self.previous:  # as Keras' on_epoch_end counts them
+            self.wait += 1
+            if self._is_improvement(score, self.best):
+                self.best, self.wait = score, 0
 
 
 class ValidationScore(tf.keras.callbacks.Callback):
@@ -155,7 +183,8 @@ def prepare_run_dir(out: Path, config: Config, inputs: dict, fresh: bool) -> Pat
 def epoch_scores(work: Path) -> list[dict]:
     """Every finished epoch's validation scores, across resumes."""
     path = work / EPOCHS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return list({line["epoch"]: line for line in lines}.values())  # an epoch rerun after a crash: its last score
 
 
 def train(config: Config, data_path: str, out: str | Path, valid_path: str | None = None,
@@ -194,11 +223,10 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     meter = ThroughputMeter(config.train.batch_size * role.count)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
     steps = -(-train_rows // (config.train.batch_size * role.count))
-    resume = ResumeDataPosition(cursor, steps_per_epoch=steps)
     validation = ValidationScore(valid_split, kinds, label, config.data.user_column,
                                  work / EPOCHS_FILE if role.is_chief else None)
     history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps if role.streamed else None,
-                        callbacks=callbacks(config, work, validation, resume, meter, role),
+                        callbacks=callbacks(config, work, validation, cursor, steps, meter, role),
                         verbose=1 if sys.stdout.isatty() else 2)
     losses = history.history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
@@ -267,28 +295,28 @@ def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, config: 
         split.shard(context.input_pipeline_id, context.num_input_pipelines), kinds, repeat=True, **options))
 
 
-def callbacks(config: Config, work: Path, validation: ValidationScore, resume: ResumeDataPosition,
-              meter: ThroughputMeter, role: distribute.Role) -> list[tf.keras.callbacks.Callback]:
-    """Backups for crash-resume, best-epoch checkpoint, early stopping, NaN guard, TensorBoard.
+def callbacks(config: Config, work: Path, validation: ValidationScore, cursor: data.EpochCursor,
+              steps_per_epoch: int, meter: ThroughputMeter, role: distribute.Role) -> list[tf.keras.callbacks.Callback]:
+    """Best-epoch checkpoint, early stopping, backups for crash-resume, NaN guard, TensorBoard.
 
     Mid-epoch resume needs each pass over the data to be one epoch; a sharded multi-worker stream
     is continuous, so there backups are taken at the end of every epoch.
     """
     every = 0 if role.streamed else config.train.backup_every_steps
-    best_so_far = max((e["val_auc"] for e in epoch_scores(work)), default=None)  # before a crash, if any
-    backup = [tf.keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq=every if every > 0 else "epoch",
-                                                  delete_checkpoint=False), resume] if not role.parameter_server else []
+    before = [e["val_auc"] for e in epoch_scores(work)]  # epochs scored before a crash, if any
+    # After the checkpoint: an epoch's backup marks it done, so its best weights must be saved first.
+    backup = [] if role.parameter_server else [
+        RunBackup(work / "backup", every if every > 0 else "epoch", cursor, steps_per_epoch)]
     # Under a parameter server step logs are remote values: NaN is caught per epoch, after fit.
     per_step = [] if role.parameter_server else [tf.keras.callbacks.TerminateOnNaN()]
     return [
         meter,  # first: its epoch ends before the validation below
         validation,  # before the checkpoint and early-stopping callbacks, which read the val_auc it adds
-        *backup,
         tf.keras.callbacks.ModelCheckpoint(str(work / BEST_WEIGHTS), monitor="val_auc", mode="max",
                                            save_best_only=True, save_weights_only=True,
-                                           initial_value_threshold=best_so_far),
-        tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                         patience=config.train.early_stopping_patience),
+                                           initial_value_threshold=max(before, default=None)),
+        ResumableEarlyStopping(config.train.early_stopping_patience, before),
+        *backup,
         *per_step,
         tf.keras.callbacks.TensorBoard(str(work / "logs"), update_freq="epoch" if role.parameter_server else 100,
                                        profile_batch=0),
@@ -322,7 +350,10 @@ def restore_best(model: RankingModel, run_dir: Path) -> None:
     Without the check, a checkpoint from another model layout would restore silently in part and
     leave the rest at random initial values.
     """
-    restored = model.load_weights(str(run_dir / BEST_WEIGHTS))
+    try:
+        restored = model.load_weights(str(run_dir / BEST_WEIGHTS))
+    except tf.errors.NotFoundError:
+        raise PPNetError(f"{run_dir}: no best checkpoint in {BEST_WEIGHTS} (no epoch was scored)") from None
     restored.expect_partial()  # the optimizer's slots are in the checkpoint but not needed to score or export
     try:
         restored.assert_existing_objects_matched()

@@ -1,4 +1,4 @@
-"""Crash and resume: a training process killed with SIGKILL mid-epoch resumes from its last backup."""
+"""Crash and resume: a training process killed mid-epoch or mid-validation resumes from its last backup."""
 
 import json
 import os
@@ -11,6 +11,7 @@ import time
 import pytest
 
 from ppnet.synthetic import write_synthetic
+from ppnet.train import EPOCHS_FILE, ResumableEarlyStopping, epoch_scores
 from tests.conftest import DEFAULT_CONFIG
 
 BACKUP_EVERY = 20
@@ -73,3 +74,39 @@ def test_resume_with_a_different_config_is_refused_and_fresh_starts_over(log_dir
                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "resuming" not in fresh.stderr and (tmp_path / "run" / "metrics.json").exists()
+
+
+# Crashes (exit 9) when the first epoch's validation starts, as a kill or power cut would.
+CRASH_IN_VALIDATION = """
+import os, sys
+from ppnet import cli, train
+train.ValidationScore.on_epoch_end = lambda self, epoch, logs=None: os._exit(9)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_crash_while_validating_an_epoch_resumes_and_scores_it(log_dir, tmp_path):
+    """Keras backs up an epoch's last batch as "resume at the next epoch"; a crash during the
+    validation after it used to leave the epoch unscored, and a one-epoch run unable to finish."""
+    run = tmp_path / "run"
+    command = train_command(log_dir, run, "--set", "train.epochs=1", "--set", "train.backup_every_steps=1")
+    crashed = subprocess.run([sys.executable, "-c", CRASH_IN_VALIDATION, *command[3:]], capture_output=True,
+                             text=True, timeout=600)
+    assert crashed.returncode == 9, crashed.stderr[-2000:]
+    assert (tmp_path / "run.partial" / "backup").exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["best_epoch"] == 1
+
+
+def test_early_stopping_counts_the_epochs_before_a_resume():
+    stopping = ResumableEarlyStopping(patience=2, previous=[0.70, 0.72, 0.71])
+    stopping.on_train_begin()
+    assert stopping.best == 0.72 and stopping.wait == 1
+
+
+def test_an_epoch_scored_twice_counts_once_with_its_last_score(tmp_path):
+    lines = [{"epoch": 1, "val_auc": 0.6}, {"epoch": 2, "val_auc": 0.61}, {"epoch": 2, "val_auc": 0.62}]
+    (tmp_path / EPOCHS_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert epoch_scores(tmp_path) == [lines[0], lines[2]]
