@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     kuairand.set_defaults(handler=run_prepare_kuairand)
     synthetic = prepare.add_parser("synthetic", help="the embedded default click log (deterministic by seed)")
     synthetic.add_argument("--out", required=True)
-    synthetic.add_argument("--rows", type=int, default=300_000)
+    synthetic.add_argument("--rows", type=positive, default=300_000)
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--overwrite", action="store_true")
     synthetic.set_defaults(handler=run_prepare_synthetic)
@@ -87,10 +87,17 @@ def parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a run's best checkpoint again")
     export.add_argument("--run", required=True, help="a finished run directory")
     export.add_argument("--out", required=True, help="export base; the model goes to OUT/<next version>")
-    export.add_argument("--version", type=int, help="version number (default: one more than the largest)")
+    export.add_argument("--version", type=positive, help="version number (default: one more than the largest)")
     export.add_argument("--overwrite", action="store_true")
     export.set_defaults(handler=run_export)
     return top
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (row counts, TF Serving version numbers, step counts)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def run_prepare_kuairand(args: argparse.Namespace) -> dict:
@@ -130,6 +137,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise PPNetError(f"--json {args.json}: its directory does not exist")
+    if args.json and Path(args.json).is_dir():
+        raise PPNetError(f"--json {args.json}: is a directory; expected a file name, e.g. {args.json}/metrics.json")
     result = evaluate_export(args.model, args.data, label=args.label, user_column=args.user_column)
     if args.json:
         write_text_atomic(Path(args.json), json.dumps(result, indent=2))

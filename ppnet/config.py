@@ -233,5 +233,10 @@ def _check(config: Config, source: str) -> None:
             raise PPNetError(f"{source}: train.{key} must be >= 1")
     if train.learning_rate <= 0:
         raise PPNetError(f"{source}: train.learning_rate must be > 0")
+    for key in ("early_stopping_patience", "backup_every_steps"):
+        if getattr(train, key) < 0:
+            raise PPNetError(f"{source}: train.{key} must be >= 0, got {getattr(train, key)}")
+    if not 0 <= train.seed < 2 ** 32:  # TensorFlow's seed range
+        raise PPNetError(f"{source}: train.seed must be in [0, 2**32), got {train.seed}")
     if config.data.valid_last < 1:
         raise PPNetError(f"{source}: data.valid_last must be >= 1")

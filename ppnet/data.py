@@ -67,6 +67,7 @@ def input_kinds(config: Config, files: list[Path]) -> dict[str, str]:
         for column in [config.data.label, config.data.user_column, *(f.name for f in config.features)]:
             if column not in schema.names:
                 raise PPNetError(f"{file}: column {column!r} is missing (the config expects it)")
+        check_user_column(file, schema, config.data.user_column)
         label_kind = column_kind(schema.field(config.data.label).type)
         if label_kind not in (INT, FLOAT):
             raise PPNetError(f"{file}: label column {config.data.label!r} has type "
@@ -82,6 +83,13 @@ def input_kinds(config: Config, files: list[Path]) -> dict[str, str]:
                 raise PPNetError(f"{file}: column {feature.name!r} is {kind} here but {kinds[feature.name]} "
                                  f"in {files[0]}; every file must store it with one type")
     return kinds
+
+
+def check_user_column(file: Path, schema: pa.Schema, column: str) -> None:
+    """gAUC groups rows by this column, so it must hold ids (int or string), not floats or lists."""
+    if column_kind(schema.field(column).type) not in (INT, STRING):
+        raise PPNetError(f"{file}: user column {column!r} has type {schema.field(column).type}; "
+                         "expected int or string user ids")
 
 
 def read_schema(file: Path) -> pa.Schema:
@@ -154,14 +162,22 @@ def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> t
         return Split(train_files, None, str(data)), Split(tuple(resolve_files(valid)), None, str(valid))
     column = config.data.split_column
     values: set = set()
+    first: tuple[Path, pa.DataType] | None = None  # the first file and its split column's type
     for file in train_files:
         if column not in read_schema(file).names:
             raise PPNetError(f"{file}: split column {column!r} is missing; pass --valid or set data.split_column")
         try:
-            values.update(pc.unique(pq.read_table(file, columns=[column]).column(0)).to_pylist())
+            split_values = pq.read_table(file, columns=[column]).column(0)
         except (pa.ArrowException, OSError) as err:
             raise PPNetError(f"{file}: cannot read column {column!r} ({one_line(err)})") from None
-    values.discard(None)
+        if split_values.null_count:  # such rows would belong to neither split
+            raise PPNetError(f"{file}: split column {column!r} has {split_values.null_count} null value(s); "
+                             "every row needs one to go to training or validation")
+        first = first or (file, split_values.type)
+        if _comparable(split_values.type) != _comparable(first[1]):
+            raise PPNetError(f"{file}: split column {column!r} is {split_values.type}, but {first[0]} has it as "
+                             f"{first[1]}; use one type in every file")
+        values.update(pc.unique(split_values).to_pylist())
     if len(values) <= config.data.valid_last:
         raise PPNetError(f"{data}: split column {column!r} has {len(values)} distinct value(s); "
                          f"need more than data.valid_last={config.data.valid_last} to keep some for training")
@@ -169,6 +185,13 @@ def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> t
     field = pc.field(column)
     return (Split(train_files, field < cutoff, f"{data} [{column} < {cutoff}]"),
             Split(train_files, field >= cutoff, f"{data} [{column} >= {cutoff}]"))
+
+
+def _comparable(arrow_type: pa.DataType) -> str:
+    """Split values of types with the same answer here can be ordered against each other."""
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        return "number"
+    return "string" if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) else str(arrow_type)
 
 
 def check_labels(split: Split, label: str, need_both_classes: bool = False) -> int:

@@ -71,6 +71,7 @@ def evaluate_export(model_dir: str | Path, data_path: str | Path, label: str | N
         missing = [c for c in [*meta["inputs"], label, user_column] if c not in schema.names]
         if missing:
             raise PPNetError(f"{file}: column(s) {missing} missing (the model expects them)")
+        data.check_user_column(file, schema, user_column)
         for name, kind in meta["inputs"].items():
             found = data.column_kind(schema.field(name).type)
             if found != kind and not (kind == data.FLOAT and found == data.INT):

@@ -30,18 +30,28 @@ def atomic_directory(target: Path, overwrite: bool = False, what: str = "output"
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_directory(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def replace_directory(complete: Path, target: Path) -> None:
+    """Rename the finished directory ``complete`` to ``target``; an existing ``target`` is moved
+    aside first and deleted last, so ``target`` always names a whole directory (old or new)."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    complete.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a small file through a temporary name and a rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -23,6 +23,7 @@ import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from ppnet import data
+from ppnet.cli import positive
 from ppnet.config import load_config
 from ppnet.errors import PPNetError
 from ppnet.export import export_model
@@ -91,13 +92,6 @@ def table(title: str, seconds: dict[str, float], wall: float, unit: float, unit_
     for op, value in sorted(seconds.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"| {op} | {value * unit:,.2f} | {100 * value / total:.1f}% |")
     return lines + [""]
-
-
-def positive(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -32,7 +32,7 @@ import ppnet
 from ppnet import data, distribute
 from ppnet.config import Config, config_from_dict, save_config
 from ppnet.errors import PPNetError
-from ppnet.files import write_text_atomic
+from ppnet.files import replace_directory, write_text_atomic
 from ppnet.evaluate import score_split
 from ppnet.export import export_model
 from ppnet.model import RankingModel, build_model
@@ -252,9 +252,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for scratch in ("backup", "shards"):  # last: a crash before here still resumes
         shutil.rmtree(work / scratch, ignore_errors=True)
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
+    replace_directory(work, out)
     return metrics
 
 

@@ -150,6 +150,23 @@ def test_evaluate_missing_column(capsys, trained_run: Path, synthetic_dir: Path,
     assert str(data) in message and "'hour'" in message
 
 
+def test_evaluate_json_is_a_directory(capsys, trained_run: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+    message = _fail(capsys, ["evaluate", "--model", trained_run / "export" / "1", "--data", synthetic_dir,
+                             "--json", tmp_path])
+    assert str(tmp_path) in message and "directory" in message
+    assert list(tmp_path.iterdir()) == [] and _siblings(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [["prepare", "synthetic", "--out", "OUT", "--rows", "0"],
+                                  ["export", "--run", "RUN", "--out", "OUT", "--version", "-2"]])
+def test_counts_and_versions_must_be_positive(capsys, tmp_path: Path, argv: list[str]) -> None:
+    argv = [str(tmp_path / a) if a in ("OUT", "RUN") else a for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- prepare ------------------------------------------------------------------------------------
 
 def test_prepare_synthetic_out_exists(capsys, tmp_path: Path) -> None:

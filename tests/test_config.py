@@ -193,7 +193,8 @@ def test_dropout_out_of_range(raw: dict, key: str, value: float) -> None:
 
 @pytest.mark.parametrize("section,key,value", [
     ("train", "batch_size", 0), ("train", "epochs", 0), ("train", "learning_rate", 0.0),
-    ("data", "valid_last", 0),
+    ("data", "valid_last", 0), ("train", "early_stopping_patience", -1), ("train", "backup_every_steps", -7),
+    ("train", "seed", -1), ("train", "seed", 2 ** 32),
 ])
 def test_non_positive_values(raw: dict, section: str, key: str, value) -> None:
     raw[section][key] = value

@@ -330,6 +330,28 @@ def test_split_column_missing(synthetic_dir: Path, tmp_path: Path) -> None:
     assert str(files[1]) in message and "'date'" in message
 
 
+def test_split_column_with_nulls(synthetic_dir: Path, tmp_path: Path) -> None:
+    _, files = _copy_log(synthetic_dir, tmp_path)
+    _rewrite(files[2], lambda t: _replace_column(t, "date", pa.array([None] * 5 + t["date"].to_pylist()[5:],
+                                                                      t.schema.field("date").type)))
+    message = _error(data.make_splits, small_config(), files[0].parent, None)
+    assert str(files[2]) in message and "'date'" in message and "5 null" in message
+
+
+def test_split_column_type_differs_between_files(synthetic_dir: Path, tmp_path: Path) -> None:
+    _, files = _copy_log(synthetic_dir, tmp_path)
+    _rewrite(files[3], lambda t: _replace_column(t, "date", pc.cast(t["date"], pa.string())))
+    message = _error(data.make_splits, small_config(), files[0].parent, None)
+    assert str(files[3]) in message and str(files[0]) in message and "'date'" in message
+
+
+def test_user_column_must_hold_ids(synthetic_dir: Path, tmp_path: Path) -> None:
+    _, files = _copy_log(synthetic_dir, tmp_path)
+    _rewrite(files[1], lambda t: _replace_column(t, "user_id", pa.array([[v] for v in t["user_id"].to_pylist()])))
+    message = _error(data.input_kinds, small_config(), files)
+    assert str(files[1]) in message and "user column 'user_id'" in message
+
+
 # --- iter_batches -------------------------------------------------------------------------------
 
 KINDS = {"id": data.INT, "cat": data.STRING, "x": data.FLOAT}

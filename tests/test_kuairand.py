@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -192,3 +193,13 @@ def test_existing_output_needs_overwrite(tiny: dict[str, Path]) -> None:
     report = _run(tiny, overwrite=True)
     assert sorted(p.name for p in tiny["out"].iterdir()) == report["files"]
     assert _leftovers(tiny["out"]) == []
+
+
+def test_floats_beyond_int64_stay_floats(tiny: dict[str, Path]) -> None:
+    """Whole-number floats become int64 codes only when every value fits int64 (1e30, inf do not)."""
+    _write(tiny["users"], "user_id,user_active_degree,register_days,follow_num,fans_num",
+           ["1,full_active,100,1e30,3", "2,high_active,7,5,inf"])
+    _run(tiny)
+    schema = pq.read_schema(sorted(tiny["out"].glob("*.parquet"))[0])
+    assert schema.field("follow_num").type == pa.float64() and schema.field("fans_num").type == pa.float64()
+    assert schema.field("register_days").type == pa.int64()

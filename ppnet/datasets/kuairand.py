@@ -142,7 +142,7 @@ def _read_side_table(path: Path, required: tuple[str, ...], key: str) -> pa.Tabl
 
 
 def _whole_floats_as_int(table: pa.Table) -> pa.Table:
-    """Float columns holding only whole numbers → nullable int64.
+    """Float columns holding only whole numbers within int64's range → nullable int64.
 
     CSV gives codes with gaps (``onehot_feat12``, ``music_type``) a float type only because of
     their nulls; as int64 they can be vocabulary features like every other code.
@@ -150,7 +150,9 @@ def _whole_floats_as_int(table: pa.Table) -> pa.Table:
     for i, field in enumerate(table.schema):
         if pa.types.is_floating(field.type):
             values = table[field.name].drop_null()
-            if pc.all(pc.equal(values, pc.floor(values))).as_py() is not False:
+            whole = pc.all(pc.equal(values, pc.floor(values))).as_py() is not False
+            in_range = pc.all(pc.less(pc.abs(values), 2.0 ** 63)).as_py() is not False  # NaN/inf: never
+            if whole and in_range:
                 table = table.set_column(i, field.name, table[field.name].cast(pa.int64()))
     return table
 
