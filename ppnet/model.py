@@ -80,9 +80,9 @@ class RankingModel(tfrs.Model):
         """Each group's rows ``[batch, fields, dim]``: its fields' indices stacked, one lookup."""
         return {group: table(tf.stack([index[n] for n in fields[group]], axis=1)) for group, table in tables.items()}
 
-    def forward(self, features: dict[str, tf.Tensor], training: bool = False):
-        """Logits ``[batch]``, the gate values of each tower layer, and the embedding rows looked up
-        (``[batch, fields, dim]`` per table group)."""
+    def tower_inputs(self, features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor | None, list[tf.Tensor]]:
+        """The tower's input ``[batch, d]``, the gates' input ``[batch, g]`` (``None`` for the DNN),
+        and the embedding rows looked up (``[batch, fields, dim]`` per table group)."""
         index = {name: lookup(features[name]) for name, lookup in self.lookups.items()}
         embedded = self._embed(self.embeddings, self.fields, index)
         numeric = [self.normalizer(features)] if self.normalizer else []
@@ -97,6 +97,11 @@ class RankingModel(tfrs.Model):
             stopped = [tf.where(tf.constant([[[n in self.personal_ids] for n in self.fields[group]]]),
                                 tf.stop_gradient(rows), rows) for group, rows in embedded.items()]
             gate_input = tf.concat([flatten(rows) for rows in stopped] + numeric, axis=-1)
+        return dnn_input, gate_input, used_rows
+
+    def forward(self, features: dict[str, tf.Tensor], training: bool = False):
+        """Logits ``[batch]``, the gate values of each tower layer, and the embedding rows looked up."""
+        dnn_input, gate_input, used_rows = self.tower_inputs(features)
         logits, gates = self.tower(dnn_input, gate_input, training=training, return_gates=True)
         return logits, gates, used_rows
 
