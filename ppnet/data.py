@@ -87,8 +87,9 @@ def input_kinds(config: Config, files: list[Path]) -> dict[str, str]:
 
 def check_user_column(file: Path, schema: pa.Schema, column: str) -> None:
     """gAUC groups rows by this column, so it must hold ids (int or string), not floats or lists."""
-    if column_kind(schema.field(column).type) not in (INT, STRING):
-        raise PPNetError(f"{file}: user column {column!r} has type {schema.field(column).type}; "
+    arrow_type = schema.field(column).type
+    if not pa.types.is_integer(arrow_type) and column_kind(arrow_type) != STRING:
+        raise PPNetError(f"{file}: user column {column!r} has type {arrow_type}; "
                          "expected int or string user ids")
 
 
@@ -189,9 +190,15 @@ def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> t
 
 def _comparable(arrow_type: pa.DataType) -> str:
     """Split values of types with the same answer here can be ordered against each other."""
+    if pa.types.is_dictionary(arrow_type):
+        return _comparable(arrow_type.value_type)
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
         return "number"
-    return "string" if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) else str(arrow_type)
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    if pa.types.is_timestamp(arrow_type):  # any unit; values compare as datetimes
+        return f"timestamp {arrow_type.tz}"
+    return "date" if pa.types.is_date(arrow_type) else str(arrow_type)
 
 
 def check_labels(split: Split, label: str, need_both_classes: bool = False) -> int:

@@ -32,9 +32,9 @@ class ServingModule(tf.Module):
     """The exported object: the trained model plus its serving functions.
 
     The prediction signatures run the tower and its gates with their weights frozen into the
-    graph as constants (about 1.4 MB of a few million floats): oneDNN then lays each weight
-    matrix out for its kernels once and caches it, instead of on every call, which took most
-    of a one-row request. The embedding tables stay variables.
+    graph as constants (a few MB): oneDNN then lays each weight matrix out for its kernels once
+    and caches it, instead of on every call, which took most of a one-row request. The embedding
+    tables stay variables.
     """
 
     def __init__(self, model: RankingModel):
@@ -46,11 +46,13 @@ class ServingModule(tf.Module):
         example_spec = {name: tf.io.FixedLenFeature([], spec.dtype, default_value=EXAMPLE_DEFAULTS[kinds[name]])
                         for name, spec in specs.items()}
 
+        def run_tower(features):
+            dnn_input, gate_input, _ = model.tower_inputs(features)
+            return tower(*[x for x in (dnn_input, gate_input) if x is not None])  # [logits, *gates]
+
         @tf.function(input_signature=[specs])
         def serve(features):
-            dnn_input, gate_input, _ = model.tower_inputs(features)
-            logits = tower(*[x for x in (dnn_input, gate_input) if x is not None])[0]
-            return {"probability": tf.sigmoid(logits)}
+            return {"probability": tf.sigmoid(run_tower(features)[0])}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         def serve_examples(examples):
@@ -58,8 +60,7 @@ class ServingModule(tf.Module):
 
         @tf.function(input_signature=[specs])
         def gates(features):
-            _, values, _ = model.forward(features, training=False)
-            return {f"gate_{i}": g for i, g in enumerate(values)}
+            return {f"gate_{i}": g for i, g in enumerate(run_tower(features)[1:])}
 
         self.serve, self.serve_examples = serve, serve_examples
         self.gates = gates if model.gated else None
@@ -71,9 +72,9 @@ class ServingModule(tf.Module):
 
 
 def frozen_tower(model: RankingModel):
-    """``(tower input[, gate input]) → [logits]`` at inference, with the weights as constants."""
+    """``(tower input[, gate input]) → [logits, *gate values]`` at inference, weights as constants."""
     inputs = [x for x in model.tower_inputs(dummy_batch(model.stats))[:2] if x is not None]
-    traced = tf.function(lambda *x: model.tower(*x, training=False)).get_concrete_function(
+    traced = tf.function(lambda *x: model.tower(*x, training=False, return_gates=True)).get_concrete_function(
         *[tf.TensorSpec([None, x.shape[-1]], x.dtype) for x in inputs])
     return convert_variables_to_constants_v2(traced)
 

@@ -2,7 +2,8 @@
 
 Everything is written into ``RUN_DIR.partial/`` and renamed to ``RUN_DIR`` only when the run
 has finished, so a directory named ``RUN_DIR`` is always a complete run. Rerunning the same
-command after a crash resumes from the last backup in ``RUN_DIR.partial/backup``.
+command after a crash resumes from the last backup in ``RUN_DIR.partial/backup``; once training
+has ended, ``RUN_DIR.partial/fitted`` makes a rerun only score and export.
 
 Run directory layout::
 
@@ -24,6 +25,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -42,23 +44,26 @@ log = logging.getLogger(__name__)
 
 BEST_WEIGHTS = "checkpoints/best"
 EPOCHS_FILE = "epochs.jsonl"
+FITTED = "fitted"
 
 
 class RunBackup(tf.keras.callbacks.BackupAndRestore):
     """Crash backups (every ``save_freq`` steps, or ``"epoch"``) that a rerun resumes from exactly.
 
+    * First in the callback list, so the backup is restored before the other callbacks start:
+      ``finished_epochs`` then says which epochs the rerun will not train again.
     * Keras resumes its epoch and step counters but restarts the data iterator from the first
       batch; the cursor is moved so the resumed epoch skips exactly the batches already trained
       (single process; a multi-worker run resumes at the next epoch of its stream).
-    * An epoch's last backup is taken at its end, after validation and the best checkpoint (this
-      callback comes after them): Keras' own backup of an epoch's last batch would resume at the
-      next epoch, so a crash during validation left that epoch unscored, and a one-epoch run could
-      then never finish.
+    * An epoch's last backup marks it finished, so it is taken by ``EpochBackup`` at the end of
+      the list, after validation, the best checkpoint and early stopping; Keras' own backup of the
+      last batch would have marked it finished before it was scored.
     """
 
     def __init__(self, backup_dir: Path, save_freq: int | str, cursor: data.EpochCursor, steps_per_epoch: int):
         super().__init__(str(backup_dir), save_freq=save_freq, delete_checkpoint=False)
         self.cursor, self.steps_per_epoch = cursor, steps_per_epoch
+        self.finished_epochs = 0
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -66,6 +71,7 @@ class RunBackup(tf.keras.callbacks.BackupAndRestore):
                                                                                  mode="train")  # ModeKeys.TRAIN
         if epoch or step:
             log.info("resuming at epoch %d, step %d", epoch + 1, step)
+        self.finished_epochs = epoch
         self.cursor.move_to(epoch, step)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -73,22 +79,42 @@ class RunBackup(tf.keras.callbacks.BackupAndRestore):
             super().on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.save_freq == "epoch":
-            super().on_epoch_end(epoch, logs)
-        else:  # the last batch's backup: resumes at the next epoch
-            self._backup(epoch=epoch, batch=self.steps_per_epoch - 1)
+        """Nothing here: see ``EpochBackup``."""
 
 
-class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
-    """Early stopping on ``val_auc`` whose patience counts the epochs before a resume too."""
+class EpochBackup(tf.keras.callbacks.Callback):
+    """Takes ``backup``'s end-of-epoch backup; last in the callback list (see ``RunBackup``)."""
 
-    def __init__(self, patience: int, previous: list[float]):
-        super().__init__(monitor="val_auc", mode="max", patience=patience)
-        self.previous = previous  # val_auc of the epochs finished before this process started
+    def __init__(self, backup: RunBackup):
+        super().__init__()
+        self.backup = backup
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.backup._backup(epoch=epoch)  # Keras' counters now say: resume at the next epoch
+
+
+class BestCheckpoint(tf.keras.callbacks.ModelCheckpoint):
+    """The best epoch's weights by ``val_auc``; an epoch must beat those finished before a resume."""
+
+    def __init__(self, path: Path, finished_scores: Callable[[], list[float]]):
+        super().__init__(str(path), monitor="val_auc", mode="max", save_best_only=True, save_weights_only=True)
+        self.finished_scores = finished_scores
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        for score in self.previous:  # as Keras' on_epoch_end counts them
+        self.best = max(self.finished_scores(), default=self.best)
+
+
+class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
+    """Early stopping on ``val_auc`` whose patience counts the epochs finished before a resume."""
+
+    def __init__(self, patience: int, finished_scores: Callable[[], list[float]]):
+        super().__init__(monitor="val_auc", mode="max", patience=patience)
+        self.finished_scores = finished_scores
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for score in self.finished_scores():  # as Keras' on_epoch_end counts them
             self.wait += 1
             if self._is_improvement(score, self.best):
                 self.best, self.wait = score, 0
@@ -156,8 +182,9 @@ class ThroughputMeter(tf.keras.callbacks.Callback):
             self.seconds += time.perf_counter() - self._first[1]
 
     @property
-    def examples_per_sec(self) -> float:
-        return self.steps * self.batch_size / self.seconds if self.seconds else float("nan")
+    def examples_per_sec(self) -> float | None:
+        """``None`` if nothing was timed (say, a rerun that had nothing left to train)."""
+        return self.steps * self.batch_size / self.seconds if self.seconds else None
 
 
 def prepare_run_dir(out: Path, config: Config, inputs: dict, fresh: bool) -> Path:
@@ -225,14 +252,20 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     steps = -(-train_rows // (config.train.batch_size * role.count))
     validation = ValidationScore(valid_split, kinds, label, config.data.user_column,
                                  work / EPOCHS_FILE if role.is_chief else None)
-    history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps if role.streamed else None,
-                        callbacks=callbacks(config, work, validation, cursor, steps, meter, role),
-                        verbose=1 if sys.stdout.isatty() else 2)
-    losses = history.history.get("loss", [])
-    if losses and not np.isfinite(losses[-1]):
-        raise PPNetError(f"training loss became {losses[-1]} in epoch {len(losses)} (step {meter.last_step}); "
-                         f"lower train.learning_rate or check the numeric features, then rerun with --fresh "
-                         f"(backups taken before the NaN are in {work / 'backup'})")
+    fitted = work / FITTED  # training ended (early stopping included): a rerun only scores and exports
+    if fitted.exists() and not role.streamed:
+        log.info("training had finished before the crash; scoring and exporting the best epoch")
+    else:
+        history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps if role.streamed else None,
+                            callbacks=callbacks(config, work, validation, cursor, steps, meter, role),
+                            verbose=1 if sys.stdout.isatty() else 2)
+        losses = history.history.get("loss", [])
+        if losses and not np.isfinite(losses[-1]):
+            raise PPNetError(f"training loss became {losses[-1]} in epoch {len(losses)} (step {meter.last_step}); "
+                             f"lower train.learning_rate or check the numeric features, then rerun with --fresh "
+                             f"(backups taken before the NaN are in {work / 'backup'})")
+        if role.is_chief:
+            fitted.touch()
     if not role.is_chief:
         return {}
     final = build_model(config, stats) if role.streamed else model  # a plain local copy to score and export
@@ -244,6 +277,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
         "examples_per_sec": meter.examples_per_sec, "train_rows": train_rows, "workers": role.count,
         "epochs_run": len(epochs), "best_epoch": max(epochs, key=lambda e: e["val_auc"])["epoch"] if epochs else 0,
         "model": config.model.name, "gate_stop_gradient": config.model.gate_stop_gradient,
+        "personal_ids_in_tower": config.model.personal_ids_in_tower,
         "export": str(Path("export") / export_dir.name),
     })
     if role.parameter_server:  # how each embedding table was split across the parameter servers
@@ -252,6 +286,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for scratch in ("backup", "shards"):  # last: a crash before here still resumes
         shutil.rmtree(work / scratch, ignore_errors=True)
+    fitted.unlink()
     replace_directory(work, out)
     return metrics
 
@@ -295,26 +330,31 @@ def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, config: 
 
 def callbacks(config: Config, work: Path, validation: ValidationScore, cursor: data.EpochCursor,
               steps_per_epoch: int, meter: ThroughputMeter, role: distribute.Role) -> list[tf.keras.callbacks.Callback]:
-    """Best-epoch checkpoint, early stopping, backups for crash-resume, NaN guard, TensorBoard.
+    """Backups for crash-resume, best-epoch checkpoint, early stopping, NaN guard, TensorBoard.
 
     Mid-epoch resume needs each pass over the data to be one epoch; a sharded multi-worker stream
-    is continuous, so there backups are taken at the end of every epoch.
+    is continuous, so there backups are taken at the end of every epoch. A parameter-server run
+    has no backups and restarts from its first epoch.
     """
     every = 0 if role.streamed else config.train.backup_every_steps
-    before = [e["val_auc"] for e in epoch_scores(work)]  # epochs scored before a crash, if any
-    # After the checkpoint: an epoch's backup marks it done, so its best weights must be saved first.
-    backup = [] if role.parameter_server else [
-        RunBackup(work / "backup", every if every > 0 else "epoch", cursor, steps_per_epoch)]
+    backup = None if role.parameter_server else RunBackup(work / "backup", every if every > 0 else "epoch",
+                                                          cursor, steps_per_epoch)
+
+    def finished_scores() -> list[float]:
+        """val_auc of the epochs a resumed run does not train again (an epoch scored but not backed
+        up before a crash is trained and scored anew)."""
+        finished = backup.finished_epochs if backup else 0
+        return [e["val_auc"] for e in epoch_scores(work) if e["epoch"] <= finished]
+
     # Under a parameter server step logs are remote values: NaN is caught per epoch, after fit.
     per_step = [] if role.parameter_server else [tf.keras.callbacks.TerminateOnNaN()]
     return [
-        meter,  # first: its epoch ends before the validation below
+        *([backup] if backup else []),  # first: restores the backup before the others start
+        meter,  # its epoch ends before the validation below
         validation,  # before the checkpoint and early-stopping callbacks, which read the val_auc it adds
-        tf.keras.callbacks.ModelCheckpoint(str(work / BEST_WEIGHTS), monitor="val_auc", mode="max",
-                                           save_best_only=True, save_weights_only=True,
-                                           initial_value_threshold=max(before, default=None)),
-        ResumableEarlyStopping(config.train.early_stopping_patience, before),
-        *backup,
+        BestCheckpoint(work / BEST_WEIGHTS, finished_scores),
+        ResumableEarlyStopping(config.train.early_stopping_patience, finished_scores),
+        *([EpochBackup(backup)] if backup else []),  # marks the epoch finished: after it is scored and saved
         *per_step,
         tf.keras.callbacks.TensorBoard(str(work / "logs"), update_freq="epoch" if role.parameter_server else 100,
                                        profile_batch=0),

@@ -345,6 +345,19 @@ def test_split_column_type_differs_between_files(synthetic_dir: Path, tmp_path: 
     assert str(files[3]) in message and str(files[0]) in message and "'date'" in message
 
 
+def test_split_column_types_that_order_together_are_accepted(synthetic_dir: Path, tmp_path: Path) -> None:
+    """int32 beside int64, a dictionary-encoded string beside a plain one."""
+    _, files = _copy_log(synthetic_dir, tmp_path)
+    for file in files:
+        _rewrite(file, lambda t: _replace_column(t, "date", pc.cast(t["date"], pa.string())))
+    _rewrite(files[1], lambda t: _replace_column(t, "date", pc.dictionary_encode(t["date"])))
+    train, valid = data.make_splits(small_config(), files[0].parent, None)
+    assert sum(batch.num_rows for split in (train, valid) for _, batch in split.batches(["date"])) == 8000
+    _, files = _copy_log(synthetic_dir, tmp_path / "ints")
+    _rewrite(files[2], lambda t: _replace_column(t, "date", pc.cast(t["date"], pa.int32())))
+    data.make_splits(small_config(), files[0].parent, None)
+
+
 def test_user_column_must_hold_ids(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[1], lambda t: _replace_column(t, "user_id", pa.array([[v] for v in t["user_id"].to_pylist()])))

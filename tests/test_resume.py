@@ -76,21 +76,25 @@ def test_resume_with_a_different_config_is_refused_and_fresh_starts_over(log_dir
     assert "resuming" not in fresh.stderr and (tmp_path / "run" / "metrics.json").exists()
 
 
-# Crashes (exit 9) when the first epoch's validation starts, as a kill or power cut would.
-CRASH_IN_VALIDATION = """
+# Runs `ppnet` with one function replaced by a crash (exit 9), as a kill or power cut there would.
+CRASH_AT = """
 import os, sys
 from ppnet import cli, train
-train.ValidationScore.on_epoch_end = lambda self, epoch, logs=None: os._exit(9)
+owner, name = sys.argv.pop(1).split(".")
+setattr(getattr(train, owner) if owner != "train" else train, name, lambda *args, **kwargs: os._exit(9))
 sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_crash_while_validating_an_epoch_resumes_and_scores_it(log_dir, tmp_path):
+@pytest.mark.parametrize("crash_at", ["ValidationScore.on_epoch_end", "BestCheckpoint.on_epoch_end"],
+                         ids=["before scoring", "after scoring, before the checkpoint"])
+def test_crash_around_an_epochs_validation_resumes_and_scores_it(log_dir, tmp_path, crash_at):
     """Keras backs up an epoch's last batch as "resume at the next epoch"; a crash during the
-    validation after it used to leave the epoch unscored, and a one-epoch run unable to finish."""
+    validation after it used to leave the epoch unscored and a one-epoch run unable to finish, and
+    a crash between scoring and checkpointing left no best checkpoint."""
     run = tmp_path / "run"
     command = train_command(log_dir, run, "--set", "train.epochs=1", "--set", "train.backup_every_steps=1")
-    crashed = subprocess.run([sys.executable, "-c", CRASH_IN_VALIDATION, *command[3:]], capture_output=True,
+    crashed = subprocess.run([sys.executable, "-c", CRASH_AT, crash_at, *command[3:]], capture_output=True,
                              text=True, timeout=600)
     assert crashed.returncode == 9, crashed.stderr[-2000:]
     assert (tmp_path / "run.partial" / "backup").exists()
@@ -100,8 +104,25 @@ def test_crash_while_validating_an_epoch_resumes_and_scores_it(log_dir, tmp_path
     assert metrics["epochs_run"] == 1 and metrics["best_epoch"] == 1
 
 
+def test_crash_after_training_only_exports_on_rerun(log_dir, tmp_path):
+    """Training that ended (by early stopping or its last epoch) is not resumed for more epochs."""
+    run = tmp_path / "run"
+    command = train_command(log_dir, run, "--set", "train.epochs=1")
+    crashed = subprocess.run([sys.executable, "-c", CRASH_AT, "train.export_model", *command[3:]],
+                             capture_output=True, text=True, timeout=600)
+    assert crashed.returncode == 9, crashed.stderr[-2000:]
+    rerun = subprocess.run(train_command(log_dir, run, "--set", "train.epochs=1"), capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "training had finished" in rerun.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["examples_per_sec"] is None
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["config.json", "run.json", "stats.json", "epochs.jsonl", "checkpoints", "logs", "export", "metrics.json"])
+
+
 def test_early_stopping_counts_the_epochs_before_a_resume():
-    stopping = ResumableEarlyStopping(patience=2, previous=[0.70, 0.72, 0.71])
+    stopping = ResumableEarlyStopping(patience=2, finished_scores=lambda: [0.70, 0.72, 0.71])
     stopping.on_train_begin()
     assert stopping.best == 0.72 and stopping.wait == 1
 
