@@ -3,8 +3,9 @@
 ``python -m ppnet.bench`` (``make bench``) prepares the KuaiRand slice (or takes ``--data``; with
 ``--synthetic`` also the embedded synthetic log) and measures on each log:
 
-* quality: PPNet (``gate_stop_gradient`` shared and ids), the DNN and a one-hot logistic-regression
-  floor, over ``--seeds`` seeds: mean and std of validation auc, gauc, logloss;
+* quality: PPNet (as configured; shared gates with the ids also in the tower; ``ids`` gates), the
+  DNN and a one-hot logistic-regression floor, over ``--seeds`` seeds: mean and std of validation
+  auc, gauc, logloss;
 * training speed: the first PPNet run's steady-state examples/sec, the input pipeline alone, and
   the analytic training FLOP/s as a fraction of this machine's dense float32 matmul peak;
 * memory: peak RSS of ``ppnet train`` subprocesses on the log and on the log repeated 4x;
@@ -51,8 +52,11 @@ from ppnet.train import model_predictor, train
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
 KUAIRAND = REPO.parent / "shared" / "data" / "kuairand-pure"
+# "ppnet" is PPNet as the log's config has it; the others fix the gate settings they name.
 VARIANTS = {"ppnet": ["model.name=ppnet", "model.gate_stop_gradient=shared"],
-            "ppnet_ids": ["model.name=ppnet", "model.gate_stop_gradient=ids"],
+            "ppnet_tower_ids": ["model.name=ppnet", "model.gate_stop_gradient=shared",
+                                "model.personal_ids_in_tower=true"],
+            "ppnet_ids": ["model.name=ppnet", "model.gate_stop_gradient=ids", "model.personal_ids_in_tower=true"],
             "dnn": ["model.name=dnn"]}
 LOGREG = "logreg"
 LOGREG_L2 = 1e-6
@@ -279,13 +283,15 @@ def forward_flops(config: Config) -> int:
     Embedding lookups, activations and the gates' element-wise products are ignored.
     """
     model = config.model
+    gated = model.name == "ppnet"
+    ids_width = sum(config.feature(p).dim for p in model.personal_ids)
     width = sum(f.dim if f.kind != "numeric" else 1 for f in config.features)
+    width -= 0 if model.personal_ids_in_tower or not gated else ids_width
     inputs = [width, *model.hidden_units]  # input width of each Dense layer of the tower
     flops = sum(2 * a * b for a, b in zip(inputs, [*model.hidden_units, 1]))
-    if model.name != "ppnet":
+    if not gated:
         return flops
-    gate_width = width + (sum(config.feature(p).dim for p in model.personal_ids)
-                          if model.gate_stop_gradient == "shared" else 0)
+    gate_width = width + (ids_width if model.gate_stop_gradient == "shared" else 0)
     return flops + sum(2 * gate_width * model.gate_hidden + 2 * model.gate_hidden * w for w in inputs)
 
 

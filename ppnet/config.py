@@ -54,6 +54,7 @@ class ModelConfig:
     name: Literal["ppnet", "dnn"] = "ppnet"
     personal_ids: list[str] = field(default_factory=lambda: ["user_id", "video_id", "author_id"])
     gate_stop_gradient: Literal["shared", "ids"] = "shared"
+    personal_ids_in_tower: bool = True
     hidden_units: list[int] = field(default_factory=lambda: [512, 256, 128])
     gate_hidden: int = 64
     dropout: float = 0.0
@@ -219,6 +220,13 @@ def _check(config: Config, source: str) -> None:
             raise PPNetError(f"{source}: model.personal_ids: {pid!r} is numeric; ids must be vocab or hash")
     if model.name == "ppnet" and not model.personal_ids:
         raise PPNetError(f"{source}: model.personal_ids is empty; PPNet needs at least one id for its gates")
+    if model.name == "ppnet" and not model.personal_ids_in_tower:
+        if model.gate_stop_gradient != "shared":
+            raise PPNetError(f"{source}: model.personal_ids_in_tower = false needs gate_stop_gradient = \"shared\" "
+                             "(the ids then have gate-only tables; in \"ids\" mode the gates read the tower's)")
+        if not [f for f in config.features if f.name not in model.personal_ids]:
+            raise PPNetError(f"{source}: model.personal_ids_in_tower = false leaves the tower no input; "
+                             "declare features besides the personalisation ids")
     if model.gate_hidden < 1:
         raise PPNetError(f"{source}: model.gate_hidden must be >= 1, got {model.gate_hidden}")
     if model.embedding_l2 < 0:

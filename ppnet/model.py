@@ -27,6 +27,10 @@ class RankingModel(tfrs.Model):
       the gates cannot disturb the shared embeddings, and the ids get tables of their own.
     * ``ids``: the DNN's own embeddings, with ``stop_gradient`` on the personalisation ids only.
 
+    With ``model.personal_ids_in_tower = false`` (``shared`` mode only) the ids feed the gates
+    alone, as in Kuaishou's PPNet: the tower cannot memorise them directly, only let them scale
+    its units.
+
     Each feature has its own embedding table; tables of one dimension are stored together as one
     ``GroupedEmbedding`` (one lookup for all of them). The loss is per-example binary
     cross-entropy plus L2 on the embedding rows each example uses, averaged with
@@ -43,14 +47,11 @@ class RankingModel(tfrs.Model):
         self.lookups = {f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name))
                         for f in categorical}
         # Tables grouped by dimension, keyed "dim<d>" (trackable dicts need string keys).
-        fields: dict[str, list[str]] = {}  # built first: Keras tracks (and freezes) dict attributes
-        for feature in categorical:
-            fields.setdefault(group_of(feature), []).append(feature.name)
-        self.fields = fields
+        in_tower = [f for f in categorical if model.personal_ids_in_tower or f.name not in self.personal_ids]
+        self.fields = grouped(in_tower)
         self.embeddings = {group: self._tables(names, f"embedding_{group}") for group, names in self.fields.items()}
         gate_only = self.gated and model.gate_stop_gradient == "shared"  # gate-only tables for the ids
-        personal = {group: [n for n in names if n in self.personal_ids] for group, names in self.fields.items()}
-        self.gate_fields = {group: names for group, names in personal.items() if gate_only and names}
+        self.gate_fields = grouped([f for f in categorical if gate_only and f.name in self.personal_ids])
         self.gate_embeddings = {group: self._tables(names, f"gate_embedding_{group}")
                                 for group, names in self.gate_fields.items()}
         self.normalizer = numeric_normalizer(config.features, stats)
@@ -213,6 +214,14 @@ def dummy_batch(stats: Stats, rows: int = 1) -> dict[str, tf.Tensor]:
 def flatten(rows: tf.Tensor) -> tf.Tensor:
     """``[batch, fields, dim]`` → ``[batch, fields * dim]``, the fields' embeddings side by side."""
     return tf.reshape(rows, [-1, rows.shape[1] * rows.shape[2]])
+
+
+def grouped(features: list[Feature]) -> dict[str, list[str]]:
+    """Feature names by table group, in config order."""
+    groups: dict[str, list[str]] = {}  # built whole: Keras tracks (and freezes) dict attributes
+    for feature in features:
+        groups.setdefault(group_of(feature), []).append(feature.name)
+    return groups
 
 
 def group_of(feature: Feature) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import small_config
 
-VARIANTS = {"ppnet", "ppnet_ids", "dnn", "logreg"}
+VARIANTS = {"ppnet", "ppnet_tower_ids", "ppnet_ids", "dnn", "logreg"}
 BATCHES = {"1", "64", "1024"}
 
 
@@ -89,7 +89,7 @@ def test_markdown_has_one_section_per_measure(smoke):
 
 
 @pytest.mark.parametrize("overrides", [["model.name=dnn"], ["model.gate_stop_gradient=shared"],
-                                       ["model.gate_stop_gradient=ids"]])
+                                       ["model.gate_stop_gradient=ids"], ["model.personal_ids_in_tower=false"]])
 def test_forward_flops_are_twice_the_tower_kernels(overrides, synthetic_dir):
     """2 * in * out per Dense is 2 * (kernel size) summed over the tower's and the gates' kernels."""
     from ppnet import data

@@ -166,6 +166,15 @@ def test_empty_personal_ids_only_for_ppnet(raw: dict) -> None:
     assert config_from_dict(raw).model.personal_ids == []
 
 
+def test_ids_only_in_the_gates_needs_shared_mode_and_other_features(raw: dict) -> None:
+    raw["model"].update(personal_ids_in_tower=False, gate_stop_gradient="ids")
+    assert "personal_ids_in_tower" in _error(config_from_dict, copy.deepcopy(raw))
+    raw["model"]["gate_stop_gradient"] = "shared"
+    assert config_from_dict(copy.deepcopy(raw)).model.personal_ids_in_tower is False
+    raw["features"] = [f for f in raw["features"] if f["name"] in raw["model"]["personal_ids"]]
+    assert "no input" in _error(config_from_dict, raw)
+
+
 def test_hash_feature_without_bins(raw: dict) -> None:
     raw["features"][1]["kind"] = "hash"
     message = _error(config_from_dict, raw)

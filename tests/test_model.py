@@ -83,6 +83,25 @@ def test_ids_mode_stops_gradient_only_into_personal_id_embeddings(batch_and_stat
     assert all(grads[n] > 0.0 for n in others), grads
 
 
+def test_ids_only_in_the_gates(batch_and_stats):
+    """personal_ids_in_tower=false: the tower has no tables for the ids, the gates do and learn them."""
+    (features, labels), stats = batch_and_stats
+    config = small_config("model.personal_ids_in_tower=false")
+    model = build_model(config, stats)
+    tower_fields = [name for names in model.fields.values() for name in names]
+    gate_fields = [name for names in model.gate_fields.values() for name in names]
+    assert sorted(gate_fields) == sorted(config.model.personal_ids)
+    assert tower_fields and not set(tower_fields) & set(config.model.personal_ids)
+    with_ids = build_model(small_config(), stats)
+    assert model.tower.dense[0].kernel.shape[0] == with_ids.tower.dense[0].kernel.shape[0] - sum(
+        config.feature(name).dim for name in config.model.personal_ids)
+    randomize_gate_outputs(model)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss((features, labels), training=True)
+    table, rows = model.table_rows("user_id", gate=True)
+    assert float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(tape.gradient(loss, table))[rows]))) > 0.0
+
+
 def test_training_loss_still_reaches_dnn_embeddings_in_shared_mode(batch_and_stats):
     (features, labels), stats = batch_and_stats
     model = build_model(small_config(), stats)
