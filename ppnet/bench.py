@@ -11,9 +11,10 @@
 * memory: peak RSS of ``ppnet train`` subprocesses on the log and on the log repeated 4x;
 * serving: p50/p99 latency of the export's ``serving_default`` (one tensor per column) and
   ``serve_examples`` (serialized tf.Examples) for batches of 1, 64 and 1024 rows, in a plain
-  TensorFlow subprocess, next to two floors of TF's call overhead: a one-input multiply, and a
-  trivial model taking the export's own column inputs; with TF's default oneDNN kernels and
-  without (``TF_ENABLE_ONEDNN_OPTS=0``).
+  TensorFlow subprocess, next to two floors of TF's call overhead (a one-input multiply, and a
+  trivial model taking the export's own column inputs) and the floor of the model's own
+  arithmetic (its tower and gates alone, frozen as in the export, fed their input tensors); with
+  TF's default oneDNN kernels and without (``TF_ENABLE_ONEDNN_OPTS=0``).
 
 Machine, versions, config and every figure go to ``bench/results/<timestamp>.json`` (``--results``)
 and a markdown table is printed. Scratch files live in ``bench/tmp/`` and are removed after a
@@ -45,9 +46,11 @@ from ppnet import data
 from ppnet.config import Config, load_config
 from ppnet.errors import PPNetError
 from ppnet.evaluate import score_split
+from ppnet.export import frozen_tower
 from ppnet.features import make_lookup, numeric_normalizer, table_size
+from ppnet.model import RankingModel
 from ppnet.stats import Stats
-from ppnet.train import model_predictor, train
+from ppnet.train import load_run, model_predictor, train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -103,7 +106,8 @@ def bench(model_dir, columns, repeats, signature="serving_default"):
     return {str(n): latency(serve, {k: tf.constant(v[:n]) for k, v in columns.items()}, r) for n, r in repeats.items()}
 
 
-rows_path, examples_path, model_dir, trivial_dir, trivial_columns_dir, out_path, repeats = sys.argv[1:8]
+rows_path, examples_path, model_dir, trivial_dir, trivial_columns_dir, tower_dir, tower_rows_path, out_path, repeats = \
+    sys.argv[1:10]
 repeats = {int(n): r for n, r in json.loads(repeats).items()}
 rows = dict(np.load(rows_path))
 examples = {"examples": np.array([r.numpy() for r in tf.data.TFRecordDataset(examples_path)], dtype=object)}
@@ -111,6 +115,7 @@ trivial = {"x": np.linspace(0.0, 1.0, max(repeats), dtype=np.float32)}
 result = {"model": bench(model_dir, rows, repeats),
           "model_examples": bench(model_dir, examples, repeats, "serve_examples"),
           "trivial": bench(trivial_dir, trivial, repeats), "trivial_columns": bench(trivial_columns_dir, rows, repeats),
+          "tower": bench(tower_dir, dict(np.load(tower_rows_path)), repeats),
           "ppnet_imported": "ppnet" in sys.modules, "tf_use_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"),
           "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
 with open(out_path, "w") as f:
@@ -141,7 +146,7 @@ def versions() -> dict:
     return found
 
 
-def matmul_peak_flops(n: int = 1024, repeats: int = 10) -> float:
+def matmul_peak_flops(n: int = 1024, repeats: int = 40) -> float:
     """Best dense float32 matmul FLOP/s of an ``n x n`` by ``n x n`` product in a ``tf.function``."""
     a, b = tf.random.uniform([n, n]), tf.random.uniform([n, n])
     product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
@@ -375,6 +380,18 @@ class MultiplyColumns(tf.Module):
                                  input_signature=[data.input_specs(kinds)])
 
 
+class FrozenTower(tf.Module):
+    """The model's tower and gates alone, weights frozen as in the export, fed their input tensors
+    (``x0`` the tower's, ``x1`` the gates'): the floor its own arithmetic sets for a call, with no
+    parsing, lookups or embeddings."""
+
+    def __init__(self, model: RankingModel, inputs: list[np.ndarray]):
+        super().__init__()
+        tower = frozen_tower(model)
+        specs = {f"x{i}": tf.TensorSpec([None, x.shape[1]], tf.float32, name=f"x{i}") for i, x in enumerate(inputs)}
+        self.serve = tf.function(lambda xs: {"logit": tower(*xs.values())[0]}, input_signature=[specs])
+
+
 def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -387,19 +404,26 @@ def serving(run: Path, config: Config, data_path: str, repeats: dict[int, int], 
     _, valid_split = data.make_splits(config, data_path, None)
     kinds = data.input_kinds(config, list(valid_split.files))
     rows, examples = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows")
-    for trivial_name, trivial in {"trivial": Multiply(), "trivial_columns": MultiplyColumns(kinds)}.items():
-        tf.saved_model.save(trivial, str(work / trivial_name), signatures={"serving_default": trivial.serve})
+    model = load_run(run)
+    columns = {name: tf.constant(values) for name, values in np.load(rows).items()}
+    tower_inputs = [x.numpy() for x in model.tower_inputs(columns)[:2] if x is not None]
+    tower_rows = work / f"{run.name}-tower-rows.npz"
+    np.savez(tower_rows, **{f"x{i}": x for i, x in enumerate(tower_inputs)})
+    floors = {"trivial": Multiply(), "trivial_columns": MultiplyColumns(kinds), "tower": FrozenTower(model, tower_inputs)}
+    for floor_name, floor in floors.items():
+        tf.saved_model.save(floor, str(work / floor_name), signatures={"serving_default": floor.serve})
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS")}
     figures = {}
     for onednn in ("1", "0"):  # TF's default, and plain Eigen kernels (as TF Serving's standard build)
         out = work / f"{run.name}-serving-onednn{onednn}.json"
         command = [sys.executable, "-c", SERVING_SCRIPT, str(rows), str(examples), str(export),
-                   str(work / "trivial"), str(work / "trivial_columns"), str(out), json.dumps(repeats)]
+                   str(work / "trivial"), str(work / "trivial_columns"), str(work / "tower"), str(tower_rows), str(out),
+                   json.dumps(repeats)]
         subprocess.run(command, env={**env, "TF_ENABLE_ONEDNN_OPTS": onednn}, cwd=work, check=True,
                        stdout=subprocess.DEVNULL)
         figures[onednn] = json.loads(out.read_text())
-    for trivial_name in ("trivial", "trivial_columns"):
-        shutil.rmtree(work / trivial_name)
+    for floor_name in floors:
+        shutil.rmtree(work / floor_name)
     return {"export_bytes": directory_bytes(export), **figures["1"], "onednn_off": figures["0"]}
 
 
@@ -419,6 +443,9 @@ def bench_log(name: str, data_path: str, config_path: Path, args: argparse.Names
     seeds = [load_config(config_path, overrides).train.seed + i for i in range(1 if args.smoke else args.seeds)]
     first_sets = [*overrides, *VARIANTS["ppnet"], f"train.seed={seeds[0]}"]
     first_run = work / "runs" / f"{name}-ppnet-s{seeds[0]}"
+    # The peak again, just before the run whose throughput is reported: the best of both is the
+    # machine's peak (a neighbour's burst on this shared VM once halved a single measurement).
+    peak_flops = max(peak_flops, matmul_peak_flops())
     rss_1x, first = TrainProcess(config_path, data_path, first_sets, first_run).wait()
     run_4x = TrainProcess(config_path, str(repeat_log(data_path, work / f"{name}-x4")), first_sets,
                           work / "runs" / f"{name}-ppnet-x4")
@@ -465,6 +492,8 @@ def speed_table(figures: dict) -> Iterator[str]:
                 f"| input pipeline examples/sec | {figures['input_examples_per_sec']:,.0f} |",
                 f"| training FLOPs/example | {figures['train_flops_per_example']:,} |",
                 f"| training GFLOP/s | {figures['train_flops_per_sec'] / 1e9:.2f} |",
+                f"| matmul peak GFLOP/s (best of run start, before training) | "
+                f"{figures['matmul_peak_flops_per_sec'] / 1e9:.1f} |",
                 f"| FLOP utilisation of matmul peak | {100 * figures['flop_utilisation']:.2f}% |"]
 
 
@@ -478,7 +507,8 @@ def memory_table(figures: dict) -> Iterator[str]:
 
 
 SERVED = {"model": "export, serving_default (one tensor per column)", "model_examples": "export, serve_examples",
-          "trivial": "trivial: one multiply, one input", "trivial_columns": "trivial, the export's column inputs"}
+          "trivial": "trivial: one multiply, one input", "trivial_columns": "trivial, the export's column inputs",
+          "tower": "the tower and gates alone (frozen), fed their inputs"}
 
 
 def serving_table(figures: dict) -> Iterator[str]:

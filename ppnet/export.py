@@ -21,6 +21,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 import ppnet
 from ppnet.data import input_specs
+from ppnet.features import vocabulary_index
 from ppnet.files import atomic_directory
 from ppnet.model import RankingModel, build_model, dummy_batch
 
@@ -34,7 +35,8 @@ class ServingModule(tf.Module):
     The prediction signatures run the tower and its gates with their weights frozen into the
     graph as constants (a few MB): oneDNN then lays each weight matrix out for its kernels once
     and caches it, instead of on every call, which took most of a one-row request. The embedding
-    tables stay variables.
+    tables stay variables. The vocabulary columns are looked up by one ``VocabularyIndex`` (a
+    few shared hash tables) instead of a lookup per column: the same rows, fewer ops per request.
     """
 
     def __init__(self, model: RankingModel):
@@ -46,8 +48,11 @@ class ServingModule(tf.Module):
         example_spec = {name: tf.io.FixedLenFeature([], spec.dtype, default_value=EXAMPLE_DEFAULTS[kinds[name]])
                         for name, spec in specs.items()}
 
+        self.vocabulary_index = vocabulary_index(model.config.features, model.stats)
+
         def run_tower(features):
-            dnn_input, gate_input, _ = model.tower_inputs(features)
+            index = self.vocabulary_index(features) if self.vocabulary_index else None
+            dnn_input, gate_input, _ = model.tower_inputs(features, index)
             return tower(*[x for x in (dnn_input, gate_input) if x is not None])  # [logits, *gates]
 
         @tf.function(input_signature=[specs])

@@ -22,13 +22,18 @@ def make_lookup(feature: Feature, kind: str, vocabulary: list | None) -> tf.kera
     if feature.kind == "hash":
         return tf.keras.layers.Hashing(num_bins=feature.bins, name=name)
     if kind == STRING:
-        return tf.keras.layers.StringLookup(vocabulary=[str(v) for v in vocabulary], num_oov_indices=feature.num_oov,
-                                            mask_token=None, name=name)
+        return tf.keras.layers.StringLookup(vocabulary=vocabulary_values(kind, vocabulary),
+                                            num_oov_indices=feature.num_oov, mask_token=None, name=name)
     if kind == INT:
-        ids = np.array([v for v in vocabulary if v != NULL_INT_ID], dtype=np.int64)
-        return tf.keras.layers.IntegerLookup(vocabulary=ids, num_oov_indices=feature.num_oov, mask_token=None,
+        return tf.keras.layers.IntegerLookup(vocabulary=np.array(vocabulary_values(kind, vocabulary), dtype=np.int64),
+                                             num_oov_indices=feature.num_oov, mask_token=None,
                                              oov_token=NULL_INT_ID, name=name)
     raise ValueError(f"categorical feature {feature.name} has input kind {kind}")
+
+
+def vocabulary_values(kind: str, vocabulary: list) -> list:
+    """A vocabulary as the lookups take it: strings as ``str``; integers without the null id."""
+    return [str(v) for v in vocabulary] if kind == STRING else [v for v in vocabulary if v != NULL_INT_ID]
 
 
 def table_size(lookup: tf.keras.layers.Layer) -> int:
@@ -36,6 +41,90 @@ def table_size(lookup: tf.keras.layers.Layer) -> int:
     if isinstance(lookup, tf.keras.layers.Hashing):
         return lookup.num_bins
     return lookup.vocabulary_size()
+
+
+class VocabularyIndex(tf.keras.layers.Layer):
+    """The vocabulary columns' rows, ``{name: [batch]}``, exactly as their ``make_lookup`` layers
+    compute them, with a few hash-table lookups instead of one per column. The export uses it.
+
+    In a one-row request the per-column lookup ops and their bookkeeping took a quarter of the
+    time. Here the columns of one kind share a table whose keys name the column: integer ``v`` of
+    column ``i`` becomes ``v + i * 2**shift`` (``|v| < 2**(shift-1)``, so columns never share a key),
+    a string gets the prefix ``"i\\x1f"``; an integer column whose vocabulary has larger values gets a
+    table of its own. Training keeps the per-column layers: in a training step this fused form
+    was slower (25k vs 18k examples/sec on KuaiRand).
+
+    Rows follow Keras' layout: ``0 .. num_oov-1`` for unseen values and nulls (an unseen integer
+    goes to ``v mod num_oov``, an unseen string to ``to_hash_bucket_fast(v, num_oov)``), then the
+    vocabulary in order.
+    """
+
+    def __init__(self, vocabularies: dict[str, list], kinds: dict[str, str], num_oov: dict[str, int], **kwargs):
+        super().__init__(**kwargs)
+        self.vocabularies = {n: list(v) for n, v in vocabularies.items()}
+        self.kinds, self.num_oov = dict(kinds), {n: int(k) for n, k in num_oov.items()}
+        self.shift = 63 - len(vocabularies).bit_length()  # i * 2**shift + v stays inside int64
+        limit = 2 ** (self.shift - 1)
+        ints = [n for n in self.vocabularies if self.kinds[n] == INT]
+        packed = [n for n in ints if all(-limit <= v < limit for v in self.vocabularies[n])]
+        strings = [n for n in self.vocabularies if self.kinds[n] == STRING]
+        self.groups = [columns for columns in [packed, *[[n] for n in ints if n not in packed], strings] if columns]
+        self.tables = [self._table(columns) for columns in self.groups]
+
+    def _key(self, columns: list[str], position: int, value):
+        if self.kinds[columns[0]] == STRING:
+            return f"{position}\x1f{value}"
+        return value + position * 2 ** self.shift if len(columns) > 1 else value
+
+    def _table(self, columns: list[str]) -> tf.lookup.StaticHashTable:
+        """One table for ``columns``: key of (column position, value) → the value's row in its column."""
+        keys, rows = [], []
+        for position, name in enumerate(columns):
+            keys += [self._key(columns, position, v) for v in self.vocabularies[name]]
+            rows += range(self.num_oov[name], self.num_oov[name] + len(self.vocabularies[name]))
+        dtype = tf.string if self.kinds[columns[0]] == STRING else tf.int64
+        initializer = tf.lookup.KeyValueTensorInitializer(tf.constant(keys, dtype), tf.constant(rows, tf.int64))
+        return tf.lookup.StaticHashTable(initializer, default_value=-1)
+
+    def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        index = {}
+        for columns, table in zip(self.groups, self.tables):
+            values = tf.stack([features[n] for n in columns], axis=1)
+            rows = self._string_rows(columns, table, values) if values.dtype == tf.string else \
+                self._integer_rows(columns, table, values)
+            index.update(zip(columns, tf.unstack(rows, axis=1)))
+        return index
+
+    def _integer_rows(self, columns: list[str], table: tf.lookup.StaticHashTable, values: tf.Tensor) -> tf.Tensor:
+        unseen = tf.math.floormod(values, tf.constant([self.num_oov[n] for n in columns], tf.int64))
+        if len(columns) == 1:
+            found = table.lookup(values)
+            return tf.where(found >= 0, found, unseen)
+        limit = 2 ** (self.shift - 1)
+        inside = tf.clip_by_value(values, -limit, limit - 1)  # a value outside the range is unseen
+        found = table.lookup(inside + tf.constant([i * 2 ** self.shift for i in range(len(columns))], tf.int64))
+        return tf.where((found >= 0) & (inside == values), found, unseen)
+
+    def _string_rows(self, columns: list[str], table: tf.lookup.StaticHashTable, values: tf.Tensor) -> tf.Tensor:
+        found = table.lookup(tf.constant([self._key(columns, i, "") for i in range(len(columns))]) + values)
+        num_oov = tf.constant([self.num_oov[n] for n in columns], tf.int64)
+        unseen = tf.zeros_like(found)
+        for buckets in sorted({self.num_oov[n] for n in columns} - {1}):  # StringLookup's OOV hash, per bucket count
+            unseen = tf.where(num_oov == buckets, tf.strings.to_hash_bucket_fast(values, buckets), unseen)
+        return tf.where(found >= 0, found, unseen)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "vocabularies": self.vocabularies, "kinds": self.kinds, "num_oov": self.num_oov}
+
+
+def vocabulary_index(features: list[Feature], stats: Stats) -> VocabularyIndex | None:
+    """The fused index of the vocabulary ``features`` (None without any); the same rows as their lookups."""
+    vocab = [f for f in features if f.kind == "vocab"]
+    if not vocab:
+        return None
+    return VocabularyIndex({f.name: vocabulary_values(stats.kinds[f.name], stats.vocabularies[f.name]) for f in vocab},
+                           {f.name: stats.kinds[f.name] for f in vocab}, {f.name: f.num_oov for f in vocab},
+                           name="vocabulary_index")
 
 
 class NumericNormalizer(tf.keras.layers.Layer):

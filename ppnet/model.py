@@ -81,10 +81,15 @@ class RankingModel(tfrs.Model):
         """Each group's rows ``[batch, fields, dim]``: its fields' indices stacked, one lookup."""
         return {group: table(tf.stack([index[n] for n in fields[group]], axis=1)) for group, table in tables.items()}
 
-    def tower_inputs(self, features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor | None, list[tf.Tensor]]:
+    def tower_inputs(self, features: dict[str, tf.Tensor], index: dict[str, tf.Tensor] | None = None
+                     ) -> tuple[tf.Tensor, tf.Tensor | None, list[tf.Tensor]]:
         """The tower's input ``[batch, d]``, the gates' input ``[batch, g]`` (``None`` for the DNN),
-        and the embedding rows looked up (``[batch, fields, dim]`` per table group)."""
-        index = {name: lookup(features[name]) for name, lookup in self.lookups.items()}
+        and the embedding rows looked up (``[batch, fields, dim]`` per table group).
+
+        ``index`` (each categorical column's table rows) replaces the model's own lookups; the
+        export passes the same rows computed by a ``VocabularyIndex``."""
+        index = index or {}
+        index = {**{name: lookup(features[name]) for name, lookup in self.lookups.items() if name not in index}, **index}
         embedded = self._embed(self.embeddings, self.fields, index)
         numeric = [self.normalizer(features)] if self.normalizer else []
         dnn_input = tf.concat([flatten(rows) for rows in embedded.values()] + numeric, axis=-1)

@@ -74,7 +74,7 @@ def test_serving(smoke):
     assert serving["ppnet_imported"] is False and serving["tf_use_legacy_keras"] is None
     assert serving["tf_enable_onednn_opts"] == "1" and serving["onednn_off"]["tf_enable_onednn_opts"] == "0"
     for runs, model in itertools.product((serving, serving["onednn_off"]),
-                                         ("model", "model_examples", "trivial", "trivial_columns")):
+                                         ("model", "model_examples", "trivial", "trivial_columns", "tower")):
         assert set(runs[model]) == BATCHES
         for batch, timing in runs[model].items():
             assert timing["rows"] == int(batch)
