@@ -41,7 +41,6 @@ class ServingModule(tf.Module):
 
     def __init__(self, model: RankingModel):
         super().__init__(name="ppnet_serving")
-        self.model = model
         tower = frozen_tower(model)
         kinds = model.stats.kinds
         specs = input_specs(kinds)
@@ -49,6 +48,11 @@ class ServingModule(tf.Module):
                         for name, spec in specs.items()}
 
         self.vocabulary_index = vocabulary_index(model.config.features, model.stats)
+        # What the signatures read, tracked so it is saved; not the whole model, whose per-column
+        # vocabulary lookups would be saved (and set up at load) a second time.
+        self.embeddings = [*model.embeddings.values(), *model.gate_embeddings.values()]
+        self.hashing = [lookup for name, lookup in model.lookups.items()
+                        if self.vocabulary_index is None or name not in self.vocabulary_index.vocabularies]
 
         def run_tower(features):
             index = self.vocabulary_index(features) if self.vocabulary_index else None

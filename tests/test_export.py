@@ -115,5 +115,7 @@ def test_failed_export_leaves_nothing_behind(trained_run, tmp_path, monkeypatch)
 
 def test_export_carries_weights_but_no_optimizer_state(trained_run):
     names = [name for name, _ in tf.train.list_variables(str(trained_run / "export" / "1" / "variables" / "variables"))]
-    assert any(n.startswith("model/variables/") for n in names)
+    variables = [n for n in names if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    # Only the embedding tables: the tower's weights are graph constants, no optimizer slots.
+    assert variables and all(n.startswith("embeddings/") for n in variables)
     assert not [n for n in names if "optimizer" in n]

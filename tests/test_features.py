@@ -8,7 +8,7 @@ from ppnet.config import Feature
 from ppnet.features import VocabularyIndex, make_lookup
 
 BIG = 2 ** 62  # beyond the packed integer range: that column gets a table of its own
-EDGE = 2 ** 59 - 1  # the largest packed value with 6 columns: values above it must not clip onto it
+EDGE = 2 ** 60 - 1  # the largest packed value with 3 integer columns: values above it must not clip onto it
 VOCABULARIES = {"user": [7, 3, 12, EDGE], "item": [3, 99, -5], "huge": [BIG, -BIG, 5], "city": ["paris", "", "3"],
                 "tag": ["3", "x\x1fy"], "kind": ["a", "b"]}
 KINDS = {"user": "int64", "item": "int64", "huge": "int64", "city": "string", "tag": "string", "kind": "string"}
