@@ -30,7 +30,8 @@ EXAMPLE_DEFAULTS = {"int64": -1, "string": "", "float32": float("nan")}
 
 
 class ServingModule(tf.Module):
-    """The exported object: the trained model plus its serving functions.
+    """The exported object: the serving functions and what they read (the embedding tables and
+    the hashing layers; not the Keras model, whose per-column vocabulary lookups are not used).
 
     The prediction signatures run the tower and its gates with their weights frozen into the
     graph as constants (a few MB): oneDNN then lays each weight matrix out for its kernels once
@@ -48,11 +49,9 @@ class ServingModule(tf.Module):
                         for name, spec in specs.items()}
 
         self.vocabulary_index = vocabulary_index(model.config.features, model.stats)
-        # What the signatures read, tracked so it is saved; not the whole model, whose per-column
-        # vocabulary lookups would be saved (and set up at load) a second time.
+        # Tracked so that they are saved: the variables and layers the signatures read.
         self.embeddings = [*model.embeddings.values(), *model.gate_embeddings.values()]
-        self.hashing = [lookup for name, lookup in model.lookups.items()
-                        if self.vocabulary_index is None or name not in self.vocabulary_index.vocabularies]
+        self.hashing = [lookup for name, lookup in model.lookups.items() if model.config.feature(name).kind == "hash"]
 
         def run_tower(features):
             index = self.vocabulary_index(features) if self.vocabulary_index else None
