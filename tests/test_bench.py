@@ -46,6 +46,7 @@ def test_machine_and_versions(smoke):
 def test_quality(smoke):
     log = smoke[0]["logs"]["synthetic"]
     assert set(log["quality"]) == VARIANTS and log["config"]["model"]["hidden_units"] == [16]
+    assert set(log["variant_sets"]) == VARIANTS - {"logreg"}
     for variant, summary in log["quality"].items():
         assert len(summary["runs"]) == 1, variant
         assert 0.5 < summary["auc"]["mean"] <= 1.0, variant
@@ -102,3 +103,18 @@ def test_forward_flops_are_twice_the_tower_kernels(overrides, synthetic_dir):
     model = build_model(config, compute_stats(config, train_split, data.input_kinds(config, list(train_split.files))))
     kernels = [w for w in model.tower.trainable_weights if "kernel" in w.name]
     assert forward_flops(config) == sum(2 * int(np.prod(w.shape)) for w in kernels)
+
+
+def test_the_dnn_baseline_gets_its_own_tuning_and_the_user_set_wins() -> None:
+    from pathlib import Path
+
+    from ppnet.bench import BASELINE_TUNING, CONFIGS, variant_sets
+    from ppnet.config import load_config
+
+    kuairand = CONFIGS / "kuairand.toml"
+    dropout = {variant: load_config(kuairand, variant_sets(kuairand, variant, [], 42)).model.dropout
+               for variant in ("ppnet", "dnn")}
+    assert dropout == {"ppnet": 0.0, "dnn": 0.2} and "kuairand.toml" in BASELINE_TUNING
+    user = load_config(kuairand, variant_sets(kuairand, "dnn", ["model.dropout=0.3"], 42))
+    assert user.model.dropout == 0.3 and user.model.name == "dnn" and user.train.seed == 42
+    assert variant_sets(Path("other.toml"), "dnn", [], 1) == ["model.name=dnn", "train.seed=1"]
