@@ -292,22 +292,39 @@ def summarise(runs: list[dict]) -> dict:
 
 # --- speed ---------------------------------------------------------------------------------------
 
+def tower_width(config: Config) -> int:
+    """The width of the tower's input: every feature's embedding (or numeric value) side by side."""
+    model = config.model
+    width = sum(f.dim if f.kind != "numeric" else 1 for f in config.features)
+    if model.name == "ppnet" and not model.personal_ids_in_tower:
+        width -= sum(config.feature(p).dim for p in model.personal_ids)
+    return width
+
+
 def forward_flops(config: Config) -> int:
     """Analytic forward FLOPs per example: ``2 * in * out`` per Dense of the tower and the gates.
 
     Embedding lookups, activations and the gates' element-wise products are ignored.
     """
     model = config.model
-    gated = model.name == "ppnet"
-    ids_width = sum(config.feature(p).dim for p in model.personal_ids)
-    width = sum(f.dim if f.kind != "numeric" else 1 for f in config.features)
-    width -= 0 if model.personal_ids_in_tower or not gated else ids_width
-    inputs = [width, *model.hidden_units]  # input width of each Dense layer of the tower
+    inputs = [tower_width(config), *model.hidden_units]  # input width of each Dense layer of the tower
     flops = sum(2 * a * b for a, b in zip(inputs, [*model.hidden_units, 1]))
-    if not gated:
+    if model.name != "ppnet":
         return flops
-    gate_width = width + (ids_width if model.gate_stop_gradient == "shared" else 0)
+    ids_width = sum(config.feature(p).dim for p in model.personal_ids)
+    gate_width = inputs[0] + (ids_width if model.gate_stop_gradient == "shared" else 0)
     return flops + sum(2 * gate_width * model.gate_hidden + 2 * model.gate_hidden * w for w in inputs)
+
+
+def train_flops(config: Config) -> int:
+    """Analytic training FLOPs per example: each Dense's forward FLOPs, as many for its kernel's
+    gradient and as many for its input's gradient, except the input gradient of the shared gates'
+    ``stop_gradient`` copy of the tower's input, which nothing needs and ``GateNNs`` skips."""
+    model = config.model
+    skipped = 0
+    if model.name == "ppnet" and model.gate_stop_gradient == "shared":
+        skipped = 2 * tower_width(config) * model.gate_hidden * (len(model.hidden_units) + 1)
+    return 3 * forward_flops(config) - skipped
 
 
 def input_pipeline_rate(config: Config, data_path: str) -> float:
@@ -326,11 +343,11 @@ def input_pipeline_rate(config: Config, data_path: str) -> float:
 
 def speed(config: Config, data_path: str, train_rate: float, peak_flops: float) -> dict:
     """Training and input-pipeline throughput, and the training FLOP utilisation of the matmul peak."""
-    forward = forward_flops(config)
+    per_example = train_flops(config)
     return {"train_examples_per_sec": train_rate, "input_examples_per_sec": input_pipeline_rate(config, data_path),
-            "forward_flops_per_example": forward, "train_flops_per_example": 3 * forward,
-            "train_flops_per_sec": 3 * forward * train_rate, "matmul_peak_flops_per_sec": peak_flops,
-            "flop_utilisation": 3 * forward * train_rate / peak_flops}
+            "forward_flops_per_example": forward_flops(config), "train_flops_per_example": per_example,
+            "train_flops_per_sec": per_example * train_rate, "matmul_peak_flops_per_sec": peak_flops,
+            "flop_utilisation": per_example * train_rate / peak_flops}
 
 
 # --- memory --------------------------------------------------------------------------------------
@@ -392,8 +409,8 @@ class MultiplyColumns(tf.Module):
 
 class FrozenTower(tf.Module):
     """The model's tower and gates alone, weights frozen as in the export, fed their input tensors
-    (``x0`` the tower's, ``x1`` the gates'): the floor its own arithmetic sets for a call, with no
-    parsing, lookups or embeddings."""
+    (``x0`` the tower's, ``x1``... the parts of the gates'): the floor its own arithmetic sets for a
+    call, with no parsing, lookups or embeddings."""
 
     def __init__(self, model: RankingModel, inputs: list[np.ndarray]):
         super().__init__()
@@ -417,7 +434,8 @@ def serving(run: Path, config: Config, data_path: str, repeats: dict[int, int], 
     rows, examples = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows")
     model = load_run(run)
     columns = {name: tf.constant(values) for name, values in np.load(rows).items()}
-    tower_inputs = [x.numpy() for x in model.tower_inputs(columns)[:2] if x is not None]
+    dnn_input, gate_parts, _ = model.tower_inputs(columns)
+    tower_inputs = [x.numpy() for x in [dnn_input, *gate_parts]]
     tower_rows = work / f"{run.name}-tower-rows.npz"
     np.savez(tower_rows, **{f"x{i}": x for i, x in enumerate(tower_inputs)})
     floors = {"trivial": Multiply(), "trivial_columns": MultiplyColumns(kinds), "tower": FrozenTower(model, tower_inputs)}

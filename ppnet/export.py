@@ -55,8 +55,8 @@ class ServingModule(tf.Module):
 
         def run_tower(features):
             index = self.vocabulary_index(features) if self.vocabulary_index else None
-            dnn_input, gate_input, _ = model.tower_inputs(features, index)
-            return tower(*[x for x in (dnn_input, gate_input) if x is not None])  # [logits, *gates]
+            dnn_input, gate_parts, _ = model.tower_inputs(features, index)
+            return tower(dnn_input, *gate_parts)  # [logits, *gates]
 
         @tf.function(input_signature=[specs])
         def serve(features):
@@ -80,10 +80,11 @@ class ServingModule(tf.Module):
 
 
 def frozen_tower(model: RankingModel):
-    """``(tower input[, gate input]) → [logits, *gate values]`` at inference, weights as constants."""
-    inputs = [x for x in model.tower_inputs(dummy_batch(model.stats))[:2] if x is not None]
-    traced = tf.function(lambda *x: model.tower(*x, training=False, return_gates=True)).get_concrete_function(
-        *[tf.TensorSpec([None, x.shape[-1]], x.dtype) for x in inputs])
+    """``(tower input, *gate input parts) → [logits, *gate values]`` at inference, weights as constants."""
+    dnn_input, gate_parts, _ = model.tower_inputs(dummy_batch(model.stats))
+    traced = tf.function(
+        lambda x, *gate: model.tower(x, list(gate) or None, training=False, return_gates=True)
+    ).get_concrete_function(*[tf.TensorSpec([None, x.shape[-1]], x.dtype) for x in [dnn_input, *gate_parts]])
     return convert_variables_to_constants_v2(traced)
 
 

@@ -52,6 +52,11 @@ class GateNNs(tf.keras.layers.Layer):
     layers start at zero (kernel and bias), so an untrained gate is exactly 1 and a gated tower
     computes the same function as the plain one; the factor 2 lets training scale a unit up as
     well as down, in (0, 2).
+
+    ``inputs`` is one tensor or a list of its parts (concatenated in order). In training each part
+    is multiplied by its own rows of the hidden kernel, so a part under ``stop_gradient`` (PPNet's
+    copy of the tower's input) costs no backward matmul for its input gradient; a third of the gates'
+    training FLOPs otherwise. At inference the parts are concatenated: one matmul.
     """
 
     def __init__(self, widths: list[int], hidden_units: int = 64, **kwargs):
@@ -62,28 +67,44 @@ class GateNNs(tf.keras.layers.Layer):
                                              bias_initializer="zeros", name=f"scale_{i}")
                        for i, w in enumerate(self.widths)]
 
-    def build(self, input_shape: tf.TensorShape) -> None:
+    def build(self, input_shape: tf.TensorShape | list[tf.TensorShape]) -> None:
         # Glorot-uniform as each separate GateNN's Dense(hidden) would draw it: VarianceScaling's
         # fan_avg counts the fused layer's width, so its scale is corrected to fan_in + hidden.
-        fan_in, fused = int(input_shape[-1]), self.hidden_units * len(self.widths)
+        fan_in = sum(int(shape[-1]) for shape in parts(input_shape))
+        fused = self.hidden_units * len(self.widths)
         initializer = tf.keras.initializers.VarianceScaling(
             scale=(fan_in + fused) / (fan_in + self.hidden_units), mode="fan_avg", distribution="uniform")
         self.hidden = tf.keras.layers.Dense(fused, activation="relu", kernel_initializer=initializer, name="hidden")
+        self.hidden.build(tf.TensorShape([None, fan_in]))
         super().build(input_shape)
 
-    def call(self, inputs: tf.Tensor) -> list[tf.Tensor]:
-        hidden = tf.split(self.hidden(inputs), len(self.widths), axis=-1)
+    def call(self, inputs: tf.Tensor | list[tf.Tensor], training: bool | None = None) -> list[tf.Tensor]:
+        hidden = tf.split(self._hidden(parts(inputs), training), len(self.widths), axis=-1)
         return [2.0 * scale(h) for scale, h in zip(self.scales, hidden)]
+
+    def _hidden(self, inputs: list[tf.Tensor], training: bool | None) -> tf.Tensor:
+        """The fused hidden layer over the concatenated parts: one matmul per part in training."""
+        if not training or len(inputs) == 1:
+            return self.hidden(tf.concat(inputs, axis=-1))
+        kernels = tf.split(self.hidden.kernel, [int(x.shape[-1]) for x in inputs], axis=0)
+        product = tf.add_n([tf.matmul(x, kernel) for x, kernel in zip(inputs, kernels)])
+        return self.hidden.activation(tf.nn.bias_add(product, self.hidden.bias))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "widths": self.widths, "hidden_units": self.hidden_units}
+
+
+def parts(inputs):
+    """A layer input that may be one tensor (or shape) or a list of them, as a list."""
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
 
 
 class GatedTower(tf.keras.layers.Layer):
     """DNN tower → one logit per row, optionally with a GateNN in front of every Dense layer.
 
     ``call(x, gate_input)``: for each Dense layer (hidden layers and the logit layer) the layer's
-    input is multiplied element-wise by the gate computed from ``gate_input``. With
+    input is multiplied element-wise by the gate computed from ``gate_input`` (a tensor or its
+    parts, see ``GateNNs``). With
     ``gated=False`` it is the plain DNN baseline and ``gate_input`` is ignored.
     """
 
@@ -109,10 +130,10 @@ class GatedTower(tf.keras.layers.Layer):
             self.gates = GateNNs([int(input_shape[-1]), *self.hidden_units], self.gate_hidden, name="gates")
         super().build(input_shape)
 
-    def call(self, inputs: tf.Tensor, gate_input: tf.Tensor | None = None, training: bool | None = None,
-             return_gates: bool = False):
+    def call(self, inputs: tf.Tensor, gate_input: tf.Tensor | list[tf.Tensor] | None = None,
+             training: bool | None = None, return_gates: bool = False):
         x = inputs
-        gate_values = self.gates(gate_input) if self.gated else []
+        gate_values = self.gates(gate_input, training=training) if self.gated else []
         for i, dense in enumerate(self.dense):
             if self.gated:
                 x = x * gate_values[i]

@@ -82,9 +82,10 @@ class RankingModel(tfrs.Model):
         return {group: table(tf.stack([index[n] for n in fields[group]], axis=1)) for group, table in tables.items()}
 
     def tower_inputs(self, features: dict[str, tf.Tensor], index: dict[str, tf.Tensor] | None = None
-                     ) -> tuple[tf.Tensor, tf.Tensor | None, list[tf.Tensor]]:
-        """The tower's input ``[batch, d]``, the gates' input ``[batch, g]`` (``None`` for the DNN),
-        and the embedding rows looked up (``[batch, fields, dim]`` per table group).
+                     ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
+        """The tower's input ``[batch, d]``, the parts of the gates' input (``[batch, g_i]`` each,
+        concatenated by the gates; none for the DNN), and the embedding rows looked up
+        (``[batch, fields, dim]`` per table group).
 
         ``index`` (each categorical column's table rows) replaces the model's own lookups; the
         export passes the same rows computed by a ``VocabularyIndex``."""
@@ -94,21 +95,21 @@ class RankingModel(tfrs.Model):
         numeric = [self.normalizer(features)] if self.normalizer else []
         dnn_input = tf.concat([flatten(rows) for rows in embedded.values()] + numeric, axis=-1)
         used_rows = list(embedded.values())
-        gate_input = None
-        if self.gate_embeddings:
+        gate_parts = []
+        if self.gate_embeddings:  # kept apart: the gates compute no gradient for the stopped part
             gate_ids = list(self._embed(self.gate_embeddings, self.gate_fields, index).values())
             used_rows += gate_ids
-            gate_input = tf.concat([tf.stop_gradient(dnn_input), *map(flatten, gate_ids)], axis=-1)
+            gate_parts = [tf.stop_gradient(dnn_input), tf.concat([flatten(rows) for rows in gate_ids], axis=-1)]
         elif self.gated:
             stopped = [tf.where(tf.constant([[[n in self.personal_ids] for n in self.fields[group]]]),
                                 tf.stop_gradient(rows), rows) for group, rows in embedded.items()]
-            gate_input = tf.concat([flatten(rows) for rows in stopped] + numeric, axis=-1)
-        return dnn_input, gate_input, used_rows
+            gate_parts = [tf.concat([flatten(rows) for rows in stopped] + numeric, axis=-1)]
+        return dnn_input, gate_parts, used_rows
 
     def forward(self, features: dict[str, tf.Tensor], training: bool = False):
         """Logits ``[batch]``, the gate values of each tower layer, and the embedding rows looked up."""
-        dnn_input, gate_input, used_rows = self.tower_inputs(features)
-        logits, gates = self.tower(dnn_input, gate_input, training=training, return_gates=True)
+        dnn_input, gate_parts, used_rows = self.tower_inputs(features)
+        logits, gates = self.tower(dnn_input, gate_parts or None, training=training, return_gates=True)
         return logits, gates, used_rows
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:

@@ -39,6 +39,25 @@ def test_fused_hidden_layer_equals_one_gate_network_per_layer():
         np.testing.assert_allclose(gate.numpy(), 2.0 / (1.0 + np.exp(-(hidden @ w + b))), rtol=1e-5)
 
 
+def test_gate_input_parts_in_training_equal_the_concatenated_input():
+    """Training multiplies each part by its rows of the hidden kernel: same gates, same gradients."""
+    rng = np.random.default_rng(2)
+    frozen, ids = (tf.constant(rng.normal(size=(16, n)), tf.float32) for n in (6, 3))
+    gates = GateNNs(widths=[4, 3], hidden_units=5)
+    gates([frozen, ids])
+    gates.set_weights([rng.normal(size=w.shape) for w in gates.get_weights()])
+    results = []
+    as_parts, as_one = (lambda: [tf.stop_gradient(frozen), ids]), (lambda: tf.concat([frozen, ids], -1))
+    for join, training in ((as_parts, True), (as_one, False)):
+        with tf.GradientTape() as tape:
+            tape.watch(ids)
+            inputs = join()
+            loss = tf.add_n([tf.reduce_sum(g * w) for g, w in zip(gates(inputs, training=training), (1.0, -2.0))])
+        results.append(tape.gradient(loss, [ids, *gates.trainable_weights]) + [loss])
+    for split, joined in zip(*results):
+        np.testing.assert_allclose(split.numpy(), joined.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_gated_tower_at_init_equals_plain_tower_with_same_weights():
     x, gate_input = tf.random.normal([16, 12], seed=2), tf.random.normal([16, 6], seed=3)
     gated = GatedTower([8, 4], gate_hidden=5, gated=True)
