@@ -55,8 +55,8 @@ class GateNNs(tf.keras.layers.Layer):
 
     ``inputs`` is one tensor or a list of its parts (concatenated in order). In training each part
     is multiplied by its own rows of the hidden kernel, so a part under ``stop_gradient`` (PPNet's
-    copy of the tower's input) costs no backward matmul for its input gradient; a third of the gates'
-    training FLOPs otherwise. At inference the parts are concatenated: one matmul.
+    copy of the tower's input) costs no backward matmul for its input gradient, otherwise a third
+    of that part's training FLOPs. At inference the parts are concatenated: one matmul.
     """
 
     def __init__(self, widths: list[int], hidden_units: int = 64, **kwargs):
@@ -75,7 +75,8 @@ class GateNNs(tf.keras.layers.Layer):
         initializer = tf.keras.initializers.VarianceScaling(
             scale=(fan_in + fused) / (fan_in + self.hidden_units), mode="fan_avg", distribution="uniform")
         self.hidden = tf.keras.layers.Dense(fused, activation="relu", kernel_initializer=initializer, name="hidden")
-        self.hidden.build(tf.TensorShape([None, fan_in]))
+        with tf.name_scope(self.hidden.name):  # as Keras would build it: variables named gates/hidden/...
+            self.hidden.build(tf.TensorShape([None, fan_in]))
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor | list[tf.Tensor], training: bool | None = None) -> list[tf.Tensor]:
@@ -95,8 +96,10 @@ class GateNNs(tf.keras.layers.Layer):
 
 
 def parts(inputs):
-    """A layer input that may be one tensor (or shape) or a list of them, as a list."""
-    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    """A layer input that may be one tensor (or shape) or a list of them, as a list. A plain list
+    of dimensions such as ``(None, 10)`` is one shape."""
+    listed = isinstance(inputs, (list, tuple)) and not (inputs and isinstance(inputs[0], (int, type(None))))
+    return list(inputs) if listed else [inputs]
 
 
 class GatedTower(tf.keras.layers.Layer):

@@ -58,6 +58,16 @@ def test_gate_input_parts_in_training_equal_the_concatenated_input():
         np.testing.assert_allclose(split.numpy(), joined.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_gates_build_from_one_shape_or_parts_with_keras_variable_names():
+    for shape in ((None, 9), [None, 9], tf.TensorShape([None, 9]), [tf.TensorShape([None, 6]), (None, 3)]):
+        gates = GateNNs(widths=[4], hidden_units=5)
+        gates.build(shape)
+        assert gates.hidden.kernel.shape == (9, 5), shape
+    gates = GateNNs(widths=[4], hidden_units=5, name="gates")
+    gates([tf.zeros([2, 6]), tf.zeros([2, 3])])
+    assert gates.hidden.kernel.name == "gates/hidden/kernel:0"
+
+
 def test_gated_tower_at_init_equals_plain_tower_with_same_weights():
     x, gate_input = tf.random.normal([16, 12], seed=2), tf.random.normal([16, 6], seed=3)
     gated = GatedTower([8, 4], gate_hidden=5, gated=True)
