@@ -107,8 +107,8 @@ class GatedTower(tf.keras.layers.Layer):
 
     ``call(x, gate_input)``: for each Dense layer (hidden layers and the logit layer) the layer's
     input is multiplied element-wise by the gate computed from ``gate_input`` (a tensor or its
-    parts, see ``GateNNs``). With
-    ``gated=False`` it is the plain DNN baseline and ``gate_input`` is ignored.
+    parts, see ``GateNNs``). With ``gated=False`` it is the plain DNN baseline and ``gate_input``
+    is ignored.
     """
 
     def __init__(self, hidden_units: list[int], gate_hidden: int = 64, gated: bool = True,

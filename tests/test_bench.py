@@ -11,6 +11,8 @@ from tests.conftest import small_config
 
 VARIANTS = {"ppnet", "ppnet_tower_ids", "ppnet_ids", "dnn", "logreg"}
 BATCHES = {"1", "64", "1024"}
+MODEL_MODES = [["model.name=dnn"], ["model.gate_stop_gradient=shared"], ["model.gate_stop_gradient=ids"],
+               ["model.personal_ids_in_tower=false"]]
 
 
 def finite(value) -> bool:
@@ -58,7 +60,8 @@ def test_quality(smoke):
 def test_speed(smoke):
     speed = smoke[0]["logs"]["synthetic"]["speed"]
     assert all(finite(value) and value > 0 for value in speed.values()), speed
-    assert speed["forward_flops_per_example"] < speed["train_flops_per_example"] <= 3 * speed["forward_flops_per_example"]
+    forward = speed["forward_flops_per_example"]
+    assert forward < speed["train_flops_per_example"] <= 3 * forward
     assert speed["train_flops_per_sec"] == speed["train_flops_per_example"] * speed["train_examples_per_sec"]
     assert 0 < speed["flop_utilisation"] < 1
 
@@ -90,35 +93,34 @@ def test_markdown_has_one_section_per_measure(smoke):
         assert heading in printed
 
 
-@pytest.mark.parametrize("overrides", [["model.name=dnn"], ["model.gate_stop_gradient=shared"],
-                                       ["model.gate_stop_gradient=ids"], ["model.personal_ids_in_tower=false"]])
-def test_forward_flops_are_twice_the_tower_kernels(overrides, synthetic_dir):
-    """2 * in * out per Dense is 2 * (kernel size) summed over the tower's and the gates' kernels."""
+def built_model(config, synthetic_dir):
     from ppnet import data
-    from ppnet.bench import forward_flops
     from ppnet.model import build_model
     from ppnet.stats import compute_stats
 
-    config = small_config(*overrides)
     train_split, _ = data.make_splits(config, synthetic_dir, None)
-    model = build_model(config, compute_stats(config, train_split, data.input_kinds(config, list(train_split.files))))
+    return build_model(config, compute_stats(config, train_split, data.input_kinds(config, list(train_split.files))))
+
+
+@pytest.mark.parametrize("overrides", MODEL_MODES)
+def test_forward_flops_are_twice_the_tower_kernels(overrides, synthetic_dir):
+    """2 * in * out per Dense is 2 * (kernel size) summed over the tower's and the gates' kernels."""
+    from ppnet.bench import forward_flops
+
+    config = small_config(*overrides)
+    model = built_model(config, synthetic_dir)
     kernels = [w for w in model.tower.trainable_weights if "kernel" in w.name]
     assert forward_flops(config) == sum(2 * int(np.prod(w.shape)) for w in kernels)
 
 
-@pytest.mark.parametrize("overrides", [["model.name=dnn"], ["model.gate_stop_gradient=shared"],
-                                       ["model.gate_stop_gradient=ids"], ["model.personal_ids_in_tower=false"]])
+@pytest.mark.parametrize("overrides", MODEL_MODES)
 def test_train_flops_skip_only_the_gates_input_gradient_of_the_stopped_tower_input(overrides, synthetic_dir):
     """3x forward, less ``2 * width * hidden`` per gate when the gates read a stop_gradient copy
     of the tower's input (width read off the built tower's first kernel)."""
-    from ppnet import data
     from ppnet.bench import forward_flops, train_flops
-    from ppnet.model import build_model
-    from ppnet.stats import compute_stats
 
     config = small_config(*overrides)
-    train_split, _ = data.make_splits(config, synthetic_dir, None)
-    model = build_model(config, compute_stats(config, train_split, data.input_kinds(config, list(train_split.files))))
+    model = built_model(config, synthetic_dir)
     shared = model.gated and config.model.gate_stop_gradient == "shared"
     width, gates = model.tower.dense[0].kernel.shape[0], len(model.tower.dense)
     skipped = 2 * width * config.model.gate_hidden * gates if shared else 0
