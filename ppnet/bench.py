@@ -426,8 +426,8 @@ def directory_bytes(path: Path) -> int:
 def serving(run: Path, config: Config, data_path: str, repeats: dict[int, int], work: Path) -> dict:
     """Latency of the run's export (per-column ``serving_default`` and ``serve_examples``) and of
     three floors (two trivial SavedModels and the tower alone), in a plain TensorFlow subprocess;
-    once with TF's default oneDNN kernels and once without (``onednn_off``): oneDNN's per-call
-    set-up dominates one-row matmuls."""
+    once with TF's default oneDNN kernels and once without (``onednn_off``): oneDNN's one-row
+    matmuls are several times slower than Eigen's."""
     export = run / json.loads((run / "metrics.json").read_text())["export"]
     _, valid_split = data.make_splits(config, data_path, None)
     kinds = data.input_kinds(config, list(valid_split.files))

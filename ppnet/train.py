@@ -369,13 +369,14 @@ def model_predictor(model: tf.keras.Model, kinds: dict[str, str]):
 
 
 def load_run(run_dir: str | Path) -> RankingModel:
-    """Rebuild a finished run's model with its best weights (for ``ppnet export``)."""
+    """Rebuild a finished run's model with its best weights, for inference (``ppnet export``, the
+    bench): no optimizer is built, and the checkpoint's optimizer slots are skipped."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.exists():
         raise PPNetError(f"{run_dir}: not a run directory (no config.json)")
     config = config_from_dict(json.loads(config_path.read_text()), source=str(config_path))
-    model = build_model(config, Stats.load(run_dir / "stats.json"))
+    model = build_model(config, Stats.load(run_dir / "stats.json"), compile=False)
     if not (run_dir / "checkpoints").exists():
         raise PPNetError(f"{run_dir}: no checkpoints/ (the run did not finish an epoch)")
     restore_best(model, run_dir)

@@ -111,8 +111,7 @@ def test_crash_after_training_only_exports_on_rerun(log_dir, tmp_path):
     crashed = subprocess.run([sys.executable, "-c", CRASH_AT, "train.export_model", *command[3:]],
                              capture_output=True, text=True, timeout=600)
     assert crashed.returncode == 9, crashed.stderr[-2000:]
-    rerun = subprocess.run(train_command(log_dir, run, "--set", "train.epochs=1"), capture_output=True, text=True,
-                           timeout=600)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "training had finished" in rerun.stderr
     metrics = json.loads((run / "metrics.json").read_text())
