@@ -4,6 +4,7 @@ TensorFlow Recommenders 0.7.7 only works with Keras 2, so ``TF_USE_LEGACY_KERAS=
 before any submodule can import TensorFlow; ``tf.keras`` then resolves to ``tf_keras``.
 """
 
+import importlib.metadata
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -12,4 +13,4 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from ppnet.errors import PPNetError  # noqa: E402
 
 __all__ = ["PPNetError"]
-__version__ = "0.2.0"
+__version__ = importlib.metadata.version("ppnet")  # pyproject.toml holds the one version

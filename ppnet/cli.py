@@ -147,7 +147,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
 def run_export(args: argparse.Namespace) -> dict:
     from ppnet.export import export_model
-    from ppnet.train import load_run
+    from ppnet.rundir import load_run
 
     path = export_model(load_run(args.run), args.out, version=args.version, overwrite=args.overwrite)
     return {"export": str(path)}

@@ -1,7 +1,8 @@
 """Score parquet data and report AUC, gAUC, logloss and calibration.
 
 ``ppnet evaluate`` runs the *exported* SavedModel, i.e. exactly what TF Serving runs, and needs
-nothing from the training run but the export itself.
+nothing from the training run but the export itself; during training the same streaming scores
+the Keras model (``model_predictor``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import tensorflow as tf
 
 from ppnet import data, metrics
 from ppnet.errors import PPNetError
@@ -41,10 +43,15 @@ def score_split(predict: Predictor, split: data.Split, kinds: dict[str, str], la
     return metrics.report(labels, scores, users, split.description)
 
 
+def model_predictor(model: tf.keras.Model, kinds: dict[str, str]) -> Predictor:
+    """numpy feature batch → probabilities, through one ``tf.function`` traced once for any batch size."""
+    predict = tf.function(lambda features: tf.sigmoid(model(features, training=False)),
+                          input_signature=[data.input_specs(kinds)])
+    return lambda features: predict(features).numpy()
+
+
 def load_export(model_dir: str | Path):
     """(predictor, export metadata) of a SavedModel written by ``ppnet``; TensorFlow only."""
-    import tensorflow as tf
-
     model_dir = Path(model_dir)
     meta_path = model_dir / "assets.extra" / "ppnet.json"
     if not (model_dir / "saved_model.pb").exists() or not meta_path.exists():

@@ -17,13 +17,13 @@ import json
 from pathlib import Path
 
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 import ppnet
 from ppnet.data import input_specs
 from ppnet.features import vocabulary_index
 from ppnet.files import atomic_directory
 from ppnet.model import RankingModel, build_model, dummy_batch
+from ppnet.tf_private import freeze
 
 # tf.Example has no NaN-free "missing" for floats: a missing numeric becomes NaN, i.e. the mean.
 EXAMPLE_DEFAULTS = {"int64": -1, "string": "", "float32": float("nan")}
@@ -85,7 +85,7 @@ def frozen_tower(model: RankingModel):
     traced = tf.function(
         lambda x, *gate: model.tower(x, list(gate) or None, training=False, return_gates=True)
     ).get_concrete_function(*[tf.TensorSpec([None, x.shape[-1]], x.dtype) for x in [dnn_input, *gate_parts]])
-    return convert_variables_to_constants_v2(traced)
+    return freeze(traced)
 
 
 def next_version(export_base: Path) -> int:

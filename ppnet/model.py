@@ -15,6 +15,7 @@ from ppnet.config import Config, Feature
 from ppnet.features import make_lookup, numeric_normalizer, table_size
 from ppnet.layers import GatedTower, GroupedEmbedding
 from ppnet.stats import Stats
+from ppnet.tf_private import SparseGradientsAsIs, adam_moments
 
 
 class RankingModel(tfrs.Model):
@@ -144,7 +145,7 @@ class RankingModel(tfrs.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
 
-class FusedAdam(tf.keras.optimizers.Adam):
+class FusedAdam(SparseGradientsAsIs, tf.keras.optimizers.Adam):
     """Keras' Adam computed by TensorFlow's fused ``ResourceApplyAdam`` kernel (``train.optimizer = "adam"``).
 
     The same update as ``tf.keras.optimizers.Adam`` (``m``, ``v`` and bias correction; sparse
@@ -158,17 +159,12 @@ class FusedAdam(tf.keras.optimizers.Adam):
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        slot = self._index_dict[self._var_key(variable)]
+        m, v = adam_moments(self, variable)
         tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=self._momentums[slot].handle, v=self._velocities[slot].handle,
+            var=variable.handle, m=m.handle, v=v.handle,
             beta1_power=beta_1 ** step, beta2_power=beta_2 ** step, lr=tf.cast(self.learning_rate, dtype),
             beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
             grad=tf.convert_to_tensor(gradient))  # duplicate rows of a sparse gradient are summed
-
-    def _deduplicate_sparse_grad(self, grads):
-        """Skip Keras' per-step ``unique`` + segment sum of sparse gradients: ``update_step`` sums
-        duplicate rows itself (the dense conversion here, a ``unique`` in ``LazyAdam``)."""
-        return list(grads)
 
 
 class LazyAdam(FusedAdam):
@@ -187,8 +183,7 @@ class LazyAdam(FusedAdam):
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - beta_2 ** step) / (1 - beta_1 ** step)
-        slot = self._index_dict[self._var_key(variable)]
-        m, v = self._momentums[slot], self._velocities[slot]
+        m, v = adam_moments(self, variable)
         rows, position = tf.unique(gradient.indices)
         grad = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0])
         m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * grad

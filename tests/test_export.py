@@ -13,7 +13,7 @@ import ppnet
 from ppnet import data
 from ppnet.errors import PPNetError
 from ppnet.export import export_model
-from ppnet.train import load_run
+from ppnet.rundir import load_run
 
 RELOAD_SCRIPT = """
 import sys

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from ppnet.synthetic import write_synthetic
-from ppnet.train import EPOCHS_FILE, ResumableEarlyStopping, epoch_scores
+from ppnet.callbacks import ResumableEarlyStopping
+from ppnet.rundir import EPOCHS_FILE, epoch_scores
 from tests.conftest import DEFAULT_CONFIG
 
 BACKUP_EVERY = 20
@@ -77,16 +78,19 @@ def test_resume_with_a_different_config_is_refused_and_fresh_starts_over(log_dir
 
 
 # Runs `ppnet` with one function replaced by a crash (exit 9), as a kill or power cut there would.
+# The first argument names it from ppnet's modules: "module.function" or "module.Class.method".
 CRASH_AT = """
-import os, sys
-from ppnet import cli, train
-owner, name = sys.argv.pop(1).split(".")
-setattr(getattr(train, owner) if owner != "train" else train, name, lambda *args, **kwargs: os._exit(9))
+import functools, importlib, os, sys
+from ppnet import cli
+module, *owners, name = sys.argv.pop(1).split(".")
+owner = functools.reduce(getattr, owners, importlib.import_module("ppnet." + module))
+setattr(owner, name, lambda *args, **kwargs: os._exit(9))
 sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("crash_at", ["ValidationScore.on_epoch_end", "BestCheckpoint.on_epoch_end"],
+@pytest.mark.parametrize("crash_at", ["callbacks.ValidationScore.on_epoch_end",
+                                      "callbacks.BestCheckpoint.on_epoch_end"],
                          ids=["before scoring", "after scoring, before the checkpoint"])
 def test_crash_around_an_epochs_validation_resumes_and_scores_it(log_dir, tmp_path, crash_at):
     """Keras backs up an epoch's last batch as "resume at the next epoch"; a crash during the

@@ -56,7 +56,7 @@ def test_export_refuses_a_checkpoint_that_lacks_weights_of_the_model(trained_run
     import json
     import shutil
 
-    from ppnet.train import load_run
+    from ppnet.rundir import load_run
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -70,7 +70,7 @@ def test_export_refuses_a_checkpoint_that_lacks_weights_of_the_model(trained_run
 
 def test_interrupted_run_of_another_ppnet_version_is_not_resumed(tmp_path, monkeypatch):
     import ppnet
-    from ppnet.train import prepare_run_dir
+    from ppnet.rundir import prepare_run_dir
 
     config, inputs = small_config(), {"is_click": "int64"}
     work = prepare_run_dir(tmp_path / "run", config, inputs, fresh=False)

@@ -1,0 +1,199 @@
+"""The Keras callbacks of a training run, and the one function that puts them in order.
+
+Order matters, because Keras calls each hook on the callbacks in list order and several of them
+read what an earlier one did in the same hook (``training_callbacks`` lists the reasons):
+
+1. ``RunBackup`` restores a crash backup before anything else starts;
+2. ``ThroughputMeter`` stops its clock before the epoch is validated;
+3. ``ValidationScore`` adds ``val_auc`` to the epoch's logs;
+4. ``BestCheckpoint`` and 5. ``ResumableEarlyStopping`` read that ``val_auc``;
+6. ``EpochBackup`` marks the epoch finished only once it is scored and saved;
+7. ``TerminateOnNaN`` and 8. ``TensorBoard`` only watch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import tensorflow as tf
+
+from ppnet.data import EpochCursor, Split
+from ppnet.evaluate import model_predictor, score_split
+from ppnet.rundir import BACKUP, BEST_WEIGHTS, EPOCHS_FILE, epoch_scores
+from ppnet.tf_private import resume_counters, skip_log_sync, take_backup
+
+log = logging.getLogger(__name__)
+
+
+class RunBackup(tf.keras.callbacks.BackupAndRestore):
+    """Crash backups (every ``save_freq`` steps, or ``"epoch"``) that a rerun resumes from exactly.
+
+    * First in the callback list, so the backup is restored before the other callbacks start:
+      ``finished_epochs`` then says which epochs the rerun will not train again.
+    * Keras resumes its epoch and step counters but restarts the data iterator from the first
+      batch; the cursor is moved so the resumed epoch skips exactly the batches already trained
+      (single process; a multi-worker run resumes at the next epoch of its stream).
+    * An epoch's last backup marks it finished, so it is taken by ``EpochBackup`` at the end of
+      the list, after validation, the best checkpoint and early stopping; Keras' own backup of the
+      last batch would have marked it finished before it was scored.
+    """
+
+    def __init__(self, backup_dir: Path, save_freq: int | str, cursor: EpochCursor, steps_per_epoch: int):
+        super().__init__(str(backup_dir), save_freq=save_freq, delete_checkpoint=False)
+        self.cursor, self.steps_per_epoch = cursor, steps_per_epoch
+        self.finished_epochs = 0
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        epoch, step = resume_counters(self, self.steps_per_epoch)
+        if epoch or step:
+            log.info("resuming at epoch %d, step %d", epoch + 1, step)
+        self.finished_epochs = epoch
+        self.cursor.move_to(epoch, step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 < self.steps_per_epoch:
+            super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Nothing here: see ``EpochBackup``."""
+
+
+class EpochBackup(tf.keras.callbacks.Callback):
+    """Takes ``backup``'s end-of-epoch backup; last in the callback list (see ``RunBackup``)."""
+
+    def __init__(self, backup: RunBackup):
+        super().__init__()
+        self.backup = backup
+
+    def on_epoch_end(self, epoch, logs=None):
+        take_backup(self.backup)  # Keras' counters now say: resume at the next epoch
+
+
+class BestCheckpoint(tf.keras.callbacks.ModelCheckpoint):
+    """The best epoch's weights by ``val_auc``; an epoch must beat those finished before a resume."""
+
+    def __init__(self, path: Path, finished_scores: Callable[[], list[float]]):
+        super().__init__(str(path), monitor="val_auc", mode="max", save_best_only=True, save_weights_only=True)
+        self.finished_scores = finished_scores
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.best = max(self.finished_scores(), default=self.best)
+
+
+class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
+    """Early stopping on ``val_auc`` whose patience counts the epochs finished before a resume."""
+
+    def __init__(self, patience: int, finished_scores: Callable[[], list[float]]):
+        super().__init__(monitor="val_auc", mode="max", patience=patience)
+        self.finished_scores = finished_scores
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for score in self.finished_scores():  # as Keras' on_epoch_end counts them
+            self.wait += 1
+            if self.monitor_op(score - self.min_delta, self.best):
+                self.best, self.wait = score, 0
+
+
+class ValidationScore(tf.keras.callbacks.Callback):
+    """Exact validation metrics after every epoch: ``val_auc``, ``val_gauc``, ``val_logloss``.
+
+    Scores the whole validation split in this process (in a cluster, every worker computes the
+    same numbers from the same weights), so model selection uses exact, global AUC rather than
+    Keras' bucketed, per-replica streaming estimate.
+    """
+
+    def __init__(self, split: Split, kinds: dict[str, str], label: str, user_column: str,
+                 epochs_file: Path | None):
+        super().__init__()
+        self.split, self.kinds, self.label, self.user_column = split, kinds, label, user_column
+        self.epochs_file = epochs_file  # one JSON line per epoch; it survives crashes and resumes
+        self.predict = None
+
+    def on_train_begin(self, logs=None):
+        self.predict = model_predictor(self.model, self.kinds)
+
+    def on_epoch_end(self, epoch, logs=None):
+        result = score_split(self.predict, self.split, self.kinds, self.label, self.user_column)
+        scores = {f"val_{key}": result[key] for key in ("auc", "gauc", "logloss")}
+        if logs is not None:
+            logs.update(scores)
+        if self.epochs_file is not None:
+            with self.epochs_file.open("a") as file:
+                file.write(json.dumps({"epoch": epoch + 1, **scores}) + "\n")
+        log.info("epoch %d validation: auc %.4f gauc %.4f logloss %.4f", epoch + 1, result["auc"],
+                 result["gauc"], result["logloss"])
+
+
+class ThroughputMeter(tf.keras.callbacks.Callback):
+    """Steady-state training examples/sec: from the end of each epoch's first step (tracing,
+    warm-up excluded) to the end of the epoch, when Keras has waited for every step (under a
+    parameter server steps only get scheduled before that). Listed before the validation, so
+    the per-epoch validation is not counted."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        skip_log_sync(self)  # never reads logs: Keras need not wait for each step's values
+        self.batch_size = batch_size
+        self.seconds = 0.0
+        self.steps = 0
+        self._first: tuple[int, float] | None = None
+        self._last: tuple[int, float] = (0, 0.0)
+
+    @property
+    def last_step(self) -> int:
+        return self._last[0]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._first = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last = (batch, time.perf_counter())
+        self._first = self._first or self._last
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._first is not None:
+            self.steps += self._last[0] - self._first[0]
+            self.seconds += time.perf_counter() - self._first[1]
+
+    @property
+    def examples_per_sec(self) -> float | None:
+        """``None`` if nothing was timed (say, a rerun that had nothing left to train)."""
+        return self.steps * self.batch_size / self.seconds if self.seconds else None
+
+
+def training_callbacks(work: Path, *, patience: int, backup_every: int | str | None, cursor: EpochCursor,
+                       steps_per_epoch: int, meter: ThroughputMeter, validation: ValidationScore,
+                       per_step_logs: bool) -> list[tf.keras.callbacks.Callback]:
+    """The run's callbacks in the order they must run (see the module docstring).
+
+    ``backup_every``: crash backups every that many steps, ``"epoch"``, or ``None`` for none (a
+    parameter-server run restarts from its first epoch). ``per_step_logs``: step logs are local
+    values, so NaN is caught at the step and TensorBoard is written every 100 steps; otherwise
+    (parameter-server step logs are remote values) NaN is caught per epoch, after ``fit``.
+    """
+    backup = None if backup_every is None else RunBackup(work / BACKUP, backup_every, cursor, steps_per_epoch)
+
+    def finished_scores() -> list[float]:
+        """val_auc of the epochs a resumed run does not train again (an epoch scored but not backed
+        up before a crash is trained and scored anew)."""
+        finished = backup.finished_epochs if backup else 0
+        return [e["val_auc"] for e in epoch_scores(work) if e["epoch"] <= finished]
+
+    return [
+        *([backup] if backup else []),  # first: restores the backup before the others start
+        meter,  # its epoch ends before the validation below
+        validation,  # before the checkpoint and early-stopping callbacks, which read the val_auc it adds
+        BestCheckpoint(work / BEST_WEIGHTS, finished_scores),
+        ResumableEarlyStopping(patience, finished_scores),
+        *([EpochBackup(backup)] if backup else []),  # marks the epoch finished: after it is scored and saved
+        *([tf.keras.callbacks.TerminateOnNaN()] if per_step_logs else []),
+        tf.keras.callbacks.TensorBoard(str(work / "logs"), update_freq=100 if per_step_logs else "epoch",
+                                       profile_batch=0),
+    ]

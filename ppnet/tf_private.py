@@ -1,0 +1,67 @@
+"""Every private TensorFlow and Keras name ppnet relies on, behind one door.
+
+Each shim exists because no public API does its job (its docstring says which job). A TensorFlow
+or tf-keras upgrade that moves one of these names breaks here and in ``tests/test_tf_private.py``
+(one test per shim), not somewhere in training, export or the benchmark.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+__all__ = ["xplane_pb2", "freeze", "resume_counters", "take_backup", "skip_log_sync", "adam_moments",
+           "SparseGradientsAsIs"]
+
+
+def freeze(function: tf.types.experimental.ConcreteFunction) -> tf.types.experimental.ConcreteFunction:
+    """``function`` with the variables it reads turned into graph constants.
+
+    TensorFlow 2 has no public way to freeze a concrete function; the export needs one so that
+    oneDNN lays each weight matrix out once instead of on every call.
+    """
+    return convert_variables_to_constants_v2(function)
+
+
+def resume_counters(backup: tf.keras.callbacks.BackupAndRestore, steps_per_epoch: int) -> tuple[int, int]:
+    """The (epoch, step) a restored ``BackupAndRestore`` resumes at; (0, 0) for a fresh run.
+
+    Keras keeps them in the callback's private training state and uses them only to skip epochs;
+    ppnet also needs them to skip the batches of a resumed epoch and to know the finished epochs.
+    Call after ``backup.on_train_begin`` (which restores the state).
+    """
+    return backup._training_state.maybe_load_initial_counters_from_ckpt(steps_per_epoch, 0, mode="train")
+
+
+def take_backup(backup: tf.keras.callbacks.BackupAndRestore) -> None:
+    """Back up now, with the epoch and step counters Keras has set during the epoch (after its last
+    step they say: resume at the next epoch).
+
+    Keras backs up only from its own hooks; ppnet backs an epoch up after it is scored.
+    """
+    backup._backup(epoch=None)  # Keras' back_up ignores the argument: its counters are variables
+
+
+def skip_log_sync(callback: tf.keras.callbacks.Callback) -> None:
+    """Tell Keras that ``callback`` never reads the values in its batch logs, so ``fit`` need not
+    wait for each step's results before calling it (Keras' ``_supports_tf_logs``)."""
+    callback._supports_tf_logs = True
+
+
+def adam_moments(optimizer: tf.keras.optimizers.Adam, variable: tf.Variable) -> tuple[tf.Variable, tf.Variable]:
+    """Adam's first and second moment slots of ``variable`` (tf-keras keeps them in private lists)."""
+    slot = optimizer._index_dict[optimizer._var_key(variable)]
+    return optimizer._momentums[slot], optimizer._velocities[slot]
+
+
+class SparseGradientsAsIs:
+    """Optimizer mixin: hand sparse gradients to ``update_step`` with duplicate rows unmerged.
+
+    Keras merges them with a ``unique`` and a segment sum on every step, before the optimizer's
+    own update; ppnet's Adam kernels sum duplicate rows themselves. List it before the Keras
+    optimizer among the bases.
+    """
+
+    def _deduplicate_sparse_grad(self, grads):
+        return list(grads)

@@ -1,0 +1,90 @@
+"""One test per shim in ``ppnet.tf_private``: each private TensorFlow/Keras name still does its job."""
+
+import numpy as np
+import tensorflow as tf
+
+from ppnet.tf_private import (SparseGradientsAsIs, adam_moments, freeze, resume_counters, skip_log_sync, take_backup,
+                              xplane_pb2)
+
+
+def tiny_model() -> tf.keras.Model:
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(1,))])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def started_backup(model: tf.keras.Model, backup_dir) -> tf.keras.callbacks.BackupAndRestore:
+    backup = tf.keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
+    backup.set_model(model)
+    backup.on_train_begin()
+    return backup
+
+
+def test_freeze_turns_the_variables_read_into_constants():
+    weight = tf.Variable([[2.0]])
+    traced = tf.function(lambda x: tf.matmul(x, weight)).get_concrete_function(tf.TensorSpec([None, 1]))
+    frozen = freeze(traced)
+    weight.assign([[5.0]])
+    assert not frozen.variables and traced.variables
+    assert tf.nest.flatten(frozen(tf.constant([[3.0]])))[0].numpy().item() == 6.0  # the value when frozen, not the variable's now
+
+
+def test_resume_counters_reads_the_epoch_a_fit_backed_up(tmp_path):
+    model = tiny_model()
+    fitted = tf.keras.callbacks.BackupAndRestore(str(tmp_path), delete_checkpoint=False)
+    model.fit(np.ones((8, 1)), np.ones((8, 1)), batch_size=4, epochs=2, verbose=0, callbacks=[fitted])
+    assert resume_counters(started_backup(tiny_model(), tmp_path), steps_per_epoch=2) == (2, 0)
+    assert resume_counters(started_backup(tiny_model(), tmp_path / "fresh"), steps_per_epoch=2) == (0, 0)
+
+
+def test_take_backup_saves_the_counters_of_the_epoch_it_ends(tmp_path):
+    class NoEpochBackup(tf.keras.callbacks.BackupAndRestore):
+        def on_epoch_end(self, epoch, logs=None):
+            if self.take:
+                take_backup(self)
+
+    for take, resumes_at in ((False, 0), (True, 3)):
+        backup = NoEpochBackup(str(tmp_path / str(take)), delete_checkpoint=False)
+        backup.take = take
+        tiny_model().fit(np.ones((8, 1)), np.ones((8, 1)), batch_size=4, epochs=3, verbose=0, callbacks=[backup])
+        assert resume_counters(started_backup(tiny_model(), tmp_path / str(take)), steps_per_epoch=2) == (resumes_at, 0)
+
+
+def test_skip_log_sync_lets_keras_skip_waiting_for_batch_logs():
+    class Counter(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    waits, skips = Counter(), Counter()
+    skip_log_sync(skips)
+    assert not tf.keras.callbacks.CallbackList([waits])._batch_hooks_support_tf_logs
+    assert tf.keras.callbacks.CallbackList([skips])._batch_hooks_support_tf_logs
+
+
+def test_adam_moments_are_the_slots_adam_updates():
+    variable = tf.Variable([1.0, 2.0])
+    adam = tf.keras.optimizers.Adam(beta_1=0.9, beta_2=0.999)
+    adam.apply_gradients([(tf.constant([0.5, -1.0]), variable)])
+    m, v = adam_moments(adam, variable)
+    np.testing.assert_allclose(m.numpy(), [0.05, -0.1], rtol=1e-6)
+    np.testing.assert_allclose(v.numpy(), [0.00025, 0.001], rtol=1e-5)
+
+
+def test_sparse_gradients_reach_update_step_with_duplicate_rows_unmerged():
+    seen = []
+
+    class Recording(SparseGradientsAsIs, tf.keras.optimizers.SGD):
+        def update_step(self, gradient, variable):
+            seen.append(gradient.indices.numpy().tolist())
+
+    assert hasattr(tf.keras.optimizers.SGD, "_deduplicate_sparse_grad")  # still a hook Keras calls
+    variable = tf.Variable(tf.zeros([4, 2]))
+    gradient = tf.IndexedSlices(tf.ones([3, 2]), tf.constant([1, 1, 3]), tf.constant([4, 2]))
+    Recording().apply_gradients([(gradient, variable)])
+    assert seen == [[1, 1, 3]]
+
+
+def test_xplane_proto_parses_a_profile_space():
+    space = xplane_pb2.XSpace()
+    space.planes.add(name="/host:CPU")
+    assert xplane_pb2.XSpace.FromString(space.SerializeToString()).planes[0].name == "/host:CPU"
