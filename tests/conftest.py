@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic click log, a small config, and one trained run per session."""
+"""Shared fixtures: a tiny synthetic click log and one trained run per session (helpers: ``tests/helpers.py``)."""
 
 import os
 
@@ -9,18 +9,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "ppnet" / "configs" / "default.toml"
-KUAIRAND = REPO.parent / "shared" / "data" / "kuairand-pure"
-# Small enough to train in seconds, big enough that every vocabulary has values.
-SMALL_OVERRIDES = ["model.hidden_units=[32, 16]", "model.gate_hidden=8", "train.epochs=2",
-                   "train.batch_size=256", "data.shuffle_buffer=4096", "train.backup_every_steps=0"]
-
-
-def small_config(*extra: str):
-    from ppnet.config import load_config
-
-    return load_config(DEFAULT_CONFIG, [*SMALL_OVERRIDES, *extra])
+from tests.helpers import small_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")

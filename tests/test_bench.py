@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 VARIANTS = {"ppnet", "ppnet_tower_ids", "ppnet_ids", "dnn", "logreg"}
 BATCHES = {"1", "64", "1024"}

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DEFAULT_CONFIG, SMALL_OVERRIDES
+from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 from ppnet.cli import main
 
 

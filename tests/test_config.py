@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_CONFIG
+from tests.helpers import DEFAULT_CONFIG
 from ppnet.config import Config, apply_override, config_from_dict, load_config
 from ppnet.errors import PPNetError
 

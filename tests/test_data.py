@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import small_config
+from tests.helpers import small_config
 from ppnet import data
 from ppnet.config import config_from_dict
 from ppnet.errors import PPNetError

@@ -10,7 +10,7 @@ import pytest
 
 from ppnet import data, distribute
 from ppnet.errors import PPNetError
-from tests.conftest import DEFAULT_CONFIG, SMALL_OVERRIDES
+from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 
 
 def row_ids(split):

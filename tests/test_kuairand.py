@@ -11,11 +11,11 @@ import pytest
 
 from ppnet.datasets.kuairand import LEAKY_LABELS, LOG_TYPES, prepare_kuairand
 from ppnet.errors import PPNetError
+from tests.helpers import KUAIRAND
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "kuairand-pure"
-LOG_CSV = SHARED / "log_standard_4_25_to_5_03_pure.csv"
-USERS_CSV = SHARED / "user_features_pure.csv"
-VIDEOS_CSV = SHARED / "video_features_basic_pure.csv"
+LOG_CSV = KUAIRAND / "log_standard_4_25_to_5_03_pure.csv"
+USERS_CSV = KUAIRAND / "user_features_pure.csv"
+VIDEOS_CSV = KUAIRAND / "video_features_basic_pure.csv"
 TINY_BLOCK = 256  # bytes: forces several record batches even on tiny CSVs
 
 
@@ -27,7 +27,7 @@ def _leftovers(out: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     if not all(p.is_file() for p in (LOG_CSV, USERS_CSV, VIDEOS_CSV)):
-        pytest.skip(f"KuaiRand-Pure slice not found at {SHARED} (the CI clones the repo next to shared/)")
+        pytest.skip(f"KuaiRand-Pure slice not found at {KUAIRAND} (the CI clones the repo next to shared/)")
     out = tmp_path_factory.mktemp("kuairand") / "out"
     return prepare_kuairand([LOG_CSV], USERS_CSV, VIDEOS_CSV, out), out
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 from ppnet import data
 from ppnet.model import build_model
 from ppnet.stats import compute_stats
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The profiler breakdown: op types of a training step and of a one-row request, from a real trace."""
 
 from ppnet.profile import main
-from tests.conftest import DEFAULT_CONFIG, SMALL_OVERRIDES
+from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 
 
 def test_profile_breaks_a_step_and_a_request_down_by_op_type(synthetic_dir, capsys):

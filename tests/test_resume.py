@@ -13,7 +13,7 @@ import pytest
 from ppnet.synthetic import write_synthetic
 from ppnet.callbacks import ResumableEarlyStopping
 from ppnet.rundir import EPOCHS_FILE, epoch_scores
-from tests.conftest import DEFAULT_CONFIG
+from tests.helpers import DEFAULT_CONFIG
 
 BACKUP_EVERY = 20
 SETTINGS = ["model.hidden_units=[32, 16]", "model.gate_hidden=8", "train.batch_size=128", "train.epochs=2",

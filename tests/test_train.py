@@ -33,7 +33,7 @@ def test_exported_model_reproduces_validation_metrics(trained_run, synthetic_dir
 
 
 def test_cli_trains_the_dnn_baseline_and_reexports(synthetic_dir, tmp_path, capsys):
-    from tests.conftest import DEFAULT_CONFIG, SMALL_OVERRIDES
+    from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 
     run = tmp_path / "dnn"
     sets = [arg for item in [*SMALL_OVERRIDES, "model.name=dnn", "train.epochs=1"] for arg in ("--set", item)]
@@ -50,7 +50,7 @@ def test_cli_trains_the_dnn_baseline_and_reexports(synthetic_dir, tmp_path, caps
 
 def test_hashed_ids_with_a_million_buckets_train_with_lazy_adam(synthetic_dir, tmp_path):
     from ppnet.train import train
-    from tests.conftest import small_config
+    from tests.helpers import small_config
 
     config = small_config("features.user_id.kind=hash", "features.user_id.bins=1048576",
                           "train.optimizer=lazy_adam", "train.epochs=1")

@@ -4,7 +4,7 @@ import pytest
 
 from ppnet.errors import PPNetError
 from ppnet.train import train
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 def test_nan_loss_stops_with_step_and_hint_and_keeps_the_backup(synthetic_dir, tmp_path):
