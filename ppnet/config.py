@@ -49,7 +49,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The tower, the gates and their regularisation (see README, Model)."""
+    """The tower, the gates and their regularisation (see README, Configuration)."""
 
     name: Literal["ppnet", "dnn"] = "ppnet"
     personal_ids: list[str] = field(default_factory=lambda: ["user_id", "video_id", "author_id"])

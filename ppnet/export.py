@@ -34,10 +34,11 @@ class ServingModule(tf.Module):
     the hashing layers; not the Keras model, whose per-column vocabulary lookups are not used).
 
     The prediction signatures run the tower and its gates with their weights frozen into the
-    graph as constants (a few MB): oneDNN then lays each weight matrix out for its kernels once
-    and caches it, instead of on every call, which took most of a one-row request. The embedding
-    tables stay variables. The vocabulary columns are looked up by one ``VocabularyIndex`` (a
-    few shared hash tables) instead of a lookup per column: the same rows, fewer ops per request.
+    graph as constants (a copy of the dense weights only, which are small): oneDNN then lays each
+    weight matrix out for its kernels once and caches it, instead of on every call, where that
+    re-layout had dominated a one-row request. The embedding tables stay variables. The
+    vocabulary columns are looked up by one ``VocabularyIndex`` (a few shared hash tables) instead
+    of a lookup per column: the same rows, fewer ops per request.
     """
 
     def __init__(self, model: RankingModel):

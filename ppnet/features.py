@@ -47,16 +47,24 @@ class VocabularyIndex(tf.keras.layers.Layer):
     """The vocabulary columns' rows, ``{name: [batch]}``, exactly as their ``make_lookup`` layers
     compute them, with a few hash-table lookups instead of one per column. The export uses it.
 
-    In a one-row request the per-column lookup ops and their bookkeeping took a quarter of the
-    time. Here the columns of one kind share a table whose keys name the column: integer ``v`` of
-    column ``i`` becomes ``v + i * 2**shift`` (``-2**(shift-1) <= v < 2**(shift-1)``, so columns never
-    share a key), a string gets the prefix ``"i\\x1f"``; an integer column whose vocabulary has larger
-    values gets a table of its own. Training keeps the per-column layers: in a training step this
-    fused form was slower (18k examples/sec against the per-column layers' 25k on KuaiRand).
+    In a one-row request every op's fixed cost counts, and the per-column lookup ops and their
+    bookkeeping were a large share of the time. Here the columns of one kind share a table whose
+    keys name the column: integer ``v`` of column ``i`` becomes ``v + i * 2**shift``
+    (``-2**(shift-1) <= v < 2**(shift-1)``, so columns never share a key), a string gets the prefix
+    ``"i\\x1f"``; an integer column whose vocabulary has larger values gets a table of its own.
+    Training keeps the per-column layers: a training step measured slower with this fused form
+    (the figures are in docs/performance.md).
 
     Rows follow Keras' layout: ``0 .. num_oov-1`` for unseen values and nulls (an unseen integer
     goes to ``v mod num_oov``, an unseen string to ``to_hash_bucket_fast(v, num_oov)``), then the
     vocabulary in order.
+
+    Args:
+        vocabularies: each vocabulary column's values, ``{name: values}``, as
+            ``vocabulary_values`` gives them (in row order, integers without the null id).
+        kinds: each column's input kind, ``{name: "int64" | "string"}``.
+        num_oov: each column's number of OOV rows, ``{name: count}``.
+        **kwargs: passed to ``tf.keras.layers.Layer``.
     """
 
     def __init__(self, vocabularies: dict[str, list], kinds: dict[str, str], num_oov: dict[str, int], **kwargs):
@@ -87,6 +95,15 @@ class VocabularyIndex(tf.keras.layers.Layer):
         return tf.lookup.StaticHashTable(initializer, default_value=-1)
 
     def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Looks every vocabulary column up.
+
+        Args:
+            features: raw columns ``{name: [batch]}``, at least the vocabulary columns (integer
+                columns of any integer dtype, string columns as strings); others are ignored.
+
+        Returns:
+            ``{name: [batch]}`` int64 rows of each vocabulary column's embedding table.
+        """
         index = {}
         for columns, table in zip(self.groups, self.tables):
             if self.kinds[columns[0]] == STRING:
@@ -135,8 +152,16 @@ class NumericNormalizer(tf.keras.layers.Layer):
 
     Column ``i``: ``z = ((signed_log1p(x) if log1p[i] else x) - means[i]) / stds[i]``. Nulls, NaN
     and +-Inf map to 0 (the training mean) and ``z`` is clipped to ``[-clip, clip]`` so huge values
-    cannot blow up the tower. One layer for all columns: a dozen ops per request instead of a
-    dozen per column.
+    cannot blow up the tower. One layer for all columns: the same few ops per request however
+    many columns there are, instead of that many per column.
+
+    Args:
+        columns: the numeric column names, in the order of the output's columns.
+        means: each column's training mean (after ``log1p`` where set).
+        stds: each column's training standard deviation (after ``log1p`` where set).
+        log1p: whether each column is ``signed_log1p``-transformed before standardising.
+        clip: the bound on ``|z|``.
+        **kwargs: passed to ``tf.keras.layers.Layer``.
     """
 
     def __init__(self, columns: list[str], means: list[float], stds: list[float], log1p: list[bool],
@@ -147,6 +172,15 @@ class NumericNormalizer(tf.keras.layers.Layer):
         self.log1p, self.clip = [bool(flag) for flag in log1p], float(clip)
 
     def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Standardises the numeric columns.
+
+        Args:
+            features: raw columns ``{name: [batch]}``, at least ``columns`` (any real dtype,
+                cast to float32; NaN for nulls); others are ignored.
+
+        Returns:
+            ``[batch, len(columns)]`` float32 values in ``[-clip, clip]``.
+        """
         x = tf.stack([tf.cast(features[column], tf.float32) for column in self.columns], axis=1)
         if any(self.log1p):
             x = tf.where(tf.constant(self.log1p), tf.sign(x) * tf.math.log1p(tf.abs(x)), x)

@@ -14,10 +14,15 @@ import tensorflow as tf
 class GroupedEmbedding(tf.keras.layers.Layer):
     """Several embedding tables of one dimension stored as one ``[sum(sizes), dim]`` variable.
 
-    ``call(indices)`` takes ``[batch, fields]`` indices, column ``i`` into table ``i``, and returns
-    ``[batch, fields, dim]``. One gather, one sparse gradient and one optimizer update replace one
-    of each per field: with ~40 fields those small ops, not the arithmetic, dominated a training
-    step and a one-row request. Table ``i`` is rows ``offsets[i] : offsets[i] + sizes[i]``.
+    Column ``i`` of the input indexes table ``i``, which is rows ``offsets[i] : offsets[i] +
+    sizes[i]`` of the variable. One gather, one sparse gradient and one optimizer update replace
+    one of each per field: with dozens of fields, those small per-field ops, not the arithmetic,
+    dominated a training step and a one-row request.
+
+    Args:
+        sizes: the rows of each table, one entry per field, in field order.
+        dim: the embedding size shared by all the tables.
+        **kwargs: passed to ``tf.keras.layers.Layer``.
     """
 
     def __init__(self, sizes: list[int], dim: int, **kwargs):
@@ -32,6 +37,15 @@ class GroupedEmbedding(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, indices: tf.Tensor) -> tf.Tensor:
+        """Looks each field's index up in that field's table.
+
+        Args:
+            indices: ``[batch, fields]`` integer rows, ``fields == len(sizes)``; column ``i`` is
+                a row of table ``i``, in ``[0, sizes[i])``.
+
+        Returns:
+            ``[batch, fields, dim]`` embeddings.
+        """
         # embedding_lookup, not gather: it also reads tables sharded over parameter servers.
         return tf.nn.embedding_lookup(self.embeddings, tf.cast(indices, tf.int64) + self.offsets)
 
@@ -57,6 +71,12 @@ class GateNNs(tf.keras.layers.Layer):
     is multiplied by its own rows of the hidden kernel, so a part under ``stop_gradient`` (PPNet's
     copy of the tower's input) costs no backward matmul for its input gradient, otherwise a third
     of that part's training FLOPs. At inference the parts are concatenated: one matmul.
+
+    Args:
+        widths: the width of each gate, i.e. of the input of the tower layer it scales.
+        hidden_units: the hidden width of each GateNN (the fused hidden layer is
+            ``hidden_units * len(widths)`` wide).
+        **kwargs: passed to ``tf.keras.layers.Layer``.
     """
 
     def __init__(self, widths: list[int], hidden_units: int = 64, **kwargs):
@@ -80,6 +100,18 @@ class GateNNs(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor | list[tf.Tensor], training: bool | None = None) -> list[tf.Tensor]:
+        """Computes every gate from the same input.
+
+        Args:
+            inputs: the gate input ``[batch, d]``, or its parts ``[batch, d_j]`` in order
+                (``d = sum(d_j)``, as in ``build``).
+            training: in training each part is multiplied by its own kernel rows; otherwise
+                the parts are concatenated first.
+
+        Returns:
+            A list of ``len(widths)`` tensors, gate ``i`` of shape ``[batch, widths[i]]`` with
+            values in ``(0, 2)``.
+        """
         hidden = tf.split(self._hidden(parts(inputs), training), len(self.widths), axis=-1)
         return [2.0 * scale(h) for scale, h in zip(self.scales, hidden)]
 
@@ -109,6 +141,18 @@ class GatedTower(tf.keras.layers.Layer):
     input is multiplied element-wise by the gate computed from ``gate_input`` (a tensor or its
     parts, see ``GateNNs``). With ``gated=False`` it is the plain DNN baseline and ``gate_input``
     is ignored.
+
+    Args:
+        hidden_units: the widths of the hidden Dense layers (ReLU), in order; a one-unit logit
+            layer follows them.
+        gate_hidden: the hidden width of each GateNN.
+        gated: PPNet (one gate in front of every Dense layer) or the plain DNN.
+        dropout: the dropout rate after each hidden layer's ReLU; 0 adds no dropout layer.
+        batch_norm: whether a ``BatchNormalization`` runs between each hidden Dense layer and its
+            ReLU.
+        output_bias: the logit layer's initial bias (``RankingModel`` passes the training CTR's
+            log-odds, so training starts from the base rate).
+        **kwargs: passed to ``tf.keras.layers.Layer``.
     """
 
     def __init__(self, hidden_units: list[int], gate_hidden: int = 64, gated: bool = True,
@@ -135,6 +179,20 @@ class GatedTower(tf.keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor, gate_input: tf.Tensor | list[tf.Tensor] | None = None,
              training: bool | None = None, return_gates: bool = False):
+        """Runs the tower, each Dense layer's input scaled by its gate when ``gated``.
+
+        Args:
+            inputs: the tower input ``[batch, d]``.
+            gate_input: the gates' input ``[batch, g]`` or its parts ``[batch, g_j]``; ignored
+                (may be None) when not ``gated``.
+            training: enables dropout and batch statistics, and the gates' per-part products.
+            return_gates: also return the gate values.
+
+        Returns:
+            The logits ``[batch]``; with ``return_gates``, ``(logits, gates)`` where ``gates`` is a
+            list of one tensor per Dense layer, shaped ``[batch, d]``, ``[batch, hidden_units[0]]``,
+            ..., ``[batch, hidden_units[-1]]`` (an empty list when not ``gated``).
+        """
         x = inputs
         gate_values = self.gates(gate_input, training=training) if self.gated else []
         for i, dense in enumerate(self.dense):

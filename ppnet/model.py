@@ -36,6 +36,11 @@ class RankingModel(tfrs.Model):
     ``GroupedEmbedding`` (one lookup for all of them). The loss is per-example binary
     cross-entropy plus L2 on the embedding rows each example uses, averaged with
     ``tf.nn.compute_average_loss`` so it is correct under ``tf.distribute``.
+
+    Args:
+        config: the run's configuration (features, ``model`` settings).
+        stats: the training statistics: input kinds, vocabularies, numeric mean and std, CTR.
+        **kwargs: passed to ``tfrs.Model``.
     """
 
     def __init__(self, config: Config, stats: Stats, **kwargs):
@@ -114,6 +119,17 @@ class RankingModel(tfrs.Model):
         return logits, gates, used_rows
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """Scores a batch of raw examples.
+
+        Args:
+            features: raw columns ``{name: [batch]}``, one per ``stats.kinds`` entry, of the
+                kind it names (int64, string or float32).
+            training: the tower's training mode (dropout, batch statistics, the gates' per-part
+                products).
+
+        Returns:
+            ``[batch]`` logits; the click probability is their sigmoid.
+        """
         return self.forward(features, training=training)[0]
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
@@ -150,9 +166,14 @@ class FusedAdam(SparseGradientsAsIs, tf.keras.optimizers.Adam):
 
     The same update as ``tf.keras.optimizers.Adam`` (``m``, ``v`` and bias correction; sparse
     embedding gradients applied densely, as Keras does), but one pass over each variable and its
-    two moments instead of about ten element-wise ops: the optimizer had been a quarter of a
-    training step's CPU time. A sparse gradient becomes dense only in ``update_step``, which runs
-    where the variable lives (on its parameter server), so workers send only the rows they used.
+    two moments instead of a chain of element-wise ops, each a pass of its own: Keras' Adam had
+    been a large share of a training step's CPU time (docs/performance.md). A sparse gradient
+    becomes dense only in ``update_step``, which runs where the variable lives (on its parameter
+    server), so workers send only the rows they used.
+
+    Args:
+        **kwargs: the arguments of ``tf.keras.optimizers.Adam`` (``learning_rate``, ``beta_1``,
+            ``beta_2``, ``epsilon``, ...); its ``amsgrad`` variant is not implemented here.
     """
 
     def update_step(self, gradient, variable):
@@ -174,6 +195,9 @@ class LazyAdam(FusedAdam):
     table per step, which dominates training once hashed id tables have millions of rows. Here
     rows a batch did not touch keep their moments (as TF Addons' LazyAdam), the usual trade-off
     for sparse recommender embeddings. Dense weights are updated exactly as by Adam.
+
+    Args:
+        **kwargs: the arguments of ``FusedAdam``.
     """
 
     def update_step(self, gradient, variable):
