@@ -20,7 +20,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 import ppnet
-from ppnet.data import input_specs
+from ppnet.data.pipeline import input_specs
 from ppnet.features import vocabulary_index
 from ppnet.files import atomic_directory
 from ppnet.model import RankingModel, build_model, dummy_batch

@@ -31,8 +31,12 @@ import numpy as np
 import tensorflow as tf
 
 import ppnet
-from ppnet import data, distribute
+from ppnet import distribute
 from ppnet.config import Config, config_from_dict, save_config
+from ppnet.data.pipeline import EpochCursor, input_specs, make_dataset
+from ppnet.data.schema import input_kinds
+from ppnet.data.split import Split, check_labels, make_splits
+from ppnet.data.tfrecord import tfrecord_dataset, write_tfrecord_shards
 from ppnet.errors import PPNetError
 from ppnet.files import replace_directory, write_text_atomic
 from ppnet.evaluate import score_split
@@ -60,7 +64,7 @@ class RunBackup(tf.keras.callbacks.BackupAndRestore):
       last batch would have marked it finished before it was scored.
     """
 
-    def __init__(self, backup_dir: Path, save_freq: int | str, cursor: data.EpochCursor, steps_per_epoch: int):
+    def __init__(self, backup_dir: Path, save_freq: int | str, cursor: EpochCursor, steps_per_epoch: int):
         super().__init__(str(backup_dir), save_freq=save_freq, delete_checkpoint=False)
         self.cursor, self.steps_per_epoch = cursor, steps_per_epoch
         self.finished_epochs = 0
@@ -128,7 +132,7 @@ class ValidationScore(tf.keras.callbacks.Callback):
     Keras' bucketed, per-replica streaming estimate.
     """
 
-    def __init__(self, split: data.Split, kinds: dict[str, str], label: str, user_column: str,
+    def __init__(self, split: Split, kinds: dict[str, str], label: str, user_column: str,
                  epochs_file: Path | None):
         super().__init__()
         self.split, self.kinds, self.label, self.user_column = split, kinds, label, user_column
@@ -231,11 +235,11 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
             raise PPNetError(f"{out}: run directory already exists; pass --overwrite to replace it")
         if not (out / "config.json").exists():
             raise PPNetError(f"{out}: not a ppnet run directory (no config.json); --overwrite only replaces runs")
-    train_split, valid_split = data.make_splits(config, data_path, valid_path)
+    train_split, valid_split = make_splits(config, data_path, valid_path)
     label = config.data.label
-    kinds = data.input_kinds(config, list(train_split.files) + list(valid_split.files))
-    train_rows = data.check_labels(train_split, label)
-    data.check_labels(valid_split, label, need_both_classes=True)
+    kinds = input_kinds(config, list(train_split.files) + list(valid_split.files))
+    train_rows = check_labels(train_split, label)
+    check_labels(valid_split, label, need_both_classes=True)
     inputs = {"data": str(data_path), "valid": None if valid_path is None else str(valid_path)}
     work, stats = setup_run(config, train_split, kinds, out, inputs, role, fresh)
     log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description,
@@ -245,7 +249,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     dist = distribute.make_strategy(strategy)
     with dist.scope():
         model = build_model(config, stats)
-    cursor = data.EpochCursor()
+    cursor = EpochCursor()
     train_ds = make_input(dist, role, config, train_split, kinds, cursor, train_rows, work)
     meter = ThroughputMeter(config.train.batch_size * role.count)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
@@ -291,7 +295,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     return metrics
 
 
-def setup_run(config: Config, train_split: data.Split, kinds: dict[str, str], out: Path, inputs: dict,
+def setup_run(config: Config, train_split: Split, kinds: dict[str, str], out: Path, inputs: dict,
               role: distribute.Role, fresh: bool) -> tuple[Path, Stats]:
     """The chief computes the statistics and prepares the run directory; other workers wait for them."""
     if not role.is_chief:
@@ -303,8 +307,8 @@ def setup_run(config: Config, train_split: data.Split, kinds: dict[str, str], ou
     return work, stats
 
 
-def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, config: Config, split: data.Split,
-               kinds: dict[str, str], cursor: data.EpochCursor, rows: int, work: Path):
+def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, config: Config, split: Split,
+               kinds: dict[str, str], cursor: EpochCursor, rows: int, work: Path):
     """The training dataset; in a cluster each worker streams only its own shard of the files.
 
     ``train.batch_size`` is per worker, so the global batch is ``batch_size x workers``. Parameter-
@@ -313,22 +317,22 @@ def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, config: 
     options = {"label": config.data.label, "batch_size": config.train.batch_size,
                "shuffle_buffer": config.data.shuffle_buffer, "seed": config.train.seed, "cursor": cursor}
     if not role.streamed:
-        return data.make_dataset(split, kinds, rows=rows, **options)
+        return make_dataset(split, kinds, rows=rows, **options)
     split = split.nonempty()
     empty = [i for i in range(role.count) if not split.shard(i, role.count).files]
     if empty:
         raise PPNetError(f"{split.description}: worker(s) {empty} of {role.count} would get no training rows; "
                          "write the log in more files or row groups, or use fewer workers")
     if role.parameter_server:
-        shards = [str(p) for p in data.write_tfrecord_shards(split, kinds, options["label"], options["batch_size"],
-                                                             role.count, work / "shards", config.train.seed)]
+        shards = [str(p) for p in write_tfrecord_shards(split, kinds, options["label"], options["batch_size"],
+                                                        role.count, work / "shards", config.train.seed)]
         return tf.keras.utils.experimental.DatasetCreator(
-            lambda context: data.tfrecord_dataset(shards[context.input_pipeline_id], kinds, options["label"]))
-    return strategy.distribute_datasets_from_function(lambda context: data.make_dataset(
+            lambda context: tfrecord_dataset(shards[context.input_pipeline_id], kinds, options["label"]))
+    return strategy.distribute_datasets_from_function(lambda context: make_dataset(
         split.shard(context.input_pipeline_id, context.num_input_pipelines), kinds, repeat=True, **options))
 
 
-def callbacks(config: Config, work: Path, validation: ValidationScore, cursor: data.EpochCursor,
+def callbacks(config: Config, work: Path, validation: ValidationScore, cursor: EpochCursor,
               steps_per_epoch: int, meter: ThroughputMeter, role: distribute.Role) -> list[tf.keras.callbacks.Callback]:
     """Backups for crash-resume, best-epoch checkpoint, early stopping, NaN guard, TensorBoard.
 
@@ -364,7 +368,7 @@ def callbacks(config: Config, work: Path, validation: ValidationScore, cursor: d
 def model_predictor(model: tf.keras.Model, kinds: dict[str, str]):
     """numpy feature batch → probabilities, through one ``tf.function`` traced once for any batch size."""
     predict = tf.function(lambda features: tf.sigmoid(model(features, training=False)),
-                          input_signature=[data.input_specs(kinds)])
+                          input_signature=[input_specs(kinds)])
     return lambda features: predict(features).numpy()
 
 
