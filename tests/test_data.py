@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import small_config
+from conftest import REPO, small_config
 from ppnet.config import config_from_dict
 from ppnet.data.pipeline import iter_batches, make_dataset
 from ppnet.data.schema import FLOAT, INT, NULL_INT_ID, NULL_STRING_ID, STRING, input_kinds, resolve_files
@@ -68,6 +70,17 @@ def _id_log(tmp_path: Path, files: int = 3, rows_per_file: int = 837) -> tuple[P
             "date": np.full(ids.size, 20220601 + i, dtype=np.int64), "is_click": ids % 2,
         }), out / f"part-{i}.parquet", row_group_size=200)
     return out, int(start)
+
+
+# --- rooms --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", ["ppnet.data.schema", "ppnet.data.split", "ppnet.stats", "ppnet.evaluate"])
+def test_tf_free_rooms_do_not_import_tensorflow(module: str) -> None:
+    """Schema checks, splits and statistics run without loading TensorFlow (a fresh interpreter:
+    this one has TensorFlow loaded already)."""
+    code = f"import sys, {module}; assert 'tensorflow' not in sys.modules, sorted(sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 # --- resolve_files ------------------------------------------------------------------------------
