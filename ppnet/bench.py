@@ -42,8 +42,11 @@ import ppnet  # first: sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import numpy as np
 import tensorflow as tf
 
-from ppnet import data
 from ppnet.config import Config, load_config
+from ppnet.data.pipeline import input_specs, iter_batches, make_dataset
+from ppnet.data.schema import input_kinds, resolve_files
+from ppnet.data.split import Split, make_splits
+from ppnet.data.tfrecord import to_example
 from ppnet.errors import PPNetError
 from ppnet.evaluate import score_split
 from ppnet.export import frozen_tower
@@ -191,22 +194,22 @@ def prepare_data(args: argparse.Namespace, work: Path) -> list[tuple[str, str, P
 def repeat_log(data_path: str, out: Path, times: int = 4) -> Path:
     """Every parquet file of the log written ``times`` times under different names (same dates)."""
     out.mkdir(parents=True)
-    for i, file in enumerate(data.resolve_files(data_path)):
+    for i, file in enumerate(resolve_files(data_path)):
         for copy in range(times):
             shutil.copyfile(file, out / f"copy{copy}-{i:04d}-{file.name}")
     return out
 
 
-def serving_rows(split: data.Split, kinds: dict[str, str], label: str, rows: int, out: Path) -> tuple[Path, Path]:
+def serving_rows(split: Split, kinds: dict[str, str], label: str, rows: int, out: Path) -> tuple[Path, Path]:
     """The first ``rows`` validation rows (cycled if fewer) as serving inputs: columns in an .npz, and
     one serialized tf.Example per row in a TFRecord file (for ``serve_examples``)."""
-    features, _ = next(data.iter_batches(split, kinds, label, rows))
+    features, _ = next(iter_batches(split, kinds, label, rows))
     columns = {name: np.resize(values.astype(str) if values.dtype == object else values, rows)
                for name, values in features.items()}
     np.savez(out.with_suffix(".npz"), **columns)
     with tf.io.TFRecordWriter(str(out.with_suffix(".tfrecord"))) as writer:
         for i in range(rows):
-            row = data.to_example({name: values[i:i + 1] for name, values in columns.items()})
+            row = to_example({name: values[i:i + 1] for name, values in columns.items()})
             writer.write(row.SerializeToString())
     return out.with_suffix(".npz"), out.with_suffix(".tfrecord")
 
@@ -240,7 +243,7 @@ class LogisticRegression(tf.keras.Model):
         return tf.squeeze(tf.add_n([self.linear(numeric), *terms]), axis=-1)
 
 
-def train_logreg(config: Config, stats: Stats, splits: tuple[data.Split, data.Split], kinds: dict[str, str],
+def train_logreg(config: Config, stats: Stats, splits: tuple[Split, Split], kinds: dict[str, str],
                  seed: int) -> dict:
     """Fit the logistic-regression floor (Adam, at most 2 epochs) and report its validation metrics."""
     tf.keras.utils.set_random_seed(seed)
@@ -248,7 +251,7 @@ def train_logreg(config: Config, stats: Stats, splits: tuple[data.Split, data.Sp
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-2),
                   loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
     label, batch = config.data.label, config.train.batch_size
-    model.fit(data.make_dataset(splits[0], kinds, label, batch, config.data.shuffle_buffer, seed),
+    model.fit(make_dataset(splits[0], kinds, label, batch, config.data.shuffle_buffer, seed),
               epochs=min(2, config.train.epochs), verbose=0)
     return score_split(model_predictor(model, kinds), splits[1], kinds, label, config.data.user_column)
 
@@ -273,8 +276,8 @@ def variant_runs(name: str, data_path: str, config_path: Path, overrides: list[s
 def logreg_runs(data_path: str, config_path: Path, overrides: list[str], seeds: list[int], stats: Stats) -> list[dict]:
     """The logistic-regression floor for every seed, on the rankers' splits and statistics."""
     config = load_config(config_path, overrides)
-    splits = data.make_splits(config, data_path, None)
-    kinds = data.input_kinds(config, list(splits[0].files))
+    splits = make_splits(config, data_path, None)
+    kinds = input_kinds(config, list(splits[0].files))
     return [{"variant": LOGREG, "seed": seed, **train_logreg(config, stats, splits, kinds, seed)} for seed in seeds]
 
 
@@ -329,10 +332,10 @@ def train_flops(config: Config) -> int:
 
 def input_pipeline_rate(config: Config, data_path: str) -> float:
     """Examples/sec of one epoch of the training ``make_dataset`` alone, after its first batch."""
-    train_split, _ = data.make_splits(config, data_path, None)
-    kinds = data.input_kinds(config, list(train_split.files))
-    dataset = data.make_dataset(train_split, kinds, config.data.label, config.train.batch_size,
-                                config.data.shuffle_buffer, config.train.seed)
+    train_split, _ = make_splits(config, data_path, None)
+    kinds = input_kinds(config, list(train_split.files))
+    dataset = make_dataset(train_split, kinds, config.data.label, config.train.batch_size,
+                           config.data.shuffle_buffer, config.train.seed)
     batches = iter(dataset)
     next(batches)
     rows, start = 0, time.perf_counter()
@@ -404,7 +407,7 @@ class MultiplyColumns(tf.Module):
         super().__init__()
         first = next(iter(kinds))
         self.serve = tf.function(lambda features: {"y": 2.0 * tf.ones(tf.shape(features[first]))},
-                                 input_signature=[data.input_specs(kinds)])
+                                 input_signature=[input_specs(kinds)])
 
 
 class FrozenTower(tf.Module):
@@ -429,8 +432,8 @@ def serving(run: Path, config: Config, data_path: str, repeats: dict[int, int], 
     once with TF's default oneDNN kernels and once without (``onednn_off``): oneDNN's one-row
     matmuls are several times slower than Eigen's."""
     export = run / json.loads((run / "metrics.json").read_text())["export"]
-    _, valid_split = data.make_splits(config, data_path, None)
-    kinds = data.input_kinds(config, list(valid_split.files))
+    _, valid_split = make_splits(config, data_path, None)
+    kinds = input_kinds(config, list(valid_split.files))
     rows, examples = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows")
     model = load_run(run)
     columns = {name: tf.constant(values) for name, values in np.load(rows).items()}

@@ -21,7 +21,8 @@ from typing import Callable
 
 import tensorflow as tf
 
-from ppnet.data import EpochCursor, Split
+from ppnet.data.pipeline import EpochCursor
+from ppnet.data.split import Split
 from ppnet.evaluate import model_predictor, score_split
 from ppnet.rundir import BACKUP, BEST_WEIGHTS, EPOCHS_FILE, epoch_scores
 from ppnet.tf_private import resume_counters, skip_log_sync, take_backup

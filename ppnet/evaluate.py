@@ -15,20 +15,23 @@ import numpy as np
 import pyarrow as pa
 import tensorflow as tf
 
-from ppnet import data, metrics
+from ppnet import metrics
+from ppnet.data.schema import FLOAT, INT, check_user_column, column_kind, read_schema, resolve_files, to_arrays
+from ppnet.data.pipeline import input_specs
+from ppnet.data.split import Split, check_labels
 from ppnet.errors import PPNetError
 
 Predictor = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
-def predict_split(predict: Predictor, split: data.Split, kinds: dict[str, str], label: str,
+def predict_split(predict: Predictor, split: Split, kinds: dict[str, str], label: str,
                   user_column: str | None, batch_rows: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Stream ``split`` through ``predict``: (labels, probabilities, user ids or None)."""
     columns = list(dict.fromkeys([*kinds, label, *([user_column] if user_column else [])]))
     labels, scores, users = [], [], []
     for file, batch in split.batches(columns, batch_rows):
         labels.append(batch.column(label).cast(pa.float64()).to_numpy(zero_copy_only=False))
-        scores.append(np.asarray(predict(data.to_arrays(batch, kinds))).reshape(-1))
+        scores.append(np.asarray(predict(to_arrays(batch, kinds))).reshape(-1))
         if user_column:
             users.append(batch.column(user_column).to_numpy(zero_copy_only=False))
     if not labels:
@@ -36,7 +39,7 @@ def predict_split(predict: Predictor, split: data.Split, kinds: dict[str, str], 
     return np.concatenate(labels), np.concatenate(scores), np.concatenate(users) if users else None
 
 
-def score_split(predict: Predictor, split: data.Split, kinds: dict[str, str], label: str,
+def score_split(predict: Predictor, split: Split, kinds: dict[str, str], label: str,
                 user_column: str | None) -> dict:
     """Metrics of ``predict`` on ``split`` (see ``metrics.report``)."""
     labels, scores, users = predict_split(predict, split, kinds, label, user_column)
@@ -46,7 +49,7 @@ def score_split(predict: Predictor, split: data.Split, kinds: dict[str, str], la
 def model_predictor(model: tf.keras.Model, kinds: dict[str, str]) -> Predictor:
     """numpy feature batch → probabilities, through one ``tf.function`` traced once for any batch size."""
     predict = tf.function(lambda features: tf.sigmoid(model(features, training=False)),
-                          input_signature=[data.input_specs(kinds)])
+                          input_signature=[input_specs(kinds)])
     return lambda features: predict(features).numpy()
 
 
@@ -72,16 +75,16 @@ def evaluate_export(model_dir: str | Path, data_path: str | Path, label: str | N
     predict, meta = load_export(model_dir)
     label = label or meta["label"]
     user_column = user_column or meta["user_column"]
-    split = data.Split(tuple(data.resolve_files(data_path)), None, str(data_path))
+    split = Split(tuple(resolve_files(data_path)), None, str(data_path))
     for file in split.files:
-        schema = data.read_schema(file)
+        schema = read_schema(file)
         missing = [c for c in [*meta["inputs"], label, user_column] if c not in schema.names]
         if missing:
             raise PPNetError(f"{file}: column(s) {missing} missing (the model expects them)")
-        data.check_user_column(file, schema, user_column)
+        check_user_column(file, schema, user_column)
         for name, kind in meta["inputs"].items():
-            found = data.column_kind(schema.field(name).type)
-            if found != kind and not (kind == data.FLOAT and found == data.INT):
+            found = column_kind(schema.field(name).type)
+            if found != kind and not (kind == FLOAT and found == INT):
                 raise PPNetError(f"{file}: column {name!r} has type {schema.field(name).type}; the model expects {kind}")
-    data.check_labels(split, label, need_both_classes=True)
+    check_labels(split, label, need_both_classes=True)
     return score_split(predict, split, meta["inputs"], label, user_column)

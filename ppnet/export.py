@@ -19,7 +19,7 @@ from pathlib import Path
 import tensorflow as tf
 
 import ppnet
-from ppnet.data import input_specs
+from ppnet.data.pipeline import input_specs
 from ppnet.features import vocabulary_index
 from ppnet.files import atomic_directory
 from ppnet.model import RankingModel, build_model, dummy_batch

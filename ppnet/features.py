@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from ppnet.config import Feature
-from ppnet.data import INT, NULL_INT_ID, STRING
+from ppnet.data.schema import INT, NULL_INT_ID, STRING
 from ppnet.stats import Stats
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ppnet.config import Config
-from ppnet.data import Split
+from ppnet.data.split import Split
 from ppnet.errors import PPNetError
 from ppnet.files import write_text_atomic
 

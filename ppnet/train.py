@@ -15,9 +15,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from ppnet import data, distribute
+from ppnet import distribute
 from ppnet.callbacks import ThroughputMeter, ValidationScore, training_callbacks
 from ppnet.config import Config
+from ppnet.data.pipeline import EpochCursor, make_dataset
+from ppnet.data.schema import input_kinds
+from ppnet.data.split import Split, check_labels, make_splits
+from ppnet.data.tfrecord import tfrecord_dataset, write_tfrecord_shards
 from ppnet.errors import PPNetError
 from ppnet.evaluate import model_predictor, score_split
 from ppnet.export import export_model
@@ -78,11 +82,11 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     duties = Duties.of(role, config)
     if duties.owns_run:
         check_replaceable(out, overwrite)
-    train_split, valid_split = data.make_splits(config, data_path, valid_path)
+    train_split, valid_split = make_splits(config, data_path, valid_path)
     label = config.data.label
-    kinds = data.input_kinds(config, list(train_split.files) + list(valid_split.files))
-    train_rows = data.check_labels(train_split, label)
-    data.check_labels(valid_split, label, need_both_classes=True)
+    kinds = input_kinds(config, list(train_split.files) + list(valid_split.files))
+    train_rows = check_labels(train_split, label)
+    check_labels(valid_split, label, need_both_classes=True)
     inputs = {"data": str(data_path), "valid": None if valid_path is None else str(valid_path)}
     work, stats = setup_run(config, train_split, kinds, out, inputs, duties, fresh)
     log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description,
@@ -121,7 +125,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     return metrics
 
 
-def setup_run(config: Config, train_split: data.Split, kinds: dict[str, str], out: Path, inputs: dict,
+def setup_run(config: Config, train_split: Split, kinds: dict[str, str], out: Path, inputs: dict,
               duties: Duties, fresh: bool) -> tuple[Path, Stats]:
     """The chief computes the statistics and prepares the run directory; other workers wait for them."""
     if not duties.owns_run:
@@ -134,10 +138,10 @@ def setup_run(config: Config, train_split: data.Split, kinds: dict[str, str], ou
 
 
 def fit(model: tf.keras.Model, config: Config, dist: tf.distribute.Strategy, role: distribute.Role,
-        duties: Duties, train_split: data.Split, valid_split: data.Split, kinds: dict[str, str],
+        duties: Duties, train_split: Split, valid_split: Split, kinds: dict[str, str],
         train_rows: int, work: Path, meter: ThroughputMeter) -> None:
     """``model.fit`` with the run's callbacks; a loss that became NaN or infinite is a one-line error."""
-    cursor = data.EpochCursor()
+    cursor = EpochCursor()
     train_ds = make_input(dist, role, duties, config, train_split, kinds, cursor, train_rows, work)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
     steps = -(-train_rows // (config.train.batch_size * role.count))
@@ -156,7 +160,7 @@ def fit(model: tf.keras.Model, config: Config, dist: tf.distribute.Strategy, rol
 
 
 def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, duties: Duties, config: Config,
-               split: data.Split, kinds: dict[str, str], cursor: data.EpochCursor, rows: int, work: Path):
+               split: Split, kinds: dict[str, str], cursor: EpochCursor, rows: int, work: Path):
     """The training dataset; in a cluster each worker streams only its own shard of the files.
 
     ``train.batch_size`` is per worker, so the global batch is ``batch_size x workers``. Parameter-
@@ -165,16 +169,16 @@ def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, duties: 
     options = {"label": config.data.label, "batch_size": config.train.batch_size,
                "shuffle_buffer": config.data.shuffle_buffer, "seed": config.train.seed, "cursor": cursor}
     if duties.input == "local":
-        return data.make_dataset(split, kinds, rows=rows, **options)
+        return make_dataset(split, kinds, rows=rows, **options)
     split = split.nonempty()
     empty = [i for i in range(role.count) if not split.shard(i, role.count).files]
     if empty:
         raise PPNetError(f"{split.description}: worker(s) {empty} of {role.count} would get no training rows; "
                          "write the log in more files or row groups, or use fewer workers")
     if duties.input == "tfrecord":
-        shards = [str(p) for p in data.write_tfrecord_shards(split, kinds, options["label"], options["batch_size"],
+        shards = [str(p) for p in write_tfrecord_shards(split, kinds, options["label"], options["batch_size"],
                                                              role.count, work / SHARDS, config.train.seed)]
         return tf.keras.utils.experimental.DatasetCreator(
-            lambda context: data.tfrecord_dataset(shards[context.input_pipeline_id], kinds, options["label"]))
-    return strategy.distribute_datasets_from_function(lambda context: data.make_dataset(
+            lambda context: tfrecord_dataset(shards[context.input_pipeline_id], kinds, options["label"]))
+    return strategy.distribute_datasets_from_function(lambda context: make_dataset(
         split.shard(context.input_pipeline_id, context.num_input_pipelines), kinds, repeat=True, **options))

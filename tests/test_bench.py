@@ -94,12 +94,13 @@ def test_markdown_has_one_section_per_measure(smoke):
 
 
 def built_model(config, synthetic_dir):
-    from ppnet import data
+    from ppnet.data.schema import input_kinds
+    from ppnet.data.split import make_splits
     from ppnet.model import build_model
     from ppnet.stats import compute_stats
 
-    train_split, _ = data.make_splits(config, synthetic_dir, None)
-    return build_model(config, compute_stats(config, train_split, data.input_kinds(config, list(train_split.files))))
+    train_split, _ = make_splits(config, synthetic_dir, None)
+    return build_model(config, compute_stats(config, train_split, input_kinds(config, list(train_split.files))))
 
 
 @pytest.mark.parametrize("overrides", MODEL_MODES)

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from ppnet.callbacks import (BestCheckpoint, EpochBackup, ResumableEarlyStopping, RunBackup, ThroughputMeter,
                              ValidationScore, training_callbacks)
-from ppnet.data import EpochCursor
+from ppnet.data.pipeline import EpochCursor
 
 
 def callback_types(tmp_path, backup_every, per_step_logs: bool) -> list[type]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import small_config
-from ppnet import data
+from tests.helpers import REPO, small_config
 from ppnet.config import config_from_dict
+from ppnet.data.pipeline import iter_batches, make_dataset
+from ppnet.data.schema import FLOAT, INT, NULL_INT_ID, NULL_STRING_ID, STRING, input_kinds, resolve_files
+from ppnet.data.split import Split, check_labels, make_splits
 from ppnet.errors import PPNetError
 
 
@@ -39,7 +43,7 @@ def _replace_column(table: pa.Table, name: str, values) -> pa.Table:
     return table.set_column(table.schema.get_field_index(name), name, values)
 
 
-def _rows(split: data.Split, columns: list[str]) -> pa.Table:
+def _rows(split: Split, columns: list[str]) -> pa.Table:
     batches = [batch for _, batch in split.batches(columns)]
     return pa.Table.from_batches(batches) if batches else pa.table({c: [] for c in columns})
 
@@ -68,12 +72,23 @@ def _id_log(tmp_path: Path, files: int = 3, rows_per_file: int = 837) -> tuple[P
     return out, int(start)
 
 
+# --- rooms --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", ["ppnet.data.schema", "ppnet.data.split", "ppnet.stats"])
+def test_tf_free_rooms_do_not_import_tensorflow(module: str) -> None:
+    """Schema checks, splits and statistics run without loading TensorFlow (a fresh interpreter:
+    this one has TensorFlow loaded already)."""
+    code = f"import sys, {module}; assert 'tensorflow' not in sys.modules, sorted(sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 # --- resolve_files ------------------------------------------------------------------------------
 
 def test_resolve_file(synthetic_dir: Path) -> None:
     file = sorted(synthetic_dir.glob("*.parquet"))[3]
-    assert data.resolve_files(file) == [file]
-    assert data.resolve_files(str(file)) == [file]
+    assert resolve_files(file) == [file]
+    assert resolve_files(str(file)) == [file]
 
 
 def test_resolve_dir_is_recursive_sorted_and_parquet_only(tmp_path: Path) -> None:
@@ -81,138 +96,138 @@ def test_resolve_dir_is_recursive_sorted_and_parquet_only(tmp_path: Path) -> Non
     for name in ["b/nested/z.parquet", "a.parquet", "b/c.parquet"]:
         pq.write_table(pa.table({"v": [1]}), tmp_path / name)
     (tmp_path / "notes.txt").write_text("not parquet")
-    files = data.resolve_files(tmp_path)
+    files = resolve_files(tmp_path)
     assert files == sorted([tmp_path / "a.parquet", tmp_path / "b" / "c.parquet",
                             tmp_path / "b" / "nested" / "z.parquet"])
 
 
 def test_resolve_dir(synthetic_dir: Path) -> None:
-    files = data.resolve_files(synthetic_dir)
+    files = resolve_files(synthetic_dir)
     assert len(files) == 8 and files == sorted(files)
     assert all(f.suffix == ".parquet" and f.parent == synthetic_dir for f in files)
 
 
 def test_resolve_glob(synthetic_dir: Path) -> None:
-    everything = data.resolve_files(synthetic_dir)
-    picked = data.resolve_files(f"{synthetic_dir}/part-2022060[1-3].parquet")
+    everything = resolve_files(synthetic_dir)
+    picked = resolve_files(f"{synthetic_dir}/part-2022060[1-3].parquet")
     assert picked == everything[:3]
 
 
 @pytest.mark.parametrize("pattern", ["missing.parquet", "missing_dir", "*.nothing"])
 def test_resolve_nothing(tmp_path: Path, pattern: str) -> None:
     path = f"{tmp_path}/{pattern}"
-    message = _error(data.resolve_files, path)
+    message = _error(resolve_files, path)
     assert path in message and "no parquet files" in message
 
 
 def test_resolve_empty_dir(tmp_path: Path) -> None:
-    assert str(tmp_path) in _error(data.resolve_files, tmp_path)
+    assert str(tmp_path) in _error(resolve_files, tmp_path)
 
 
 # --- input_kinds --------------------------------------------------------------------------------
 
 def test_input_kinds_of_synthetic_log(synthetic_dir: Path) -> None:
     config = small_config()
-    kinds = data.input_kinds(config, data.resolve_files(synthetic_dir))
+    kinds = input_kinds(config, resolve_files(synthetic_dir))
     assert list(kinds) == [f.name for f in config.features]
-    assert kinds["user_id"] == data.INT and kinds["hour"] == data.INT
-    assert kinds["user_active_degree"] == data.STRING and kinds["video_type"] == data.STRING
+    assert kinds["user_id"] == INT and kinds["hour"] == INT
+    assert kinds["user_active_degree"] == STRING and kinds["video_type"] == STRING
     # numerics are float32 whatever the file stores (follow_user_num is int64 on disk)
-    assert pq.read_schema(data.resolve_files(synthetic_dir)[0]).field("follow_user_num").type == pa.int64()
-    assert kinds["follow_user_num"] == kinds["video_duration"] == data.FLOAT
+    assert pq.read_schema(resolve_files(synthetic_dir)[0]).field("follow_user_num").type == pa.int64()
+    assert kinds["follow_user_num"] == kinds["video_duration"] == FLOAT
 
 
 def test_missing_column_in_one_file_of_many(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[5], lambda t: t.drop_columns(["hour"]))
-    message = _error(data.input_kinds, small_config(), files)
+    message = _error(input_kinds, small_config(), files)
     assert str(files[5]) in message and "'hour'" in message and "missing" in message
 
 
 def test_missing_label_column(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[2], lambda t: t.drop_columns(["is_click"]))
-    message = _error(data.input_kinds, small_config(), files)
+    message = _error(input_kinds, small_config(), files)
     assert str(files[2]) in message and "'is_click'" in message
 
 
 def test_string_numeric_feature_in_one_file(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[3], lambda t: _replace_column(t, "video_duration", pc.cast(t["video_duration"], pa.string())))
-    message = _error(data.input_kinds, small_config(), files)
+    message = _error(input_kinds, small_config(), files)
     assert str(files[3]) in message and "'video_duration'" in message and "numeric" in message
 
 
 def test_float_label_is_fine_string_label_is_not(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[1], lambda t: _replace_column(t, "is_click", pc.cast(t["is_click"], pa.float64())))
-    assert data.input_kinds(small_config(), files)["user_id"] == data.INT
+    assert input_kinds(small_config(), files)["user_id"] == INT
     _rewrite(files[6], lambda t: _replace_column(t, "is_click", pc.cast(t["is_click"], pa.string())))
-    message = _error(data.input_kinds, small_config(), files)
+    message = _error(input_kinds, small_config(), files)
     assert str(files[6]) in message and "'is_click'" in message and "string" in message
 
 
 def test_unusable_feature_type(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[0], lambda t: _replace_column(t, "tab", pa.array([[int(v)] for v in t["tab"].to_pylist()])))
-    message = _error(data.input_kinds, small_config(), files)
+    message = _error(input_kinds, small_config(), files)
     assert str(files[0]) in message and "'tab'" in message
 
 
 def test_feature_type_differs_between_files(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[4], lambda t: _replace_column(t, "user_id", pc.cast(t["user_id"], pa.string())))
-    message = _error(data.input_kinds, small_config(), files)
+    message = _error(input_kinds, small_config(), files)
     assert str(files[4]) in message and "'user_id'" in message
-    assert data.STRING in message and data.INT in message
+    assert STRING in message and INT in message
 
 
 def test_numeric_int_and_float_files_mix(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[4], lambda t: _replace_column(t, "follow_user_num", pc.cast(t["follow_user_num"], pa.float32())))
-    assert data.input_kinds(small_config(), files)["follow_user_num"] == data.FLOAT
+    assert input_kinds(small_config(), files)["follow_user_num"] == FLOAT
 
 
 def test_dictionary_string_column_is_a_string_input(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[4], lambda t: _replace_column(t, "video_type", pc.dictionary_encode(t["video_type"])))
-    assert data.input_kinds(small_config(), files)["video_type"] == data.STRING
+    assert input_kinds(small_config(), files)["video_type"] == STRING
 
 
 # --- empty and corrupt files --------------------------------------------------------------------
 
 def test_zero_row_file(synthetic_dir: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.parquet"
-    pq.write_table(pq.read_table(data.resolve_files(synthetic_dir)[0]).slice(0, 0), empty)
+    pq.write_table(pq.read_table(resolve_files(synthetic_dir)[0]).slice(0, 0), empty)
     config = small_config()
-    assert data.input_kinds(config, [empty])["user_id"] == data.INT  # the schema is fine
-    assert str(empty) in _error(data.make_splits, config, empty, None)
-    train, valid = data.make_splits(config, synthetic_dir, empty)
-    message = _error(data.check_labels, valid, config.data.label)
+    assert input_kinds(config, [empty])["user_id"] == INT  # the schema is fine
+    assert str(empty) in _error(make_splits, config, empty, None)
+    train, valid = make_splits(config, synthetic_dir, empty)
+    message = _error(check_labels, valid, config.data.label)
     assert str(empty) in message and "no rows" in message
 
 
 def test_zero_byte_file(tmp_path: Path) -> None:
     file = tmp_path / "zero.parquet"
     file.write_bytes(b"")
-    message = _error(data.input_kinds, small_config(), [file])
+    message = _error(input_kinds, small_config(), [file])
     assert str(file) in message and "parquet" in message
 
 
 def test_garbage_file(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     files[3].write_bytes(b"this is not parquet at all\n" * 100)
-    message = _error(data.input_kinds, small_config(), files)
+    message = _error(input_kinds, small_config(), files)
     assert str(files[3]) in message and "not a readable parquet file" in message
-    assert str(files[3]) in _error(data.make_splits, small_config(), files[0].parent, None)
+    assert str(files[3]) in _error(make_splits, small_config(), files[0].parent, None)
 
 
 def test_truncated_file(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     content = files[7].read_bytes()
     files[7].write_bytes(content[: len(content) // 2])
-    assert str(files[7]) in _error(data.input_kinds, small_config(), files)
-    assert str(files[7]) in _error(data.make_splits, small_config(), files[0].parent, None)
+    assert str(files[7]) in _error(input_kinds, small_config(), files)
+    assert str(files[7]) in _error(make_splits, small_config(), files[0].parent, None)
 
 
 def test_corrupt_data_pages_with_intact_footer(synthetic_dir: Path, tmp_path: Path) -> None:
@@ -223,20 +238,20 @@ def test_corrupt_data_pages_with_intact_footer(synthetic_dir: Path, tmp_path: Pa
         content[i] = (content[i] * 7 + 13) % 256
     files[2].write_bytes(bytes(content))
     config = small_config()
-    assert data.input_kinds(config, files)  # footer intact: schema checks pass
-    assert str(files[2]) in _error(data.make_splits, config, files[0].parent, None)
-    split = data.Split(tuple(files), None, "log")
-    kinds = data.input_kinds(config, files)
-    message = _error(lambda: list(data.iter_batches(split, kinds, config.data.label, 256)))
+    assert input_kinds(config, files)  # footer intact: schema checks pass
+    assert str(files[2]) in _error(make_splits, config, files[0].parent, None)
+    split = Split(tuple(files), None, "log")
+    kinds = input_kinds(config, files)
+    message = _error(lambda: list(iter_batches(split, kinds, config.data.label, 256)))
     assert str(files[2]) in message and "cannot read" in message
 
 
 # --- check_labels -------------------------------------------------------------------------------
 
 def test_check_labels_counts_rows(synthetic_dir: Path) -> None:
-    files = data.resolve_files(synthetic_dir)
+    files = resolve_files(synthetic_dir)
     expected = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    assert data.check_labels(data.Split(tuple(files)), "is_click") == expected == 8000
+    assert check_labels(Split(tuple(files)), "is_click") == expected == 8000
 
 
 def test_check_labels_null(synthetic_dir: Path, tmp_path: Path) -> None:
@@ -248,7 +263,7 @@ def test_check_labels_null(synthetic_dir: Path, tmp_path: Path) -> None:
         return _replace_column(t, "is_click", pa.array(labels, pa.int64()))
 
     _rewrite(files[4], add_nulls)
-    message = _error(data.check_labels, data.Split(tuple(files)), "is_click")
+    message = _error(check_labels, Split(tuple(files)), "is_click")
     assert str(files[4]) in message and " 3 " in message and "'is_click'" in message
 
 
@@ -261,14 +276,14 @@ def test_check_labels_value_two(synthetic_dir: Path, tmp_path: Path) -> None:
         return _replace_column(t, "is_click", pa.array(labels, pa.int64()))
 
     _rewrite(files[6], add_twos)
-    message = _error(data.check_labels, data.Split(tuple(files)), "is_click")
+    message = _error(check_labels, Split(tuple(files)), "is_click")
     assert str(files[6]) in message and " 2 " in message and str(files[5]) not in message
 
 
 def test_check_labels_nan_and_fractional_floats(tmp_path: Path) -> None:
     file = tmp_path / "f.parquet"
     pq.write_table(pa.table({"is_click": [0.0, 1.0, float("nan"), 0.5, 1.0]}), file)
-    message = _error(data.check_labels, data.Split((file,)), "is_click")
+    message = _error(check_labels, Split((file,)), "is_click")
     assert str(file) in message and " 2 " in message
 
 
@@ -276,13 +291,13 @@ def test_check_labels_float_and_bool_labels_are_fine(tmp_path: Path) -> None:
     floats, bools = tmp_path / "f.parquet", tmp_path / "b.parquet"
     pq.write_table(pa.table({"is_click": [0.0, 1.0, 1.0]}), floats)
     pq.write_table(pa.table({"is_click": [True, False]}), bools)
-    assert data.check_labels(data.Split((floats, bools)), "is_click") == 5
+    assert check_labels(Split((floats, bools)), "is_click") == 5
 
 
 def test_check_labels_string_label(tmp_path: Path) -> None:
     file = tmp_path / "s.parquet"
     pq.write_table(pa.table({"is_click": ["0", "1", "yes"]}), file)
-    message = _error(data.check_labels, data.Split((file,)), "is_click")
+    message = _error(check_labels, Split((file,)), "is_click")
     assert str(file) in message and "'is_click'" in message
 
 
@@ -290,7 +305,7 @@ def test_check_labels_string_label(tmp_path: Path) -> None:
 
 def test_split_by_last_date(synthetic_dir: Path) -> None:
     config = small_config()
-    train, valid = data.make_splits(config, synthetic_dir, None)
+    train, valid = make_splits(config, synthetic_dir, None)
     everything = pq.read_table(synthetic_dir, columns=["date"])["date"].to_numpy()
     train_dates = _rows(train, ["date"])["date"].to_numpy()
     valid_dates = _rows(valid, ["date"])["date"].to_numpy()
@@ -298,35 +313,35 @@ def test_split_by_last_date(synthetic_dir: Path) -> None:
     assert set(valid_dates) == {everything.max()}
     assert (valid_dates == everything.max()).sum() == (everything == everything.max()).sum()
     assert train_dates.max() < everything.max()
-    assert data.check_labels(train, "is_click") == train_dates.size
+    assert check_labels(train, "is_click") == train_dates.size
     assert str(everything.max()) in valid.description
 
 
 def test_split_valid_last_two(synthetic_dir: Path) -> None:
     config = small_config("data.valid_last=2")
-    train, valid = data.make_splits(config, synthetic_dir, None)
+    train, valid = make_splits(config, synthetic_dir, None)
     dates = sorted(set(pq.read_table(synthetic_dir, columns=["date"])["date"].to_pylist()))
     assert set(_rows(valid, ["date"])["date"].to_pylist()) == set(dates[-2:])
     assert set(_rows(train, ["date"])["date"].to_pylist()) == set(dates[:-2])
 
 
 def test_split_with_valid_files(synthetic_dir: Path) -> None:
-    files = data.resolve_files(synthetic_dir)
-    train, valid = data.make_splits(small_config(), files[0], synthetic_dir)
+    files = resolve_files(synthetic_dir)
+    train, valid = make_splits(small_config(), files[0], synthetic_dir)
     assert train.files == (files[0],) and valid.files == tuple(files)
     assert train.filter is None and valid.filter is None
 
 
 def test_split_column_with_single_value(synthetic_dir: Path) -> None:
-    file = data.resolve_files(synthetic_dir)[0]
-    message = _error(data.make_splits, small_config(), file, None)
+    file = resolve_files(synthetic_dir)[0]
+    message = _error(make_splits, small_config(), file, None)
     assert str(file) in message and "'date'" in message and "1 distinct" in message
 
 
 def test_split_column_missing(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[1], lambda t: t.drop_columns(["date"]))
-    message = _error(data.make_splits, small_config(), files[0].parent, None)
+    message = _error(make_splits, small_config(), files[0].parent, None)
     assert str(files[1]) in message and "'date'" in message
 
 
@@ -334,14 +349,14 @@ def test_split_column_with_nulls(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[2], lambda t: _replace_column(t, "date", pa.array([None] * 5 + t["date"].to_pylist()[5:],
                                                                       t.schema.field("date").type)))
-    message = _error(data.make_splits, small_config(), files[0].parent, None)
+    message = _error(make_splits, small_config(), files[0].parent, None)
     assert str(files[2]) in message and "'date'" in message and "5 null" in message
 
 
 def test_split_column_type_differs_between_files(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[3], lambda t: _replace_column(t, "date", pc.cast(t["date"], pa.string())))
-    message = _error(data.make_splits, small_config(), files[0].parent, None)
+    message = _error(make_splits, small_config(), files[0].parent, None)
     assert str(files[3]) in message and str(files[0]) in message and "'date'" in message
 
 
@@ -351,33 +366,33 @@ def test_split_column_types_that_order_together_are_accepted(synthetic_dir: Path
     for file in files:
         _rewrite(file, lambda t: _replace_column(t, "date", pc.cast(t["date"], pa.string())))
     _rewrite(files[1], lambda t: _replace_column(t, "date", pc.dictionary_encode(t["date"])))
-    train, valid = data.make_splits(small_config(), files[0].parent, None)
+    train, valid = make_splits(small_config(), files[0].parent, None)
     assert sum(batch.num_rows for split in (train, valid) for _, batch in split.batches(["date"])) == 8000
     _, files = _copy_log(synthetic_dir, tmp_path / "ints")
     _rewrite(files[2], lambda t: _replace_column(t, "date", pc.cast(t["date"], pa.int32())))
-    data.make_splits(small_config(), files[0].parent, None)
+    make_splits(small_config(), files[0].parent, None)
 
 
 def test_user_column_must_hold_ids(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
     _rewrite(files[1], lambda t: _replace_column(t, "user_id", pa.array([[v] for v in t["user_id"].to_pylist()])))
-    message = _error(data.input_kinds, small_config(), files)
+    message = _error(input_kinds, small_config(), files)
     assert str(files[1]) in message and "user column 'user_id'" in message
 
 
 # --- iter_batches -------------------------------------------------------------------------------
 
-KINDS = {"id": data.INT, "cat": data.STRING, "x": data.FLOAT}
+KINDS = {"id": INT, "cat": STRING, "x": FLOAT}
 
 
 def _epoch(split, batch_size=64, shuffle_buffer=500, seed=0):
-    return list(data.iter_batches(split, KINDS, "is_click", batch_size, shuffle_buffer, seed))
+    return list(iter_batches(split, KINDS, "is_click", batch_size, shuffle_buffer, seed))
 
 
 @pytest.mark.parametrize("batch_size,shuffle_buffer", [(64, 500), (64, 0), (100, 100), (1000, 64), (7, 10_000)])
 def test_every_row_once_per_epoch(tmp_path: Path, batch_size: int, shuffle_buffer: int) -> None:
     root, total = _id_log(tmp_path)
-    batches = _epoch(data.Split(tuple(data.resolve_files(root))), batch_size, shuffle_buffer, seed=3)
+    batches = _epoch(Split(tuple(resolve_files(root))), batch_size, shuffle_buffer, seed=3)
     ids = np.concatenate([features["id"] for features, _ in batches])
     assert np.array_equal(np.sort(ids), np.arange(total))
     sizes = [labels.size for _, labels in batches]
@@ -396,7 +411,7 @@ def test_every_row_once_per_epoch(tmp_path: Path, batch_size: int, shuffle_buffe
 
 def test_shuffle_order_depends_on_seed(tmp_path: Path) -> None:
     root, _ = _id_log(tmp_path)
-    split = data.Split(tuple(data.resolve_files(root)))
+    split = Split(tuple(resolve_files(root)))
 
     def order(seed):
         return np.concatenate([f["id"] for f, _ in _epoch(split, seed=seed)])
@@ -408,8 +423,8 @@ def test_shuffle_order_depends_on_seed(tmp_path: Path) -> None:
 
 def test_iter_batches_respects_split_filter(tmp_path: Path) -> None:
     root, total = _id_log(tmp_path)
-    train, valid = data.make_splits(_simple_config(), root, None)
-    dates = {f: pq.read_table(f, columns=["id"])["id"].to_numpy() for f in data.resolve_files(root)}
+    train, valid = make_splits(_simple_config(), root, None)
+    dates = {f: pq.read_table(f, columns=["id"])["id"].to_numpy() for f in resolve_files(root)}
     last = dates[sorted(dates)[-1]]
     train_ids = np.concatenate([f["id"] for f, _ in _epoch(train)])
     valid_ids = np.concatenate([f["id"] for f, _ in _epoch(valid, shuffle_buffer=0)])
@@ -430,14 +445,14 @@ def test_null_handling(tmp_path: Path) -> None:
         "int_num": pa.array([None, 2, 3, None], pa.int64()),
         "is_click": [0, 1, 0, 1],
     }), file)
-    kinds = {"int_id": data.INT, "small_int": data.INT, "str_id": data.STRING, "large_str": data.STRING,
-             "dict_str": data.STRING, "flag": data.INT, "num": data.FLOAT, "int_num": data.FLOAT}
-    [(features, labels)] = list(data.iter_batches(data.Split((file,)), kinds, "is_click", 8))
-    assert features["int_id"].tolist() == [5, data.NULL_INT_ID, 7, data.NULL_INT_ID] and data.NULL_INT_ID == -1
+    kinds = {"int_id": INT, "small_int": INT, "str_id": STRING, "large_str": STRING,
+             "dict_str": STRING, "flag": INT, "num": FLOAT, "int_num": FLOAT}
+    [(features, labels)] = list(iter_batches(Split((file,)), kinds, "is_click", 8))
+    assert features["int_id"].tolist() == [5, NULL_INT_ID, 7, NULL_INT_ID] and NULL_INT_ID == -1
     assert features["int_id"].dtype == np.int64 and features["small_int"].dtype == np.int64
     assert features["small_int"].tolist() == [1, -1, 3, 4]
     assert features["flag"].tolist() == [1, -1, 0, 1]
-    assert features["str_id"].tolist() == ["a", "", "c", ""] and data.NULL_STRING_ID == ""
+    assert features["str_id"].tolist() == ["a", "", "c", ""] and NULL_STRING_ID == ""
     assert features["large_str"].tolist() == ["", "b", "", "d"]
     assert features["dict_str"].tolist() == ["x", "", "x", "y"]
     assert all(isinstance(v, str) for v in features["dict_str"])
@@ -453,11 +468,11 @@ def test_make_dataset_dtypes_and_epochs(synthetic_dir: Path) -> None:
     import tensorflow as tf
 
     config = small_config()
-    train, _ = data.make_splits(config, synthetic_dir, None)
-    kinds = data.input_kinds(config, list(train.files))
-    rows = data.check_labels(train, "is_click")
-    dataset = data.make_dataset(train, kinds, "is_click", 512, shuffle_buffer=2048, seed=5)
-    expected = {data.INT: tf.int64, data.STRING: tf.string, data.FLOAT: tf.float32}
+    train, _ = make_splits(config, synthetic_dir, None)
+    kinds = input_kinds(config, list(train.files))
+    rows = check_labels(train, "is_click")
+    dataset = make_dataset(train, kinds, "is_click", 512, shuffle_buffer=2048, seed=5)
+    expected = {INT: tf.int64, STRING: tf.string, FLOAT: tf.float32}
 
     def epoch():
         users, total = [], 0

@@ -8,7 +8,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from ppnet import data, distribute
+from ppnet import distribute
+from ppnet.data.split import Split
 from ppnet.errors import PPNetError
 from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 
@@ -23,7 +24,7 @@ def test_shards_cover_every_row_exactly_once(synthetic_dir, tmp_path, workers):
     files = sorted(synthetic_dir.glob("*.parquet"))
     for file in files[:2]:  # small row groups, so that 20 workers over 2 files split by row group
         pq.write_table(pq.read_table(file), tmp_path / file.name, row_group_size=100)
-    split = data.Split(tuple(sorted(tmp_path.glob("*.parquet"))))
+    split = Split(tuple(sorted(tmp_path.glob("*.parquet"))))
     shards = [split.shard(i, workers) for i in range(workers)]
     assert sorted(sum((row_ids(s) for s in shards), [])) == sorted(row_ids(split))
     assert [s.files for s in shards] == [split.shard(i, workers).files for i in range(workers)]  # deterministic

@@ -10,7 +10,9 @@ import pytest
 import tensorflow as tf
 
 import ppnet
-from ppnet import data
+from ppnet.data.schema import to_arrays
+from ppnet.data.split import Split
+from ppnet.data.tfrecord import to_example
 from ppnet.errors import PPNetError
 from ppnet.export import export_model
 from ppnet.rundir import load_run
@@ -32,9 +34,9 @@ print(json.dumps({"signatures": sorted(model.signatures), "keras": tf.keras.__na
 @pytest.fixture(scope="module")
 def validation_batch(trained_run, synthetic_dir):
     kinds = json.loads((trained_run / "stats.json").read_text())["kinds"]
-    split = data.Split((sorted(synthetic_dir.glob("*.parquet"))[-1],))
+    split = Split((sorted(synthetic_dir.glob("*.parquet"))[-1],))
     _, batch = next(split.batches(list(kinds), 300))
-    return data.to_arrays(batch, kinds)
+    return to_arrays(batch, kinds)
 
 
 def test_export_layout(trained_run):
@@ -75,7 +77,7 @@ def test_example_signature_matches_raw_signature(trained_run, validation_batch):
     loaded = tf.saved_model.load(str(trained_run / "export" / "1"))
     kinds = json.loads((trained_run / "stats.json").read_text())["kinds"]
     rows = 20
-    examples = [data.to_example({name: validation_batch[name][i:i + 1] for name in kinds}).SerializeToString()
+    examples = [to_example({name: validation_batch[name][i:i + 1] for name in kinds}).SerializeToString()
                 for i in range(rows)]
     from_examples = loaded.signatures["serve_examples"](examples=tf.constant(examples))["probability"].numpy()
     raw = loaded.signatures["serving_default"](

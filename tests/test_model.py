@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ppnet import data
+from ppnet.data.pipeline import iter_batches
+from ppnet.data.schema import input_kinds
+from ppnet.data.split import make_splits
 from ppnet.model import build_model
 from ppnet.stats import compute_stats
 from tests.helpers import small_config
@@ -13,10 +15,10 @@ from tests.helpers import small_config
 @pytest.fixture(scope="module")
 def batch_and_stats(synthetic_dir):
     config = small_config()
-    train_split, _ = data.make_splits(config, synthetic_dir, None)
-    kinds = data.input_kinds(config, list(train_split.files))
+    train_split, _ = make_splits(config, synthetic_dir, None)
+    kinds = input_kinds(config, list(train_split.files))
     stats = compute_stats(config, train_split, kinds)
-    features, labels = next(data.iter_batches(train_split, kinds, "is_click", 64))
+    features, labels = next(iter_batches(train_split, kinds, "is_click", 64))
     return ({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels)), stats
 
 
@@ -167,9 +169,9 @@ def test_a_model_without_categorical_features_trains_with_embedding_l2(synthetic
                     '[model]\nname = "dnn"\npersonal_ids = []\nhidden_units = [8]\nembedding_l2 = 1e-4\n'
                     '[[features]]\nname = "video_duration"\nkind = "numeric"\nlog1p = true\n')
     config = load_config(path)
-    train_split, _ = data.make_splits(config, synthetic_dir, None)
-    kinds = data.input_kinds(config, list(train_split.files))
+    train_split, _ = make_splits(config, synthetic_dir, None)
+    kinds = input_kinds(config, list(train_split.files))
     model = build_model(config, compute_stats(config, train_split, kinds))
-    features, labels = next(data.iter_batches(train_split, kinds, "is_click", 32))
+    features, labels = next(iter_batches(train_split, kinds, "is_click", 32))
     loss = model.compute_loss(({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels)))
     assert np.isfinite(float(loss)) and not model.embeddings

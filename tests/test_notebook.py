@@ -1,6 +1,7 @@
 """Run notebooks/evaluate_auc.ipynb headless (nbclient) on a trained PPNet and a DNN export."""
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -66,6 +67,8 @@ def test_notebook_runs_on_ppnet_and_dnn_exports(trained_run, dnn_run, synthetic_
     monkeypatch.setenv("PPNET_DNN_EXPORT", str(dnn_run / "export" / "1"))
     monkeypatch.setenv("PPNET_DATA", str(synthetic_dir / "part-20220608.parquet"))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # The kernel starts in notebooks/: without this it imports whichever ppnet the venv has installed.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print('KERNEL_PYTHON', sys.executable)"))

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import small_config
-from ppnet import data
 from ppnet.config import config_from_dict
+from ppnet.data.schema import INT, STRING, input_kinds
+from ppnet.data.split import Split, make_splits
 from ppnet.errors import PPNetError
 from ppnet.stats import Stats, compute_stats, signed_log1p
 
@@ -24,17 +25,17 @@ def _config(features: list[dict]):
                              "data": {"user_column": "is_click"}})
 
 
-def _write(tmp_path: Path, tables: list[pa.Table]) -> data.Split:
+def _write(tmp_path: Path, tables: list[pa.Table]) -> Split:
     """Each table as its own file, several row groups each, so stats merge across files and batches."""
     files = []
     for i, table in enumerate(tables):
         files.append(tmp_path / f"part-{i}.parquet")
         pq.write_table(table, files[-1], row_group_size=max(1, table.num_rows // 3))
-    return data.Split(tuple(files), None, str(tmp_path))
+    return Split(tuple(files), None, str(tmp_path))
 
 
-def _stats(config, split: data.Split) -> Stats:
-    return compute_stats(config, split, data.input_kinds(config, list(split.files)))
+def _stats(config, split: Split) -> Stats:
+    return compute_stats(config, split, input_kinds(config, list(split.files)))
 
 
 def test_vocabulary_sorted_by_frequency_with_min_count(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_vocabulary_sorted_by_frequency_with_min_count(tmp_path: Path) -> None:
     assert all(isinstance(i, int) for i in stats.vocabularies["id"])
     assert stats.rows == len(values)
     assert stats.positive_rate == pytest.approx((len(values) - half) / len(values))
-    assert stats.kinds == {"cat": data.STRING, "id": data.INT}
+    assert stats.kinds == {"cat": STRING, "id": INT}
 
 
 def test_vocabulary_of_dictionary_column_matches_plain(tmp_path: Path) -> None:
@@ -74,7 +75,7 @@ def test_vocabulary_of_dictionary_column_matches_plain(tmp_path: Path) -> None:
 
 def test_vocabulary_matches_pandas_on_synthetic(synthetic_dir: Path) -> None:
     config = small_config()
-    train, _ = data.make_splits(config, synthetic_dir, None)
+    train, _ = make_splits(config, synthetic_dir, None)
     stats = _stats(config, train)
     frame = pq.read_table(synthetic_dir).to_pandas()
     frame = frame[frame["date"] < frame["date"].max()]
@@ -150,7 +151,7 @@ def test_empty_training_split(tmp_path: Path) -> None:
 
 def test_save_load_round_trip(synthetic_dir: Path, tmp_path: Path) -> None:
     config = small_config()
-    train, _ = data.make_splits(config, synthetic_dir, None)
+    train, _ = make_splits(config, synthetic_dir, None)
     stats = _stats(config, train)
     path = tmp_path / "stats.json"
     stats.save(path)

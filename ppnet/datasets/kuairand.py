@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from ppnet.data import one_line
+from ppnet.data.schema import one_line
 from ppnet.errors import PPNetError
 from ppnet.files import atomic_directory
 

@@ -1,0 +1,148 @@
+"""Which rows: a ``Split`` of parquet files streamed record batch by record batch, the train/valid
+split, a worker's shard, and the label check over a split's rows (no TensorFlow).
+
+Files are read record batch by record batch with pyarrow (only the needed columns); rows never
+all sit in memory at once, so peak memory is bounded by the consumer (the shuffle buffer), not by
+the log size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+
+from ppnet.config import Config
+from ppnet.data.schema import FLOAT, INT, column_kind, one_line, read_schema, resolve_files
+from ppnet.errors import PPNetError
+
+
+@dataclass(frozen=True)
+class Split:
+    """A set of parquet files, an optional row filter (e.g. ``date >= 20220503``) and, for a worker's
+    shard of fewer files than workers, the row groups of each file it reads."""
+
+    files: tuple[Path, ...]
+    filter: pc.Expression | None = None
+    description: str = ""
+    row_groups: tuple[tuple[Path, tuple[int, ...]], ...] | None = None
+
+    def batches(self, columns: list[str], batch_rows: int = 65536) -> Iterator[tuple[Path, pa.RecordBatch]]:
+        """Stream (file, record batch) pairs with only ``columns``, in file order."""
+        groups = dict(self.row_groups or ())
+        for file in self.files:
+            try:
+                source = pds.dataset(file, format="parquet")
+                if file in groups:
+                    fragment = next(iter(source.get_fragments())).subset(row_group_ids=list(groups[file]))
+                    batches = fragment.to_batches(columns=columns, filter=self.filter, batch_size=batch_rows)
+                else:
+                    batches = source.scanner(columns=columns, filter=self.filter, batch_size=batch_rows,
+                                             use_threads=True).to_batches()
+                for batch in batches:
+                    if batch.num_rows:
+                        yield file, batch
+            except (pa.ArrowException, OSError) as err:
+                raise PPNetError(f"{file}: cannot read ({one_line(err)})") from None
+
+    def nonempty(self) -> "Split":
+        """The same rows without the files the filter leaves empty (e.g. the validation date's)."""
+        return replace(self, files=tuple(f for f in self.files
+                                         if pds.dataset(f, format="parquet").count_rows(filter=self.filter)))
+
+    def shard(self, index: int, count: int) -> "Split":
+        """Worker ``index`` of ``count``: every ``count``-th file, or every ``count``-th row group
+        (over all files in order) when there are fewer files than workers.
+
+        Deterministic and disjoint: together the shards cover every row exactly once.
+        """
+        if count == 1:
+            return self
+        if len(self.files) >= count:
+            return replace(self, files=self.files[index::count],
+                           description=f"{self.description} [files {index}::{count}]")
+        pieces = [(file, group) for file in self.files for group in range(pq.ParquetFile(file).num_row_groups)]
+        mine = pieces[index::count]
+        files = tuple(dict.fromkeys(file for file, _ in mine))
+        return replace(self, files=files, description=f"{self.description} [row groups {index}::{count}]",
+                       row_groups=tuple((f, tuple(g for file, g in mine if file == f)) for f in files))
+
+
+def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> tuple[Split, Split]:
+    """Train and validation splits: ``--valid`` files, or the last ``valid_last`` values of the split column."""
+    train_files = tuple(resolve_files(data))
+    if valid is not None:
+        return Split(train_files, None, str(data)), Split(tuple(resolve_files(valid)), None, str(valid))
+    column = config.data.split_column
+    values: set = set()
+    first: tuple[Path, pa.DataType] | None = None  # the first file and its split column's type
+    for file in train_files:
+        if column not in read_schema(file).names:
+            raise PPNetError(f"{file}: split column {column!r} is missing; pass --valid or set data.split_column")
+        try:
+            split_values = pq.read_table(file, columns=[column]).column(0)
+        except (pa.ArrowException, OSError) as err:
+            raise PPNetError(f"{file}: cannot read column {column!r} ({one_line(err)})") from None
+        if split_values.null_count:  # such rows would belong to neither split
+            raise PPNetError(f"{file}: split column {column!r} has {split_values.null_count} null value(s); "
+                             "every row needs one to go to training or validation")
+        first = first or (file, split_values.type)
+        if _comparable(split_values.type) != _comparable(first[1]):
+            raise PPNetError(f"{file}: split column {column!r} is {split_values.type}, but {first[0]} has it as "
+                             f"{first[1]}; use one type in every file")
+        values.update(pc.unique(split_values).to_pylist())
+    if len(values) <= config.data.valid_last:
+        raise PPNetError(f"{data}: split column {column!r} has {len(values)} distinct value(s); "
+                         f"need more than data.valid_last={config.data.valid_last} to keep some for training")
+    cutoff = sorted(values)[-config.data.valid_last]
+    field = pc.field(column)
+    return (Split(train_files, field < cutoff, f"{data} [{column} < {cutoff}]"),
+            Split(train_files, field >= cutoff, f"{data} [{column} >= {cutoff}]"))
+
+
+def _comparable(arrow_type: pa.DataType) -> str:
+    """Split values of types with the same answer here can be ordered against each other."""
+    if pa.types.is_dictionary(arrow_type):
+        return _comparable(arrow_type.value_type)
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        return "number"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    if pa.types.is_timestamp(arrow_type):  # any unit; values compare as datetimes
+        return f"timestamp {arrow_type.tz}"
+    return "date" if pa.types.is_date(arrow_type) else str(arrow_type)
+
+
+def check_labels(split: Split, label: str, need_both_classes: bool = False) -> int:
+    """Count rows, failing on null or non-0/1 labels with the file and the number of bad rows.
+
+    ``need_both_classes`` (validation and evaluation data): all-click or all-non-click data has
+    no AUC, which is reported before any training or scoring rather than as a NaN at the end.
+    """
+    rows: dict[Path, list[int]] = {}
+    positives = 0
+    for file, batch in split.batches([label]):
+        column = batch.column(0)
+        if column_kind(column.type) not in (INT, FLOAT):
+            raise PPNetError(f"{file}: label column {label!r} has type {column.type}; expected 0/1 integers or floats")
+        values = column.drop_null().cast(pa.float64())
+        bad = column.null_count + (pc.sum(pc.invert(pc.is_in(values, pa.array([0.0, 1.0])))).as_py() or 0)
+        counts = rows.setdefault(file, [0, 0])
+        counts[0] += batch.num_rows
+        counts[1] += bad
+        positives += pc.sum(pc.equal(values, 1.0)).as_py() or 0
+    for file, (_, bad) in rows.items():
+        if bad:
+            raise PPNetError(f"{file}: label column {label!r} has {bad} null or non-0/1 value(s); expected 0 or 1")
+    total = sum(n for n, _ in rows.values())
+    if total == 0:
+        raise PPNetError(f"{split.description}: no rows")
+    if need_both_classes and positives in (0, total):
+        raise PPNetError(f"{split.description}: every {label!r} is {int(positives > 0)} ({total} rows); AUC is "
+                         "undefined with a single class, use data with both clicks and non-clicks")
+    return total
