@@ -20,7 +20,7 @@ from pathlib import Path
 import ppnet  # first: sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf
 
-from ppnet import data
+from ppnet.data import resolve_files
 from ppnet.datasets.kuairand import prepare_kuairand
 from ppnet.errors import PPNetError
 from ppnet.synthetic import write_synthetic
@@ -105,7 +105,7 @@ def prepare_data(args: argparse.Namespace, work: Path) -> list[tuple[str, str, P
 def repeat_log(data_path: str, out: Path, times: int = 4) -> Path:
     """Every parquet file of the log written ``times`` times under different names (same dates)."""
     out.mkdir(parents=True)
-    for i, file in enumerate(data.resolve_files(data_path)):
+    for i, file in enumerate(resolve_files(data_path)):
         for copy in range(times):
             shutil.copyfile(file, out / f"copy{copy}-{i:04d}-{file.name}")
     return out

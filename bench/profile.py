@@ -22,9 +22,9 @@ import ppnet  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow l
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from ppnet import data
 from ppnet.cli import positive
 from ppnet.config import load_config
+from ppnet.data import input_kinds, make_dataset, make_splits
 from ppnet.errors import PPNetError
 from ppnet.export import export_model
 from ppnet.model import build_model
@@ -68,12 +68,12 @@ def profile(config_path: str, data_path: str, overrides: list[str], steps: int, 
             logdir: Path) -> dict:
     """Op-type breakdown of training steps and one-row requests of a freshly built model."""
     config = load_config(config_path, overrides)
-    train_split, _ = data.make_splits(config, data_path, None)
-    kinds = data.input_kinds(config, list(train_split.files))
+    train_split, _ = make_splits(config, data_path, None)
+    kinds = input_kinds(config, list(train_split.files))
     stats = compute_stats(config, train_split, kinds)
     model = build_model(config, stats)
-    batch = next(iter(data.make_dataset(train_split, kinds, config.data.label, config.train.batch_size,
-                                        config.data.shuffle_buffer, config.train.seed)))
+    batch = next(iter(make_dataset(train_split, kinds, config.data.label, config.train.batch_size,
+                                   config.data.shuffle_buffer, config.train.seed)))
     train_step = tf.function(model.train_step)
     training, step_wall = trace(lambda: train_step(batch), steps, logdir / "train")
     with tempfile.TemporaryDirectory() as tmp:

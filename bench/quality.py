@@ -10,8 +10,8 @@ import ppnet  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow l
 import numpy as np
 import tensorflow as tf
 
-from ppnet import data
 from ppnet.config import Config, load_config
+from ppnet.data import Split, input_kinds, make_dataset, make_splits
 from ppnet.evaluate import score_split
 from ppnet.features import make_lookup, numeric_normalizer, table_size
 from ppnet.stats import Stats
@@ -59,7 +59,7 @@ class LogisticRegression(tf.keras.Model):
         return tf.squeeze(tf.add_n([self.linear(numeric), *terms]), axis=-1)
 
 
-def train_logreg(config: Config, stats: Stats, splits: tuple[data.Split, data.Split], kinds: dict[str, str],
+def train_logreg(config: Config, stats: Stats, splits: tuple[Split, Split], kinds: dict[str, str],
                  seed: int) -> dict:
     """Fit the logistic-regression floor (Adam, at most 2 epochs) and report its validation metrics."""
     tf.keras.utils.set_random_seed(seed)
@@ -67,7 +67,7 @@ def train_logreg(config: Config, stats: Stats, splits: tuple[data.Split, data.Sp
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-2),
                   loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
     label, batch = config.data.label, config.train.batch_size
-    model.fit(data.make_dataset(splits[0], kinds, label, batch, config.data.shuffle_buffer, seed),
+    model.fit(make_dataset(splits[0], kinds, label, batch, config.data.shuffle_buffer, seed),
               epochs=min(2, config.train.epochs), verbose=0)
     return score_split(model_predictor(model, kinds), splits[1], kinds, label, config.data.user_column)
 
@@ -92,8 +92,8 @@ def variant_runs(name: str, data_path: str, config_path: Path, overrides: list[s
 def logreg_runs(data_path: str, config_path: Path, overrides: list[str], seeds: list[int], stats: Stats) -> list[dict]:
     """The logistic-regression floor for every seed, on the rankers' splits and statistics."""
     config = load_config(config_path, overrides)
-    splits = data.make_splits(config, data_path, None)
-    kinds = data.input_kinds(config, list(splits[0].files))
+    splits = make_splits(config, data_path, None)
+    kinds = input_kinds(config, list(splits[0].files))
     return [{"variant": LOGREG, "seed": seed, **train_logreg(config, stats, splits, kinds, seed)} for seed in seeds]
 
 

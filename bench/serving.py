@@ -14,8 +14,8 @@ import ppnet  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow l
 import numpy as np
 import tensorflow as tf
 
-from ppnet import data
 from ppnet.config import Config
+from ppnet.data import Split, input_kinds, input_specs, iter_batches, make_splits, to_example
 from ppnet.export import frozen_tower
 from ppnet.model import RankingModel
 
@@ -42,7 +42,7 @@ class MultiplyColumns(tf.Module):
         super().__init__()
         first = next(iter(kinds))
         self.serve = tf.function(lambda features: {"y": 2.0 * tf.ones(tf.shape(features[first]))},
-                                 input_signature=[data.input_specs(kinds)])
+                                 input_signature=[input_specs(kinds)])
 
 
 class FrozenTower(tf.Module):
@@ -57,16 +57,16 @@ class FrozenTower(tf.Module):
         self.serve = tf.function(lambda xs: {"logit": tower(*xs.values())[0]}, input_signature=[specs])
 
 
-def serving_rows(split: data.Split, kinds: dict[str, str], label: str, rows: int, out: Path) -> tuple[Path, Path]:
+def serving_rows(split: Split, kinds: dict[str, str], label: str, rows: int, out: Path) -> tuple[Path, Path]:
     """The first ``rows`` validation rows (cycled if fewer) as serving inputs: columns in an .npz, and
     one serialized tf.Example per row in a TFRecord file (for ``serve_examples``)."""
-    features, _ = next(data.iter_batches(split, kinds, label, rows))
+    features, _ = next(iter_batches(split, kinds, label, rows))
     columns = {name: np.resize(values.astype(str) if values.dtype == object else values, rows)
                for name, values in features.items()}
     np.savez(out.with_suffix(".npz"), **columns)
     with tf.io.TFRecordWriter(str(out.with_suffix(".tfrecord"))) as writer:
         for i in range(rows):
-            row = data.to_example({name: values[i:i + 1] for name, values in columns.items()})
+            row = to_example({name: values[i:i + 1] for name, values in columns.items()})
             writer.write(row.SerializeToString())
     return out.with_suffix(".npz"), out.with_suffix(".tfrecord")
 
@@ -82,8 +82,8 @@ def serving(run: Path, model: RankingModel, config: Config, data_path: str, repe
     subprocess; once with TF's default oneDNN kernels and once without (``onednn_off``), because
     the two kernel libraries differ most on the one-row matmuls of a single request."""
     export = run / json.loads((run / "metrics.json").read_text())["export"]
-    _, valid_split = data.make_splits(config, data_path, None)
-    kinds = data.input_kinds(config, list(valid_split.files))
+    _, valid_split = make_splits(config, data_path, None)
+    kinds = input_kinds(config, list(valid_split.files))
     rows, examples = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows")
     columns = {name: tf.constant(values) for name, values in np.load(rows).items()}
     dnn_input, gate_parts, _ = model.tower_inputs(columns)

@@ -10,8 +10,8 @@ import ppnet  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow l
 import numpy as np
 import tensorflow as tf
 
-from ppnet import data
 from ppnet.config import Config
+from ppnet.data import input_kinds, make_dataset, make_splits
 from ppnet.model import RankingModel, dummy_batch
 
 from bench.harness import TrainProcess
@@ -94,10 +94,10 @@ def per_example(flops: int, batch: int) -> int | float:
 
 def input_pipeline_rate(config: Config, data_path: str) -> float:
     """Examples/sec of one epoch of the training ``make_dataset`` alone, after its first batch."""
-    train_split, _ = data.make_splits(config, data_path, None)
-    kinds = data.input_kinds(config, list(train_split.files))
-    dataset = data.make_dataset(train_split, kinds, config.data.label, config.train.batch_size,
-                                config.data.shuffle_buffer, config.train.seed)
+    train_split, _ = make_splits(config, data_path, None)
+    kinds = input_kinds(config, list(train_split.files))
+    dataset = make_dataset(train_split, kinds, config.data.label, config.train.batch_size,
+                           config.data.shuffle_buffer, config.train.seed)
     batches = iter(dataset)
     next(batches)
     rows, start = 0, time.perf_counter()
