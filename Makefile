@@ -31,16 +31,16 @@ train: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
-# Benchmark (quality, speed, memory, serving) → bench/results/<timestamp>.json; see ppnet/bench.py.
+# Benchmark (quality, speed, memory, serving) → bench/results/<timestamp>.json; see bench/.
 bench: $(STAMP)
-	$(BIN)/python -m ppnet.bench $(ARGS)
+	$(BIN)/python -m bench $(ARGS)
 
 bench-smoke: $(STAMP)
-	$(BIN)/python -m ppnet.bench --smoke $(ARGS)
+	$(BIN)/python -m bench --smoke $(ARGS)
 
-# Where a training step's and a one-row request's time goes, by TensorFlow op type; see ppnet/profile.py.
+# Where a training step's and a one-row request's time goes, by TensorFlow op type; see bench/profile.py.
 profile: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
-	$(BIN)/python -m ppnet.profile --config $(CONFIG) --data $(DATA) $(ARGS)
+	$(BIN)/python -m bench.profile --config $(CONFIG) --data $(DATA) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs data/synthetic .pytest_cache

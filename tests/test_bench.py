@@ -1,4 +1,5 @@
-"""The benchmark: the smoke run writes one JSON with every section, and the analytic FLOPs are exact."""
+"""The benchmark: the smoke run writes one JSON with every section, and the FLOPs counted in the built
+model's traced graphs are those its Dense layers compute."""
 
 import itertools
 import json
@@ -21,11 +22,11 @@ def finite(value) -> bool:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """(the JSON written by ``python -m ppnet.bench --smoke``, the markdown it printed)."""
+    """(the JSON written by ``python -m bench --smoke``, the markdown it printed)."""
     import contextlib
     import io
 
-    from ppnet.bench import main
+    from bench.__main__ import main
 
     results = tmp_path_factory.mktemp("bench")
     printed = io.StringIO()
@@ -103,35 +104,60 @@ def built_model(config, synthetic_dir):
     return build_model(config, compute_stats(config, train_split, input_kinds(config, list(train_split.files))))
 
 
-@pytest.mark.parametrize("overrides", MODEL_MODES)
-def test_forward_flops_are_twice_the_tower_kernels(overrides, synthetic_dir):
-    """2 * in * out per Dense is 2 * (kernel size) summed over the tower's and the gates' kernels."""
-    from ppnet.bench import forward_flops
+@pytest.fixture(scope="module", params=MODEL_MODES, ids=lambda overrides: overrides[0])
+def counted(request, synthetic_dir):
+    """(config, built model, its counted FLOPs per example) of one model mode."""
+    from bench.speed import flops_per_example
 
-    config = small_config(*overrides)
+    config = small_config(*request.param)
     model = built_model(config, synthetic_dir)
+    return config, model, flops_per_example(model)
+
+
+def test_forward_flops_are_twice_the_tower_kernels(counted):
+    """2 * in * out per Dense is 2 * (kernel size) summed over the tower's and the gates' kernels."""
+    _, model, flops = counted
     kernels = [w for w in model.tower.trainable_weights if "kernel" in w.name]
-    assert forward_flops(config) == sum(2 * int(np.prod(w.shape)) for w in kernels)
+    assert flops["forward"] == sum(2 * int(np.prod(w.shape)) for w in kernels)
 
 
-@pytest.mark.parametrize("overrides", MODEL_MODES)
-def test_train_flops_skip_only_the_gates_input_gradient_of_the_stopped_tower_input(overrides, synthetic_dir):
+def test_train_flops_skip_only_the_gates_input_gradient_of_the_stopped_tower_input(counted):
     """3x forward, less ``2 * width * hidden`` per gate when the gates read a stop_gradient copy
     of the tower's input (width read off the built tower's first kernel)."""
-    from ppnet.bench import forward_flops, train_flops
-
-    config = small_config(*overrides)
-    model = built_model(config, synthetic_dir)
+    config, model, flops = counted
     shared = model.gated and config.model.gate_stop_gradient == "shared"
     width, gates = model.tower.dense[0].kernel.shape[0], len(model.tower.dense)
     skipped = 2 * width * config.model.gate_hidden * gates if shared else 0
-    assert train_flops(config) == 3 * forward_flops(config) - skipped
+    assert flops["train"] == 3 * flops["forward"] - skipped
+
+
+def test_graph_flops_count_products_in_called_functions_and_gradients():
+    """2 * m * k * n per product, transposed and batched ones too, inside a nested ``tf.function``
+    and its gradient function; per example, a whole count only when it is one."""
+    import tensorflow as tf
+
+    from bench.speed import graph_flops, per_example
+
+    kernel = tf.Variable(tf.ones([8, 4]))
+    inner = tf.function(lambda x: tf.matmul(x, kernel))
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            y = tf.reduce_sum(inner(x)) + tf.reduce_sum(tf.linalg.matmul(x[None], x[None], transpose_b=True))
+        return tape.gradient(y, kernel)
+
+    x = tf.ones([3, 8])
+    assert graph_flops(inner, x) == 2 * 3 * 8 * 4
+    # x @ kernel forward, and its gradient function's two products; x x^T (batched, [1, 3, 3]) forward only
+    assert graph_flops(step, x) == 3 * (2 * 3 * 8 * 4) + 2 * 3 * 8 * 3
+    assert per_example(96, 16) == 6 and isinstance(per_example(96, 16), int) and per_example(10, 4) == 2.5
 
 
 def test_the_dnn_baseline_gets_its_own_tuning_and_the_user_set_wins() -> None:
     from pathlib import Path
 
-    from ppnet.bench import BASELINE_TUNING, CONFIGS, variant_sets
+    from bench.harness import CONFIGS
+    from bench.quality import BASELINE_TUNING, variant_sets
     from ppnet.config import load_config
 
     kuairand = CONFIGS / "kuairand.toml"

@@ -1,6 +1,6 @@
 """The profiler breakdown: op types of a training step and of a one-row request, from a real trace."""
 
-from ppnet.profile import main
+from bench.profile import main
 from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 
 

@@ -1,6 +1,6 @@
 """Where the time goes: a TensorFlow-profiler breakdown of training steps and one-row requests, by op type.
 
-``python -m ppnet.profile --data LOG [--config C] [--set K=V]`` (``make profile``) builds the model
+``python -m bench.profile --data LOG [--config C] [--set K=V]`` (``make profile``) builds the model
 from the config and the log's training statistics, traces ``--steps`` training steps on one batch
 and ``--requests`` one-row calls of the exported ``serving_default`` with ``tf.profiler``, and prints
 the CPU time of each op type per step / per request (summed over threads, so it can exceed the wall
@@ -20,7 +20,6 @@ from typing import Callable
 
 import ppnet  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
-from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from ppnet.cli import positive
 from ppnet.config import load_config
@@ -31,8 +30,9 @@ from ppnet.errors import PPNetError
 from ppnet.export import export_model
 from ppnet.model import build_model
 from ppnet.stats import compute_stats
+from ppnet.tf_private import xplane_pb2
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+from bench.harness import CONFIGS
 
 
 def trace(run: Callable[[], object], calls: int, logdir: Path) -> tuple[dict[str, float], float]:
@@ -97,7 +97,7 @@ def table(title: str, seconds: dict[str, float], wall: float, unit: float, unit_
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cli = argparse.ArgumentParser(prog="python -m ppnet.profile", description=__doc__.splitlines()[0])
+    cli = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
     cli.add_argument("--data", required=True, help="a prepared parquet log (file, directory or glob)")
     cli.add_argument("--config", default=str(CONFIGS / "kuairand.toml"), help="TOML config (default: kuairand)")
     cli.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
@@ -120,4 +120,4 @@ if __name__ == "__main__":
     try:
         main()
     except PPNetError as err:
-        sys.exit(f"ppnet.profile: error: {err}")
+        sys.exit(f"bench.profile: error: {err}")

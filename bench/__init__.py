@@ -1,0 +1,33 @@
+"""The ppnet benchmark: quality, training speed, memory and serving latency → one JSON + markdown tables.
+
+``python -m bench`` (``make bench``) prepares the KuaiRand slice (``--kuairand``, or takes ``--data``;
+with ``--synthetic`` also the embedded synthetic log) and measures on each log:
+
+* quality (``bench.quality``): PPNet (as configured; shared gates with the ids also in the tower;
+  ``ids`` gates), the DNN (with its own tuning where a config's differs, ``BASELINE_TUNING``) and a
+  one-hot logistic-regression floor, over ``--seeds`` seeds: mean and std of validation auc, gauc,
+  logloss;
+* training speed (``bench.speed``): the first PPNet run's steady-state examples/sec, the input
+  pipeline alone, and the training FLOP/s (matmul FLOPs counted in the built model's traced
+  training step) as a fraction of this machine's dense float32 matmul peak;
+* memory (``bench.speed``): peak RSS of ``ppnet train`` subprocesses on the log and on the log
+  repeated 4x (``bench/peak_rss.py``);
+* serving (``bench.serving``): p50/p99 latency of the export's ``serving_default`` (one tensor per
+  column) and ``serve_examples`` (serialized tf.Examples) for batches of 1, 64 and 1024 rows, in a
+  plain TensorFlow subprocess (``bench/serving_worker.py``), next to two floors of TF's call
+  overhead (a one-input multiply, and a trivial model taking the export's own column inputs) and
+  the floor of the model's own arithmetic (its tower and gates alone, frozen as in the export, fed
+  their input tensors); with TF's default oneDNN kernels and without (``TF_ENABLE_ONEDNN_OPTS=0``).
+
+Machine, versions, config and every figure go to ``bench/results/<timestamp>.json`` (``--results``)
+and markdown tables are printed (``bench.report``). Scratch files live in ``bench/tmp/`` and are
+removed after a successful run. ``--smoke`` runs all of it on a tiny synthetic log with a tiny
+model in well under a minute.
+
+``python -m bench.profile`` (``make profile``) is the other measurement tool: where a training
+step's and a one-row request's time goes, by TensorFlow op type.
+
+This package lives beside ``ppnet`` in the repository, not in it: it is not installed, and it runs
+from the repository root. ``bench/peak_rss.py`` and ``bench/serving_worker.py`` are standalone
+scripts run by other interpreters; nothing here imports them.
+"""
