@@ -11,7 +11,7 @@ DATA ?= data/synthetic
 OUT ?= runs/$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: install train test bench bench-smoke profile clean
+.PHONY: install train test lint bench bench-smoke profile clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ train: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+
+# ruff's lint and format check, configured in pyproject.toml; `$(BIN)/ruff format .` applies the format.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Benchmark (quality, speed, memory, serving) → bench/results/<timestamp>.json; see bench/.
 bench: $(STAMP)

@@ -31,3 +31,5 @@ This package lives beside ``ppnet`` in the repository, not in it: it is not inst
 from the repository root. ``bench/peak_rss.py`` and ``bench/serving_worker.py`` are standalone
 scripts run by other interpreters; nothing here imports them.
 """
+
+import ppnet  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any bench module loads TensorFlow)

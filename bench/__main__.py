@@ -10,20 +10,27 @@ import sys
 import time
 from pathlib import Path
 
-from ppnet.config import load_config
-from ppnet.errors import PPNetError
-from ppnet.stats import Stats
-from ppnet.rundir import load_run
-
 import bench
 from bench import harness, quality, report, serving, speed
+from ppnet.config import load_config
+from ppnet.errors import PPNetError
+from ppnet.rundir import load_run
+from ppnet.stats import Stats
 
-SMOKE_OVERRIDES = ["model.hidden_units=[16]", "model.gate_hidden=8", "train.epochs=1", "train.batch_size=256",
-                   "train.learning_rate=1e-2", "data.shuffle_buffer=2048", "train.backup_every_steps=0"]
+SMOKE_OVERRIDES = [
+    "model.hidden_units=[16]",
+    "model.gate_hidden=8",
+    "train.epochs=1",
+    "train.batch_size=256",
+    "train.learning_rate=1e-2",
+    "data.shuffle_buffer=2048",
+    "train.backup_every_steps=0",
+]
 
 
-def bench_log(name: str, data_path: str, config_path: Path, args: argparse.Namespace, peak_flops: float,
-              work: Path) -> dict:
+def bench_log(
+    name: str, data_path: str, config_path: Path, args: argparse.Namespace, peak_flops: float, work: Path
+) -> dict:
     """Every measure on one log.
 
     The first PPNet seed trains alone in a ``ppnet train`` subprocess: its quality, its throughput
@@ -40,43 +47,61 @@ def bench_log(name: str, data_path: str, config_path: Path, args: argparse.Names
     # machine's peak, as a neighbour's burst on a shared VM can depress any single measurement.
     peak_flops = max(peak_flops, harness.matmul_peak_flops())
     rss_1x, first = harness.TrainProcess(config_path, data_path, first_sets, first_run).wait()
-    run_4x = harness.TrainProcess(config_path, str(harness.repeat_log(data_path, work / f"{name}-x4")), first_sets,
-                                  work / "runs" / f"{name}-ppnet-x4")
+    run_4x = harness.TrainProcess(
+        config_path,
+        str(harness.repeat_log(data_path, work / f"{name}-x4")),
+        first_sets,
+        work / "runs" / f"{name}-ppnet-x4",
+    )
     pairs = [(variant, seed) for variant in quality.VARIANTS for seed in seeds][1:]
     try:
-        results = [{"variant": "ppnet", "seed": seeds[0], **first},
-                   *quality.variant_runs(name, data_path, config_path, overrides, pairs, work),
-                   *quality.logreg_runs(data_path, config_path, overrides, seeds,
-                                        Stats.load(first_run / "stats.json"))]
+        results = [
+            {"variant": "ppnet", "seed": seeds[0], **first},
+            *quality.variant_runs(name, data_path, config_path, overrides, pairs, work),
+            *quality.logreg_runs(data_path, config_path, overrides, seeds, Stats.load(first_run / "stats.json")),
+        ]
     except BaseException:
         run_4x.stop()
         raise
     config = load_config(config_path, first_sets)
     model = load_run(first_run)
     repeats = serving.SMOKE_SERVING_REPEATS if args.smoke else serving.SERVING_REPEATS
-    return {"data": data_path, "config_path": str(config_path), "overrides": overrides, "seeds": seeds,
-            "config": config.to_dict(),
-            "variant_sets": {variant: quality.variant_sets(config_path, variant, overrides, seeds[0])
-                             for variant in quality.VARIANTS},
-            "quality": quality.summarise(results), "memory": speed.memory(rss_1x, first, run_4x),
-            "speed": speed.speed(model, config, data_path, first["examples_per_sec"], peak_flops),
-            "serving": serving.serving(first_run, model, config, data_path, repeats, work),
-            "seconds": time.perf_counter() - start}
+    return {
+        "data": data_path,
+        "config_path": str(config_path),
+        "overrides": overrides,
+        "seeds": seeds,
+        "config": config.to_dict(),
+        "variant_sets": {
+            variant: quality.variant_sets(config_path, variant, overrides, seeds[0]) for variant in quality.VARIANTS
+        },
+        "quality": quality.summarise(results),
+        "memory": speed.memory(rss_1x, first, run_4x),
+        "speed": speed.speed(model, config, data_path, first["examples_per_sec"], peak_flops),
+        "serving": serving.serving(first_run, model, config, data_path, repeats, work),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(prog="python -m bench", description=bench.__doc__.splitlines()[0])
     cli.add_argument("--data", help="a prepared parquet log (default: the KuaiRand slice, see --kuairand)")
     cli.add_argument("--config", default=str(harness.CONFIGS / "kuairand.toml"), help="TOML config for --data")
-    cli.add_argument("--kuairand", default=str(harness.KUAIRAND),
-                     help="directory of the official KuaiRand-Pure CSV files (default: ../shared/data/kuairand-pure "
-                          "beside the repository)")
+    cli.add_argument(
+        "--kuairand",
+        default=str(harness.KUAIRAND),
+        help="directory of the official KuaiRand-Pure CSV files (default: ../shared/data/kuairand-pure "
+        "beside the repository)",
+    )
     cli.add_argument("--synthetic", action="store_true", help="also benchmark the embedded synthetic log")
     cli.add_argument("--seeds", type=int, default=3, help="training seeds per model (default 3)")
     cli.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
-    cli.add_argument("--smoke", action="store_true",
-                     help=f"tiny synthetic log ({harness.SMOKE_ROWS} rows), tiny model, 1 seed; "
-                          "ignores --data/--kuairand/--synthetic")
+    cli.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"tiny synthetic log ({harness.SMOKE_ROWS} rows), tiny model, 1 seed; "
+        "ignores --data/--kuairand/--synthetic",
+    )
     cli.add_argument("--results", default=str(harness.RESULTS), help="directory for the JSON (default: bench/results)")
     return cli
 
@@ -88,8 +113,12 @@ def main(argv: list[str] | None = None) -> Path:
     work = harness.SCRATCH / f"{stamp}-{os.getpid()}"
     work.mkdir(parents=True)
     started = time.perf_counter()
-    result = {"timestamp": stamp, "args": vars(args), "versions": harness.versions(),
-              "machine": {**harness.machine_info(), "matmul_peak_flops_per_sec": harness.matmul_peak_flops()}}
+    result = {
+        "timestamp": stamp,
+        "args": vars(args),
+        "versions": harness.versions(),
+        "machine": {**harness.machine_info(), "matmul_peak_flops_per_sec": harness.matmul_peak_flops()},
+    }
     result["logs"] = {}
     for name, path, config in harness.prepare_data(args, work):
         result["logs"][name] = bench_log(name, path, config, args, result["machine"]["matmul_peak_flops_per_sec"], work)

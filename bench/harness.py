@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-import ppnet  # first: sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf
 
+import ppnet
 from ppnet.data.schema import resolve_files
 from ppnet.datasets.kuairand import prepare_kuairand
 from ppnet.errors import PPNetError
@@ -45,14 +45,19 @@ def script_command(script: Path, *args: str) -> list[str]:
 
 # --- machine -------------------------------------------------------------------------------------
 
+
 def machine_info() -> dict:
     """CPU model, cores, memory and platform of this machine."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return {"cpu": models[0] if models else platform.processor(), "cores": os.cpu_count(),
-            "affinity_cores": len(os.sched_getaffinity(0)), "memory_bytes": pages,
-            "platform": platform.platform()}
+    return {
+        "cpu": models[0] if models else platform.processor(),
+        "cores": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0)),
+        "memory_bytes": pages,
+        "platform": platform.platform(),
+    }
 
 
 def versions() -> dict:
@@ -76,10 +81,11 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 40) -> float:
         start = time.perf_counter()
         product().numpy()
         best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 # --- data ----------------------------------------------------------------------------------------
+
 
 def prepare_data(args: argparse.Namespace, work: Path) -> list[tuple[str, str, Path]]:
     """(name, parquet path, config) of every log to benchmark, preparing them under ``work``."""
@@ -90,11 +96,16 @@ def prepare_data(args: argparse.Namespace, work: Path) -> list[tuple[str, str, P
     if args.data:
         logs = [(Path(args.data).name, args.data, Path(args.config))]
     elif not kuairand.is_dir():
-        raise PPNetError(f"{kuairand}: KuaiRand slice not found; pass --kuairand DIR, --data PATH --config TOML, "
-                         "or --smoke")
+        raise PPNetError(
+            f"{kuairand}: KuaiRand slice not found; pass --kuairand DIR, --data PATH --config TOML, or --smoke"
+        )
     else:
-        prepare_kuairand(sorted(kuairand.glob("log_standard_*.csv")), kuairand / "user_features_pure.csv",
-                         kuairand / "video_features_basic_pure.csv", work / "kuairand")
+        prepare_kuairand(
+            sorted(kuairand.glob("log_standard_*.csv")),
+            kuairand / "user_features_pure.csv",
+            kuairand / "video_features_basic_pure.csv",
+            work / "kuairand",
+        )
         logs = [("kuairand", str(work / "kuairand"), Path(args.config))]
     if args.synthetic:
         write_synthetic(work / "synthetic", seed=0)
@@ -113,6 +124,7 @@ def repeat_log(data_path: str, out: Path, times: int = 4) -> Path:
 
 # --- training subprocesses -----------------------------------------------------------------------
 
+
 class TrainProcess:
     """``python -m ppnet.cli train`` in a subprocess, under ``peak_rss.py``, which reports its peak
     RSS. Through a wrapper, because a child forked from this large process inherits this process's
@@ -122,10 +134,26 @@ class TrainProcess:
         self.out, self.log = out, out.with_name(out.name + ".log")
         out.parent.mkdir(parents=True, exist_ok=True)
         sets = [arg for item in overrides for arg in ("--set", item)]
-        command = [sys.executable, "-m", "ppnet.cli", "train", "--config", str(config_path), "--data", data_path,
-                   "--out", str(out), *sets]
-        self.process = subprocess.Popen(script_command(PEAK_RSS, str(self.log), *command), cwd=REPO,
-                                        stdout=subprocess.PIPE, text=True, start_new_session=True)
+        command = [
+            sys.executable,
+            "-m",
+            "ppnet.cli",
+            "train",
+            "--config",
+            str(config_path),
+            "--data",
+            data_path,
+            "--out",
+            str(out),
+            *sets,
+        ]
+        self.process = subprocess.Popen(
+            script_command(PEAK_RSS, str(self.log), *command),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         """Terminate the wrapper and the training under it (their own process group) if still running."""

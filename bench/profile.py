@@ -15,12 +15,12 @@ import collections
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import ppnet  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+from bench.harness import CONFIGS
 from ppnet.cli import positive
 from ppnet.config import load_config
 from ppnet.data.pipeline import make_dataset
@@ -31,8 +31,6 @@ from ppnet.export import export_model
 from ppnet.model import build_model
 from ppnet.stats import compute_stats
 from ppnet.tf_private import xplane_pb2
-
-from bench.harness import CONFIGS
 
 
 def trace(run: Callable[[], object], calls: int, logdir: Path) -> tuple[dict[str, float], float]:
@@ -66,34 +64,52 @@ def op_seconds(xplane: Path, calls: int) -> dict[str, float]:
     return dict(seconds)
 
 
-def profile(config_path: str, data_path: str, overrides: list[str], steps: int, requests: int,
-            logdir: Path) -> dict:
+def profile(config_path: str, data_path: str, overrides: list[str], steps: int, requests: int, logdir: Path) -> dict:
     """Op-type breakdown of training steps and one-row requests of a freshly built model."""
     config = load_config(config_path, overrides)
     train_split, _ = make_splits(config, data_path, None)
     kinds = input_kinds(config, list(train_split.files))
     stats = compute_stats(config, train_split, kinds)
     model = build_model(config, stats)
-    batch = next(iter(make_dataset(train_split, kinds, config.data.label, config.train.batch_size,
-                                   config.data.shuffle_buffer, config.train.seed)))
+    batch = next(
+        iter(
+            make_dataset(
+                train_split,
+                kinds,
+                config.data.label,
+                config.train.batch_size,
+                config.data.shuffle_buffer,
+                config.train.seed,
+            )
+        )
+    )
     train_step = tf.function(model.train_step)
     training, step_wall = trace(lambda: train_step(batch), steps, logdir / "train")
     with tempfile.TemporaryDirectory() as tmp:
         serve = tf.saved_model.load(str(export_model(model, tmp))).signatures["serving_default"]
         row = {name: values[:1] for name, values in batch[0].items()}
         serving, request_wall = trace(lambda: serve(**row), requests, logdir / "serve")
-    return {"training": training, "step_wall_seconds": step_wall, "serving": serving,
-            "request_wall_seconds": request_wall, "batch_size": config.train.batch_size}
+    return {
+        "training": training,
+        "step_wall_seconds": step_wall,
+        "serving": serving,
+        "request_wall_seconds": request_wall,
+        "batch_size": config.train.batch_size,
+    }
 
 
 def table(title: str, seconds: dict[str, float], wall: float, unit: float, unit_name: str, top: int) -> list[str]:
     total = sum(seconds.values())
-    lines = [f"{title}: wall {wall * unit:,.1f} {unit_name} (under the profiler), "
-             f"op CPU time {total * unit:,.1f} {unit_name}", "",
-             f"| op type | {unit_name} | share |", "| --- | --- | --- |"]
+    lines = [
+        f"{title}: wall {wall * unit:,.1f} {unit_name} (under the profiler), "
+        f"op CPU time {total * unit:,.1f} {unit_name}",
+        "",
+        f"| op type | {unit_name} | share |",
+        "| --- | --- | --- |",
+    ]
     for op, value in sorted(seconds.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"| {op} | {value * unit:,.2f} | {100 * value / total:.1f}% |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -108,11 +124,28 @@ def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         result = profile(args.config, args.data, args.set, args.steps, args.requests, Path(args.trace or scratch))
-    print("\n".join([
-        *table(f"Training step (batch {result['batch_size']})", result["training"], result["step_wall_seconds"],
-               1e3, "ms", args.top),
-        *table("One-row request (serving_default)", result["serving"], result["request_wall_seconds"], 1e6, "us",
-               args.top)]))
+    print(
+        "\n".join(
+            [
+                *table(
+                    f"Training step (batch {result['batch_size']})",
+                    result["training"],
+                    result["step_wall_seconds"],
+                    1e3,
+                    "ms",
+                    args.top,
+                ),
+                *table(
+                    "One-row request (serving_default)",
+                    result["serving"],
+                    result["request_wall_seconds"],
+                    1e6,
+                    "us",
+                    args.top,
+                ),
+            ]
+        )
+    )
     return result
 
 

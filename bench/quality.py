@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import ppnet  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
@@ -20,11 +19,12 @@ from ppnet.stats import Stats
 from ppnet.train import train
 
 # "ppnet" is PPNet as the log's config has it; the others fix the gate settings they name.
-VARIANTS = {"ppnet": ["model.name=ppnet", "model.gate_stop_gradient=shared"],
-            "ppnet_tower_ids": ["model.name=ppnet", "model.gate_stop_gradient=shared",
-                                "model.personal_ids_in_tower=true"],
-            "ppnet_ids": ["model.name=ppnet", "model.gate_stop_gradient=ids", "model.personal_ids_in_tower=true"],
-            "dnn": ["model.name=dnn"]}
+VARIANTS = {
+    "ppnet": ["model.name=ppnet", "model.gate_stop_gradient=shared"],
+    "ppnet_tower_ids": ["model.name=ppnet", "model.gate_stop_gradient=shared", "model.personal_ids_in_tower=true"],
+    "ppnet_ids": ["model.name=ppnet", "model.gate_stop_gradient=ids", "model.personal_ids_in_tower=true"],
+    "dnn": ["model.name=dnn"],
+}
 # The DNN baseline's own tuning where it differs from a config's (PPNet's), by config file name;
 # `--set` still wins. KuaiRand: dropout does not help PPNet (kuairand.toml has none) but makes the
 # DNN's gAUC steadier from seed to seed, so the baseline is compared at its best (README, Performance).
@@ -43,16 +43,24 @@ class LogisticRegression(tf.keras.Model):
     def __init__(self, config: Config, stats: Stats, l2: float = LOGREG_L2):
         super().__init__(name="logistic_regression")
         categorical = [f for f in config.features if f.kind != "numeric"]
-        self.lookups = {f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name))
-                        for f in categorical}
-        self.tables = {name: tf.keras.layers.Embedding(table_size(lookup), 1, embeddings_initializer="zeros",
-                                                       embeddings_regularizer=tf.keras.regularizers.L2(l2))
-                       for name, lookup in self.lookups.items()}
+        self.lookups = {
+            f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name)) for f in categorical
+        }
+        self.tables = {
+            name: tf.keras.layers.Embedding(
+                table_size(lookup),
+                1,
+                embeddings_initializer="zeros",
+                embeddings_regularizer=tf.keras.regularizers.L2(l2),
+            )
+            for name, lookup in self.lookups.items()
+        }
         self.normalizer = numeric_normalizer(config.features, stats)
         rate = min(max(stats.positive_rate, 1e-6), 1 - 1e-6)
         bias = tf.keras.initializers.Constant(math.log(rate / (1 - rate)))  # the training CTR, as the ranker
-        self.linear = tf.keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer=bias,
-                                            kernel_regularizer=tf.keras.regularizers.L2(l2))
+        self.linear = tf.keras.layers.Dense(
+            1, kernel_initializer="zeros", bias_initializer=bias, kernel_regularizer=tf.keras.regularizers.L2(l2)
+        )
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         rows = tf.shape(next(iter(features.values())))[0]
@@ -61,16 +69,17 @@ class LogisticRegression(tf.keras.Model):
         return tf.squeeze(tf.add_n([self.linear(numeric), *terms]), axis=-1)
 
 
-def train_logreg(config: Config, stats: Stats, splits: tuple[Split, Split], kinds: dict[str, str],
-                 seed: int) -> dict:
+def train_logreg(config: Config, stats: Stats, splits: tuple[Split, Split], kinds: dict[str, str], seed: int) -> dict:
     """Fit the logistic-regression floor (Adam, at most 2 epochs) and report its validation metrics."""
     tf.keras.utils.set_random_seed(seed)
     model = LogisticRegression(config, stats)
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2),
-                  loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
     label, batch = config.data.label, config.train.batch_size
-    model.fit(make_dataset(splits[0], kinds, label, batch, config.data.shuffle_buffer, seed),
-              epochs=min(2, config.train.epochs), verbose=0)
+    model.fit(
+        make_dataset(splits[0], kinds, label, batch, config.data.shuffle_buffer, seed),
+        epochs=min(2, config.train.epochs),
+        verbose=0,
+    )
     return score_split(model_predictor(model, kinds), splits[1], kinds, label, config.data.user_column)
 
 
@@ -80,8 +89,9 @@ def variant_sets(config_path: Path, variant: str, overrides: list[str], seed: in
     return [*tuning, *overrides, *VARIANTS[variant], f"train.seed={seed}"]
 
 
-def variant_runs(name: str, data_path: str, config_path: Path, overrides: list[str],
-                 pairs: list[tuple[str, int]], work: Path) -> list[dict]:
+def variant_runs(
+    name: str, data_path: str, config_path: Path, overrides: list[str], pairs: list[tuple[str, int]], work: Path
+) -> list[dict]:
     """Train each (variant, seed) in process: each run's metrics with variant and seed."""
     results = []
     for variant, seed in pairs:

@@ -10,10 +10,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import ppnet  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
+from bench.harness import BENCH, script_command
 from ppnet.config import Config
 from ppnet.data.pipeline import input_specs, iter_batches
 from ppnet.data.schema import input_kinds
@@ -21,8 +21,6 @@ from ppnet.data.split import Split, make_splits
 from ppnet.data.tfrecord import to_example
 from ppnet.export import frozen_tower
 from ppnet.model import RankingModel
-
-from bench.harness import BENCH, script_command
 
 SERVING_WORKER = BENCH / "serving_worker.py"
 SERVING_REPEATS = {1: 200, 64: 200, 1024: 50}
@@ -44,8 +42,9 @@ class MultiplyColumns(tf.Module):
     def __init__(self, kinds: dict[str, str]):
         super().__init__()
         first = next(iter(kinds))
-        self.serve = tf.function(lambda features: {"y": 2.0 * tf.ones(tf.shape(features[first]))},
-                                 input_signature=[input_specs(kinds)])
+        self.serve = tf.function(
+            lambda features: {"y": 2.0 * tf.ones(tf.shape(features[first]))}, input_signature=[input_specs(kinds)]
+        )
 
 
 class FrozenTower(tf.Module):
@@ -64,12 +63,14 @@ def serving_rows(split: Split, kinds: dict[str, str], label: str, rows: int, out
     """The first ``rows`` validation rows (cycled if fewer) as serving inputs: columns in an .npz, and
     one serialized tf.Example per row in a TFRecord file (for ``serve_examples``)."""
     features, _ = next(iter_batches(split, kinds, label, rows))
-    columns = {name: np.resize(values.astype(str) if values.dtype == object else values, rows)
-               for name, values in features.items()}
+    columns = {
+        name: np.resize(values.astype(str) if values.dtype == object else values, rows)
+        for name, values in features.items()
+    }
     np.savez(out.with_suffix(".npz"), **columns)
     with tf.io.TFRecordWriter(str(out.with_suffix(".tfrecord"))) as writer:
         for i in range(rows):
-            row = to_example({name: values[i:i + 1] for name, values in columns.items()})
+            row = to_example({name: values[i : i + 1] for name, values in columns.items()})
             writer.write(row.SerializeToString())
     return out.with_suffix(".npz"), out.with_suffix(".tfrecord")
 
@@ -78,8 +79,9 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def serving(run: Path, model: RankingModel, config: Config, data_path: str, repeats: dict[int, int],
-            work: Path) -> dict:
+def serving(
+    run: Path, model: RankingModel, config: Config, data_path: str, repeats: dict[int, int], work: Path
+) -> dict:
     """Latency of the run's export (per-column ``serving_default`` and ``serve_examples``) and of
     three floors (two trivial SavedModels and ``model``'s tower alone), in a plain TensorFlow
     subprocess; once with TF's default oneDNN kernels and once without (``onednn_off``), because
@@ -93,8 +95,11 @@ def serving(run: Path, model: RankingModel, config: Config, data_path: str, repe
     tower_inputs = [x.numpy() for x in [dnn_input, *gate_parts]]
     tower_rows = work / f"{run.name}-tower-rows.npz"
     np.savez(tower_rows, **{f"x{i}": x for i, x in enumerate(tower_inputs)})
-    floors = {"trivial": Multiply(), "trivial_columns": MultiplyColumns(kinds),
-              "tower": FrozenTower(model, tower_inputs)}
+    floors = {
+        "trivial": Multiply(),
+        "trivial_columns": MultiplyColumns(kinds),
+        "tower": FrozenTower(model, tower_inputs),
+    }
     for floor_name, floor in floors.items():
         tf.saved_model.save(floor, str(work / floor_name), signatures={"serving_default": floor.serve})
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS")}
@@ -102,12 +107,29 @@ def serving(run: Path, model: RankingModel, config: Config, data_path: str, repe
     for onednn in ("1", "0"):  # TF's default, and plain Eigen kernels (as TF Serving's standard build)
         out = work / f"{run.name}-serving-onednn{onednn}.json"
         command = script_command(
-            SERVING_WORKER, "--rows", str(rows), "--examples", str(examples), "--model", str(export),
-            "--trivial", str(work / "trivial"), "--trivial-columns", str(work / "trivial_columns"),
-            "--tower", str(work / "tower"), "--tower-rows", str(tower_rows), "--repeats", json.dumps(repeats),
-            "--out", str(out))
-        subprocess.run(command, env={**env, "TF_ENABLE_ONEDNN_OPTS": onednn}, cwd=work, check=True,
-                       stdout=subprocess.DEVNULL)
+            SERVING_WORKER,
+            "--rows",
+            str(rows),
+            "--examples",
+            str(examples),
+            "--model",
+            str(export),
+            "--trivial",
+            str(work / "trivial"),
+            "--trivial-columns",
+            str(work / "trivial_columns"),
+            "--tower",
+            str(work / "tower"),
+            "--tower-rows",
+            str(tower_rows),
+            "--repeats",
+            json.dumps(repeats),
+            "--out",
+            str(out),
+        )
+        subprocess.run(
+            command, env={**env, "TF_ENABLE_ONEDNN_OPTS": onednn}, cwd=work, check=True, stdout=subprocess.DEVNULL
+        )
         figures[onednn] = json.loads(out.read_text())
     for floor_name in floors:
         shutil.rmtree(work / floor_name)

@@ -30,12 +30,18 @@ def latency(serve, inputs: dict[str, tf.Tensor], repeats: int) -> dict:
         [value.numpy() for value in serve(**inputs).values()]
         times.append(time.perf_counter() - start)
     rows = int(next(iter(inputs.values())).shape[0])
-    return {"rows": rows, "repeats": repeats, "p50_ms": 1e3 * float(np.percentile(times, 50)),
-            "p99_ms": 1e3 * float(np.percentile(times, 99)), "rows_per_sec": rows * repeats / float(np.sum(times))}
+    return {
+        "rows": rows,
+        "repeats": repeats,
+        "p50_ms": 1e3 * float(np.percentile(times, 50)),
+        "p99_ms": 1e3 * float(np.percentile(times, 99)),
+        "rows_per_sec": rows * repeats / float(np.sum(times)),
+    }
 
 
-def bench(model_dir: str, columns: dict[str, np.ndarray], repeats: dict[int, int],
-          signature: str = "serving_default") -> dict:
+def bench(
+    model_dir: str, columns: dict[str, np.ndarray], repeats: dict[int, int], signature: str = "serving_default"
+) -> dict:
     """Latency of ``signature`` of the SavedModel in ``model_dir`` per batch size (its first rows)."""
     serve = tf.saved_model.load(model_dir).signatures[signature]
     return {str(n): latency(serve, {k: tf.constant(v[:n]) for k, v in columns.items()}, r) for n, r in repeats.items()}
@@ -61,13 +67,16 @@ def main(argv: list[str]) -> None:
     rows = dict(np.load(args.rows))
     examples = {"examples": np.array([r.numpy() for r in tf.data.TFRecordDataset(args.examples)], dtype=object)}
     trivial = {"x": np.linspace(0.0, 1.0, max(repeats), dtype=np.float32)}
-    result = {"model": bench(args.model, rows, repeats),
-              "model_examples": bench(args.model, examples, repeats, "serve_examples"),
-              "trivial": bench(args.trivial, trivial, repeats),
-              "trivial_columns": bench(args.trivial_columns, rows, repeats),
-              "tower": bench(args.tower, dict(np.load(args.tower_rows)), repeats),
-              "ppnet_imported": "ppnet" in sys.modules, "tf_use_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"),
-              "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+    result = {
+        "model": bench(args.model, rows, repeats),
+        "model_examples": bench(args.model, examples, repeats, "serve_examples"),
+        "trivial": bench(args.trivial, trivial, repeats),
+        "trivial_columns": bench(args.trivial_columns, rows, repeats),
+        "tower": bench(args.tower, dict(np.load(args.tower_rows)), repeats),
+        "ppnet_imported": "ppnet" in sys.modules,
+        "tf_use_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"),
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+    }
     with open(args.out, "w") as f:
         json.dump(result, f)
 

@@ -4,25 +4,24 @@ an example counted in the built model's traced graphs, and peak RSS of training 
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
-import ppnet  # noqa: F401  (first: sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
+from bench.harness import TrainProcess
 from ppnet.config import Config
 from ppnet.data.pipeline import make_dataset
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import make_splits
 from ppnet.model import RankingModel, dummy_batch
 
-from bench.harness import TrainProcess
-
 MATMULS = ("MatMul", "_FusedMatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
 FLOP_BATCH = 16  # rows of the traced batch; any size gives the same count per example
 
 
 # --- FLOPs ---------------------------------------------------------------------------------------
+
 
 def flops_per_example(model: RankingModel, batch: int = FLOP_BATCH) -> dict[str, int | float]:
     """Forward and training matmul FLOPs per example of a built ranking model: ``2 * m * k * n`` for
@@ -94,12 +93,14 @@ def per_example(flops: int, batch: int) -> int | float:
 
 # --- throughput ----------------------------------------------------------------------------------
 
+
 def input_pipeline_rate(config: Config, data_path: str) -> float:
     """Examples/sec of one epoch of the training ``make_dataset`` alone, after its first batch."""
     train_split, _ = make_splits(config, data_path, None)
     kinds = input_kinds(config, list(train_split.files))
-    dataset = make_dataset(train_split, kinds, config.data.label, config.train.batch_size,
-                           config.data.shuffle_buffer, config.train.seed)
+    dataset = make_dataset(
+        train_split, kinds, config.data.label, config.train.batch_size, config.data.shuffle_buffer, config.train.seed
+    )
     batches = iter(dataset)
     next(batches)
     rows, start = 0, time.perf_counter()
@@ -111,16 +112,27 @@ def input_pipeline_rate(config: Config, data_path: str) -> float:
 def speed(model: RankingModel, config: Config, data_path: str, train_rate: float, peak_flops: float) -> dict:
     """Training and input-pipeline throughput, and the training FLOP utilisation of the matmul peak."""
     flops = flops_per_example(model)
-    return {"train_examples_per_sec": train_rate, "input_examples_per_sec": input_pipeline_rate(config, data_path),
-            "forward_flops_per_example": flops["forward"], "train_flops_per_example": flops["train"],
-            "train_flops_per_sec": flops["train"] * train_rate, "matmul_peak_flops_per_sec": peak_flops,
-            "flop_utilisation": flops["train"] * train_rate / peak_flops}
+    return {
+        "train_examples_per_sec": train_rate,
+        "input_examples_per_sec": input_pipeline_rate(config, data_path),
+        "forward_flops_per_example": flops["forward"],
+        "train_flops_per_example": flops["train"],
+        "train_flops_per_sec": flops["train"] * train_rate,
+        "matmul_peak_flops_per_sec": peak_flops,
+        "flop_utilisation": flops["train"] * train_rate / peak_flops,
+    }
 
 
 # --- memory --------------------------------------------------------------------------------------
 
+
 def memory(rss_1x: int, metrics_1x: dict, run_4x: TrainProcess) -> dict:
     """Peak RSS and training rows on the log and on the log repeated 4x, and the 4x / 1x RSS ratio."""
     rss_4x, metrics_4x = run_4x.wait()
-    return {"peak_rss_1x_bytes": rss_1x, "train_rows_1x": metrics_1x["train_rows"],
-            "peak_rss_4x_bytes": rss_4x, "train_rows_4x": metrics_4x["train_rows"], "ratio_4x_1x": rss_4x / rss_1x}
+    return {
+        "peak_rss_1x_bytes": rss_1x,
+        "train_rows_1x": metrics_1x["train_rows"],
+        "peak_rss_4x_bytes": rss_4x,
+        "train_rows_4x": metrics_4x["train_rows"],
+        "ratio_4x_1x": rss_4x / rss_1x,
+    }

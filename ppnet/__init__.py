@@ -10,7 +10,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ppnet.errors import PPNetError  # noqa: E402
+from ppnet.errors import PPNetError
 
 __all__ = ["PPNetError"]
 __version__ = importlib.metadata.version("ppnet")  # pyproject.toml holds the one version

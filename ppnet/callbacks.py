@@ -16,15 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import tensorflow as tf
 
 from ppnet.data.pipeline import EpochCursor
 from ppnet.data.split import Split
 from ppnet.evaluate import model_predictor, score_split
-from ppnet.rundir import BACKUP, BEST_WEIGHTS, EPOCHS_FILE, epoch_scores
+from ppnet.rundir import BACKUP, BEST_WEIGHTS, epoch_scores
 from ppnet.tf_private import resume_counters, skip_log_sync, take_backup
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ class ValidationScore(tf.keras.callbacks.Callback):
     Keras' bucketed, per-replica streaming estimate.
     """
 
-    def __init__(self, split: Split, kinds: dict[str, str], label: str, user_column: str,
-                 epochs_file: Path | None):
+    def __init__(self, split: Split, kinds: dict[str, str], label: str, user_column: str, epochs_file: Path | None):
         super().__init__()
         self.split, self.kinds, self.label, self.user_column = split, kinds, label, user_column
         self.epochs_file = epochs_file  # one JSON line per epoch; it survives crashes and resumes
@@ -128,8 +127,13 @@ class ValidationScore(tf.keras.callbacks.Callback):
         if self.epochs_file is not None:
             with self.epochs_file.open("a") as file:
                 file.write(json.dumps({"epoch": epoch + 1, **scores}) + "\n")
-        log.info("epoch %d validation: auc %.4f gauc %.4f logloss %.4f", epoch + 1, result["auc"],
-                 result["gauc"], result["logloss"])
+        log.info(
+            "epoch %d validation: auc %.4f gauc %.4f logloss %.4f",
+            epoch + 1,
+            result["auc"],
+            result["gauc"],
+            result["logloss"],
+        )
 
 
 class ThroughputMeter(tf.keras.callbacks.Callback):
@@ -169,9 +173,17 @@ class ThroughputMeter(tf.keras.callbacks.Callback):
         return self.steps * self.batch_size / self.seconds if self.seconds else None
 
 
-def training_callbacks(work: Path, *, patience: int, backup_every: int | str | None, cursor: EpochCursor,
-                       steps_per_epoch: int, meter: ThroughputMeter, validation: ValidationScore,
-                       per_step_logs: bool) -> list[tf.keras.callbacks.Callback]:
+def training_callbacks(
+    work: Path,
+    *,
+    patience: int,
+    backup_every: int | str | None,
+    cursor: EpochCursor,
+    steps_per_epoch: int,
+    meter: ThroughputMeter,
+    validation: ValidationScore,
+    per_step_logs: bool,
+) -> list[tf.keras.callbacks.Callback]:
     """The run's callbacks in the order they must run (see the module docstring).
 
     ``backup_every``: crash backups every that many steps, ``"epoch"``, or ``None`` for none (a
@@ -195,6 +207,7 @@ def training_callbacks(work: Path, *, patience: int, backup_every: int | str | N
         ResumableEarlyStopping(patience, finished_scores),
         *([EpochBackup(backup)] if backup else []),  # marks the epoch finished: after it is scored and saved
         *([tf.keras.callbacks.TerminateOnNaN()] if per_step_logs else []),
-        tf.keras.callbacks.TensorBoard(str(work / "logs"), update_freq=100 if per_step_logs else "epoch",
-                                       profile_batch=0),
+        tf.keras.callbacks.TensorBoard(
+            str(work / "logs"), update_freq=100 if per_step_logs else "epoch", profile_batch=0
+        ),
     ]

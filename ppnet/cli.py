@@ -37,15 +37,20 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ppnet", description="PPNet CTR ranking: prepare, train, evaluate, export.")
     commands = top.add_subparsers(required=True, metavar="COMMAND")
 
-    prepare = commands.add_parser("prepare", help="make a parquet click log").add_subparsers(required=True,
-                                                                                            metavar="SOURCE")
+    prepare = commands.add_parser("prepare", help="make a parquet click log").add_subparsers(
+        required=True, metavar="SOURCE"
+    )
     kuairand = prepare.add_parser("kuairand", help="official KuaiRand-Pure CSV files → parquet, one file per date")
     kuairand.add_argument("--logs", nargs="+", required=True, help="log_standard_*.csv file(s)")
     kuairand.add_argument("--users", required=True, help="user_features_*.csv")
     kuairand.add_argument("--videos", required=True, help="video_features_basic_*.csv")
     kuairand.add_argument("--out", required=True, help="output directory")
-    kuairand.add_argument("--missing-video", choices=["keep", "drop"], default="keep",
-                          help="log rows whose video is not in the video table: keep (OOV author) or drop")
+    kuairand.add_argument(
+        "--missing-video",
+        choices=["keep", "drop"],
+        default="keep",
+        help="log rows whose video is not in the video table: keep (OOV author) or drop",
+    )
     kuairand.add_argument("--overwrite", action="store_true")
     kuairand.set_defaults(handler=run_prepare_kuairand)
     synthetic = prepare.add_parser("synthetic", help="the embedded default click log (deterministic by seed)")
@@ -60,16 +65,28 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="parquet file, directory or glob")
     train.add_argument("--valid", help="validation parquet (default: split by data.split_column)")
     train.add_argument("--out", required=True, help="run directory to create")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. model.name=dnn (repeatable)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. model.name=dnn (repeatable)",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
-    train.add_argument("--strategy", choices=STRATEGIES, default="local",
-                       help="tf.distribute strategy; multi_worker and parameter_server read the cluster from TF_CONFIG")
+    train.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="local",
+        help="tf.distribute strategy; multi_worker and parameter_server read the cluster from TF_CONFIG",
+    )
     train.set_defaults(handler=run_train)
 
-    launch = commands.add_parser("launch-local", help="run `ppnet train` as a multi-worker cluster on 127.0.0.1",
-                                 usage="ppnet launch-local [--workers N] [--ps M] [--timeout S] -- TRAIN_ARGS ...")
+    launch = commands.add_parser(
+        "launch-local",
+        help="run `ppnet train` as a multi-worker cluster on 127.0.0.1",
+        usage="ppnet launch-local [--workers N] [--ps M] [--timeout S] -- TRAIN_ARGS ...",
+    )
     launch.add_argument("--workers", type=int, default=2)
     launch.add_argument("--ps", type=int, default=0, help="parameter servers (0: multi_worker, >0: parameter_server)")
     launch.add_argument("--timeout", type=float, default=1800.0, help="stop every worker after this many seconds")
@@ -103,8 +120,9 @@ def positive(text: str) -> int:
 def run_prepare_kuairand(args: argparse.Namespace) -> dict:
     from ppnet.datasets.kuairand import prepare_kuairand
 
-    return prepare_kuairand(args.logs, args.users, args.videos, args.out, missing_video=args.missing_video,
-                            overwrite=args.overwrite)
+    return prepare_kuairand(
+        args.logs, args.users, args.videos, args.out, missing_video=args.missing_video, overwrite=args.overwrite
+    )
 
 
 def run_prepare_synthetic(args: argparse.Namespace) -> dict:
@@ -118,8 +136,12 @@ def run_train(args: argparse.Namespace) -> dict:
     from ppnet.train import train
 
     config = load_config(args.config, args.set)
-    return train(config, args.data, args.out, args.valid, overwrite=args.overwrite, fresh=args.fresh,
-                 strategy=args.strategy) or None
+    return (
+        train(
+            config, args.data, args.out, args.valid, overwrite=args.overwrite, fresh=args.fresh, strategy=args.strategy
+        )
+        or None
+    )
 
 
 def run_launch_local(args: argparse.Namespace) -> None:

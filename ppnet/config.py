@@ -166,9 +166,11 @@ def _build(cls: type, table: Any, where: str) -> Any:
     unknown = set(table) - set(hints)
     if unknown:
         raise PPNetError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(hints)}")
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-               and f.name not in table]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in table
+    ]
     if missing:
         raise PPNetError(f"{where}: missing required key(s) {missing}")
     values = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in table.items()}
@@ -190,7 +192,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return [_coerce(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
         raise PPNetError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
 
@@ -222,11 +224,15 @@ def _check(config: Config, source: str) -> None:
         raise PPNetError(f"{source}: model.personal_ids is empty; PPNet needs at least one id for its gates")
     if model.name == "ppnet" and not model.personal_ids_in_tower:
         if model.gate_stop_gradient != "shared":
-            raise PPNetError(f"{source}: model.personal_ids_in_tower = false needs gate_stop_gradient = \"shared\" "
-                             "(the ids then have gate-only tables; in \"ids\" mode the gates read the tower's)")
+            raise PPNetError(
+                f'{source}: model.personal_ids_in_tower = false needs gate_stop_gradient = "shared" '
+                '(the ids then have gate-only tables; in "ids" mode the gates read the tower\'s)'
+            )
         if not [f for f in config.features if f.name not in model.personal_ids]:
-            raise PPNetError(f"{source}: model.personal_ids_in_tower = false leaves the tower no input; "
-                             "declare features besides the personalisation ids")
+            raise PPNetError(
+                f"{source}: model.personal_ids_in_tower = false leaves the tower no input; "
+                "declare features besides the personalisation ids"
+            )
     if model.gate_hidden < 1:
         raise PPNetError(f"{source}: model.gate_hidden must be >= 1, got {model.gate_hidden}")
     if model.embedding_l2 < 0:
@@ -244,7 +250,7 @@ def _check(config: Config, source: str) -> None:
     for key in ("early_stopping_patience", "backup_every_steps"):
         if getattr(train, key) < 0:
             raise PPNetError(f"{source}: train.{key} must be >= 0, got {getattr(train, key)}")
-    if not 0 <= train.seed < 2 ** 32:  # TensorFlow's seed range
+    if not 0 <= train.seed < 2**32:  # TensorFlow's seed range
         raise PPNetError(f"{source}: train.seed must be in [0, 2**32), got {train.seed}")
     if config.data.valid_last < 1:
         raise PPNetError(f"{source}: data.valid_last must be >= 1")

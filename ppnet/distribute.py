@@ -65,12 +65,19 @@ def current_role(strategy: str) -> Role:
             raise PPNetError(f"TF_CONFIG: task {task} is not one of the {workers} workers")
         return Role("worker", task["index"], workers, is_chief=task["index"] == 0)
     if not (workers and cluster.get("ps") and len(cluster.get("chief", [])) == 1):
-        raise PPNetError("TF_CONFIG: --strategy parameter_server needs cluster.chief (one), cluster.worker "
-                         "and cluster.ps")
+        raise PPNetError(
+            "TF_CONFIG: --strategy parameter_server needs cluster.chief (one), cluster.worker and cluster.ps"
+        )
     if task["type"] not in ("chief", "worker", "ps"):
         raise PPNetError(f"TF_CONFIG: task type {task['type']!r} is not chief, worker or ps")
-    return Role(task["type"], task["index"], workers, is_chief=task["type"] == "chief",
-                serves_only=task["type"] != "chief", parameter_server=True)
+    return Role(
+        task["type"],
+        task["index"],
+        workers,
+        is_chief=task["type"] == "chief",
+        serves_only=task["type"] != "chief",
+        parameter_server=True,
+    )
 
 
 def tf_config(strategy: str) -> tuple[dict, dict]:
@@ -79,8 +86,10 @@ def tf_config(strategy: str) -> tuple[dict, dict]:
         config = json.loads(os.environ.get("TF_CONFIG", ""))
         cluster, task = dict(config["cluster"]), {"type": config["task"]["type"], "index": int(config["task"]["index"])}
     except (ValueError, KeyError, TypeError):
-        raise PPNetError(f"TF_CONFIG: --strategy {strategy} needs TF_CONFIG with a cluster (lists of host:port "
-                         "per job) and a task {type, index}") from None
+        raise PPNetError(
+            f"TF_CONFIG: --strategy {strategy} needs TF_CONFIG with a cluster (lists of host:port "
+            "per job) and a task {type, index}"
+        ) from None
     return cluster, task
 
 
@@ -100,7 +109,8 @@ def make_strategy(name: str):
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         servers = len(resolver.cluster_spec().as_dict().get("ps", []))
         partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
-            min_shard_bytes=MIN_SHARD_BYTES, max_shards=servers)
+            min_shard_bytes=MIN_SHARD_BYTES, max_shards=servers
+        )
         return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
     return tf.distribute.get_strategy()
 
@@ -111,8 +121,13 @@ def serve(role: Role) -> None:
 
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     log.info("serving as %s %d", role.task_type, role.index)
-    tf.distribute.Server(resolver.cluster_spec(), job_name=role.task_type, task_index=role.index,
-                         protocol=resolver.rpc_layer or "grpc", start=True).join()
+    tf.distribute.Server(
+        resolver.cluster_spec(),
+        job_name=role.task_type,
+        task_index=role.index,
+        protocol=resolver.rpc_layer or "grpc",
+        start=True,
+    ).join()
 
 
 def wait_for_file(path: Path, timeout: float = 3600.0) -> Path:
@@ -120,8 +135,10 @@ def wait_for_file(path: Path, timeout: float = 3600.0) -> Path:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
-            raise PPNetError(f"{path}: the chief did not write it within {timeout:.0f}s; is worker 0 running "
-                             "and is the run directory on a filesystem shared by all workers?")
+            raise PPNetError(
+                f"{path}: the chief did not write it within {timeout:.0f}s; is worker 0 running "
+                "and is the run directory on a filesystem shared by all workers?"
+            )
         time.sleep(0.2)
     return path
 
@@ -156,7 +173,7 @@ def launch_local(workers: int, train_args: list[str], ps: int = 0, timeout: floa
         cluster.setdefault(job, []).append(f"127.0.0.1:{next(ports)}")
     strategy = "parameter_server" if ps else "multi_worker"
     command = [sys.executable, "-m", "ppnet.cli", "train", *train_args, "--strategy", strategy]
-    logs = [None] + [tempfile.TemporaryFile(mode="w+") for _ in tasks[1:]]
+    logs = [None] + [tempfile.TemporaryFile(mode="w+") for _ in tasks[1:]]  # noqa: SIM115 (closed in the finally below)
     processes = []
     try:
         for (job, index), out in zip(tasks, logs):

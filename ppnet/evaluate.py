@@ -8,28 +8,29 @@ the Keras model (``model_predictor``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import tensorflow as tf
 
 from ppnet import metrics
-from ppnet.data.schema import FLOAT, INT, check_user_column, column_kind, read_schema, resolve_files, to_arrays
 from ppnet.data.pipeline import input_specs
+from ppnet.data.schema import FLOAT, INT, check_user_column, column_kind, read_schema, resolve_files, to_arrays
 from ppnet.data.split import Split, check_labels
 from ppnet.errors import PPNetError
 
 Predictor = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
-def predict_split(predict: Predictor, split: Split, kinds: dict[str, str], label: str,
-                  user_column: str | None, batch_rows: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def predict_split(
+    predict: Predictor, split: Split, kinds: dict[str, str], label: str, user_column: str | None, batch_rows: int = 8192
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Stream ``split`` through ``predict``: (labels, probabilities, user ids or None)."""
     columns = list(dict.fromkeys([*kinds, label, *([user_column] if user_column else [])]))
     labels, scores, users = [], [], []
-    for file, batch in split.batches(columns, batch_rows):
+    for _file, batch in split.batches(columns, batch_rows):
         labels.append(batch.column(label).cast(pa.float64()).to_numpy(zero_copy_only=False))
         scores.append(np.asarray(predict(to_arrays(batch, kinds))).reshape(-1))
         if user_column:
@@ -39,8 +40,7 @@ def predict_split(predict: Predictor, split: Split, kinds: dict[str, str], label
     return np.concatenate(labels), np.concatenate(scores), np.concatenate(users) if users else None
 
 
-def score_split(predict: Predictor, split: Split, kinds: dict[str, str], label: str,
-                user_column: str | None) -> dict:
+def score_split(predict: Predictor, split: Split, kinds: dict[str, str], label: str, user_column: str | None) -> dict:
     """Metrics of ``predict`` on ``split`` (see ``metrics.report``)."""
     labels, scores, users = predict_split(predict, split, kinds, label, user_column)
     return metrics.report(labels, scores, users, split.description)
@@ -48,8 +48,9 @@ def score_split(predict: Predictor, split: Split, kinds: dict[str, str], label: 
 
 def model_predictor(model: tf.keras.Model, kinds: dict[str, str]) -> Predictor:
     """numpy feature batch → probabilities, through one ``tf.function`` traced once for any batch size."""
-    predict = tf.function(lambda features: tf.sigmoid(model(features, training=False)),
-                          input_signature=[input_specs(kinds)])
+    predict = tf.function(
+        lambda features: tf.sigmoid(model(features, training=False)), input_signature=[input_specs(kinds)]
+    )
     return lambda features: predict(features).numpy()
 
 
@@ -58,8 +59,10 @@ def load_export(model_dir: str | Path):
     model_dir = Path(model_dir)
     meta_path = model_dir / "assets.extra" / "ppnet.json"
     if not (model_dir / "saved_model.pb").exists() or not meta_path.exists():
-        raise PPNetError(f"{model_dir}: not a ppnet SavedModel export (expected saved_model.pb and "
-                         "assets.extra/ppnet.json; pass a version directory such as EXPORT_BASE/1)")
+        raise PPNetError(
+            f"{model_dir}: not a ppnet SavedModel export (expected saved_model.pb and "
+            "assets.extra/ppnet.json; pass a version directory such as EXPORT_BASE/1)"
+        )
     meta = json.loads(meta_path.read_text())
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
 
@@ -69,8 +72,9 @@ def load_export(model_dir: str | Path):
     return predict, meta
 
 
-def evaluate_export(model_dir: str | Path, data_path: str | Path, label: str | None = None,
-                    user_column: str | None = None) -> dict:
+def evaluate_export(
+    model_dir: str | Path, data_path: str | Path, label: str | None = None, user_column: str | None = None
+) -> dict:
     """Metrics of an exported model on parquet data (file, directory or glob)."""
     predict, meta = load_export(model_dir)
     label = label or meta["label"]
@@ -85,6 +89,8 @@ def evaluate_export(model_dir: str | Path, data_path: str | Path, label: str | N
         for name, kind in meta["inputs"].items():
             found = column_kind(schema.field(name).type)
             if found != kind and not (kind == FLOAT and found == INT):
-                raise PPNetError(f"{file}: column {name!r} has type {schema.field(name).type}; the model expects {kind}")
+                raise PPNetError(
+                    f"{file}: column {name!r} has type {schema.field(name).type}; the model expects {kind}"
+                )
     check_labels(split, label, need_both_classes=True)
     return score_split(predict, split, meta["inputs"], label, user_column)

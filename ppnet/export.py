@@ -46,8 +46,10 @@ class ServingModule(tf.Module):
         tower = frozen_tower(model)
         kinds = model.stats.kinds
         specs = input_specs(kinds)
-        example_spec = {name: tf.io.FixedLenFeature([], spec.dtype, default_value=EXAMPLE_DEFAULTS[kinds[name]])
-                        for name, spec in specs.items()}
+        example_spec = {
+            name: tf.io.FixedLenFeature([], spec.dtype, default_value=EXAMPLE_DEFAULTS[kinds[name]])
+            for name, spec in specs.items()
+        }
 
         self.vocabulary_index = vocabulary_index(model.config.features, model.stats)
         # Tracked so that they are saved: the variables and layers the signatures read.
@@ -95,8 +97,9 @@ def next_version(export_base: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_model(model: RankingModel, export_base: str | Path, version: int | None = None,
-                 overwrite: bool = False) -> Path:
+def export_model(
+    model: RankingModel, export_base: str | Path, version: int | None = None, overwrite: bool = False
+) -> Path:
     """Save ``model`` to ``export_base/<version>`` via a temporary directory and a rename.
 
     TF Serving watches ``export_base`` and would load a half-written version directory; the
@@ -114,7 +117,16 @@ def export_model(model: RankingModel, export_base: str | Path, version: int | No
         extra = tmp / "assets.extra"
         extra.mkdir()
         data = model.config.data
-        (extra / "ppnet.json").write_text(json.dumps({
-            "ppnet_version": ppnet.__version__, "model": model.config.model.name, "label": data.label,
-            "user_column": data.user_column, "inputs": model.stats.kinds}, indent=2))
+        (extra / "ppnet.json").write_text(
+            json.dumps(
+                {
+                    "ppnet_version": ppnet.__version__,
+                    "model": model.config.model.name,
+                    "label": data.label,
+                    "user_column": data.user_column,
+                    "inputs": model.stats.kinds,
+                },
+                indent=2,
+            )
+        )
     return target

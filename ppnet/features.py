@@ -22,12 +22,17 @@ def make_lookup(feature: Feature, kind: str, vocabulary: list | None) -> tf.kera
     if feature.kind == "hash":
         return tf.keras.layers.Hashing(num_bins=feature.bins, name=name)
     if kind == STRING:
-        return tf.keras.layers.StringLookup(vocabulary=vocabulary_values(kind, vocabulary),
-                                            num_oov_indices=feature.num_oov, mask_token=None, name=name)
+        return tf.keras.layers.StringLookup(
+            vocabulary=vocabulary_values(kind, vocabulary), num_oov_indices=feature.num_oov, mask_token=None, name=name
+        )
     if kind == INT:
-        return tf.keras.layers.IntegerLookup(vocabulary=np.array(vocabulary_values(kind, vocabulary), dtype=np.int64),
-                                             num_oov_indices=feature.num_oov, mask_token=None,
-                                             oov_token=NULL_INT_ID, name=name)
+        return tf.keras.layers.IntegerLookup(
+            vocabulary=np.array(vocabulary_values(kind, vocabulary), dtype=np.int64),
+            num_oov_indices=feature.num_oov,
+            mask_token=None,
+            oov_token=NULL_INT_ID,
+            name=name,
+        )
     raise ValueError(f"categorical feature {feature.name} has input kind {kind}")
 
 
@@ -82,7 +87,7 @@ class VocabularyIndex(tf.keras.layers.Layer):
     def _key(self, columns: list[str], position: int, value):
         if self.kinds[columns[0]] == STRING:
             return f"{position}\x1f{value}"
-        return value + position * 2 ** self.shift if len(columns) > 1 else value
+        return value + position * 2**self.shift if len(columns) > 1 else value
 
     def _table(self, columns: list[str]) -> tf.lookup.StaticHashTable:
         """One table for ``columns``: key of (column position, value) → the value's row in its column."""
@@ -121,7 +126,7 @@ class VocabularyIndex(tf.keras.layers.Layer):
             return tf.where(found >= 0, found, unseen)
         limit = 2 ** (self.shift - 1)
         inside = tf.clip_by_value(values, -limit, limit - 1)  # a value outside the range is unseen
-        found = table.lookup(inside + tf.constant([i * 2 ** self.shift for i in range(len(columns))], tf.int64))
+        found = table.lookup(inside + tf.constant([i * 2**self.shift for i in range(len(columns))], tf.int64))
         return tf.where((found >= 0) & (inside == values), found, unseen)
 
     def _string_rows(self, columns: list[str], table: tf.lookup.StaticHashTable, values: tf.Tensor) -> tf.Tensor:
@@ -141,9 +146,12 @@ def vocabulary_index(features: list[Feature], stats: Stats) -> VocabularyIndex |
     vocab = [f for f in features if f.kind == "vocab"]
     if not vocab:
         return None
-    return VocabularyIndex({f.name: vocabulary_values(stats.kinds[f.name], stats.vocabularies[f.name]) for f in vocab},
-                           {f.name: stats.kinds[f.name] for f in vocab}, {f.name: f.num_oov for f in vocab},
-                           name="vocabulary_index")
+    return VocabularyIndex(
+        {f.name: vocabulary_values(stats.kinds[f.name], stats.vocabularies[f.name]) for f in vocab},
+        {f.name: stats.kinds[f.name] for f in vocab},
+        {f.name: f.num_oov for f in vocab},
+        name="vocabulary_index",
+    )
 
 
 class NumericNormalizer(tf.keras.layers.Layer):
@@ -164,8 +172,9 @@ class NumericNormalizer(tf.keras.layers.Layer):
         **kwargs: passed to ``tf.keras.layers.Layer``.
     """
 
-    def __init__(self, columns: list[str], means: list[float], stds: list[float], log1p: list[bool],
-                 clip: float = 10.0, **kwargs):
+    def __init__(
+        self, columns: list[str], means: list[float], stds: list[float], log1p: list[bool], clip: float = 10.0, **kwargs
+    ):
         super().__init__(**kwargs)
         self.columns = list(columns)
         self.means, self.stds = [float(m) for m in means], [float(s) for s in stds]
@@ -189,8 +198,14 @@ class NumericNormalizer(tf.keras.layers.Layer):
         return tf.clip_by_value(z, -self.clip, self.clip)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "columns": self.columns, "means": self.means, "stds": self.stds,
-                "log1p": self.log1p, "clip": self.clip}
+        return {
+            **super().get_config(),
+            "columns": self.columns,
+            "means": self.means,
+            "stds": self.stds,
+            "log1p": self.log1p,
+            "clip": self.clip,
+        }
 
 
 def numeric_normalizer(features: list[Feature], stats: Stats) -> NumericNormalizer | None:
@@ -198,6 +213,10 @@ def numeric_normalizer(features: list[Feature], stats: Stats) -> NumericNormaliz
     numeric = [f for f in features if f.kind == "numeric"]
     if not numeric:
         return None
-    return NumericNormalizer([f.name for f in numeric], [stats.numeric[f.name][0] for f in numeric],
-                             [stats.numeric[f.name][1] for f in numeric], [f.log1p for f in numeric],
-                             name="numeric_normalizer")
+    return NumericNormalizer(
+        [f.name for f in numeric],
+        [stats.numeric[f.name][0] for f in numeric],
+        [stats.numeric[f.name][1] for f in numeric],
+        [f.log1p for f in numeric],
+        name="numeric_normalizer",
+    )

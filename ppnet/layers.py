@@ -32,8 +32,7 @@ class GroupedEmbedding(tf.keras.layers.Layer):
 
     def build(self, input_shape: tf.TensorShape) -> None:
         # Keras Embedding's default initializer, so grouping does not change the model.
-        self.embeddings = self.add_weight(name="embeddings", shape=[sum(self.sizes), self.dim],
-                                          initializer="uniform")
+        self.embeddings = self.add_weight(name="embeddings", shape=[sum(self.sizes), self.dim], initializer="uniform")
         super().build(input_shape)
 
     def call(self, indices: tf.Tensor) -> tf.Tensor:
@@ -83,9 +82,12 @@ class GateNNs(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.widths, self.hidden_units = [int(w) for w in widths], int(hidden_units)
         self.hidden: tf.keras.layers.Dense | None = None
-        self.scales = [tf.keras.layers.Dense(w, activation="sigmoid", kernel_initializer="zeros",
-                                             bias_initializer="zeros", name=f"scale_{i}")
-                       for i, w in enumerate(self.widths)]
+        self.scales = [
+            tf.keras.layers.Dense(
+                w, activation="sigmoid", kernel_initializer="zeros", bias_initializer="zeros", name=f"scale_{i}"
+            )
+            for i, w in enumerate(self.widths)
+        ]
 
     def build(self, input_shape: tf.TensorShape | list[tf.TensorShape]) -> None:
         # Glorot-uniform as each separate GateNN's Dense(hidden) would draw it: VarianceScaling's
@@ -93,7 +95,8 @@ class GateNNs(tf.keras.layers.Layer):
         fan_in = sum(int(shape[-1]) for shape in parts(input_shape))
         fused = self.hidden_units * len(self.widths)
         initializer = tf.keras.initializers.VarianceScaling(
-            scale=(fan_in + fused) / (fan_in + self.hidden_units), mode="fan_avg", distribution="uniform")
+            scale=(fan_in + fused) / (fan_in + self.hidden_units), mode="fan_avg", distribution="uniform"
+        )
         self.hidden = tf.keras.layers.Dense(fused, activation="relu", kernel_initializer=initializer, name="hidden")
         with tf.name_scope(self.hidden.name):  # as Keras would build it: variables named gates/hidden/...
             self.hidden.build(tf.TensorShape([None, fan_in]))
@@ -155,8 +158,16 @@ class GatedTower(tf.keras.layers.Layer):
         **kwargs: passed to ``tf.keras.layers.Layer``.
     """
 
-    def __init__(self, hidden_units: list[int], gate_hidden: int = 64, gated: bool = True,
-                 dropout: float = 0.0, batch_norm: bool = False, output_bias: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        hidden_units: list[int],
+        gate_hidden: int = 64,
+        gated: bool = True,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        output_bias: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.hidden_units = list(hidden_units)
         self.gate_hidden = gate_hidden
@@ -165,10 +176,13 @@ class GatedTower(tf.keras.layers.Layer):
         self.batch_norm = batch_norm
         self.output_bias = output_bias
         self.dense = [tf.keras.layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(self.hidden_units)]
-        self.dense.append(tf.keras.layers.Dense(
-            1, bias_initializer=tf.keras.initializers.Constant(output_bias), name="logit"))
-        self.norms = [tf.keras.layers.BatchNormalization(name=f"batch_norm_{i}") if batch_norm else None
-                      for i in range(len(self.hidden_units))]
+        self.dense.append(
+            tf.keras.layers.Dense(1, bias_initializer=tf.keras.initializers.Constant(output_bias), name="logit")
+        )
+        self.norms = [
+            tf.keras.layers.BatchNormalization(name=f"batch_norm_{i}") if batch_norm else None
+            for i in range(len(self.hidden_units))
+        ]
         self.drops = [tf.keras.layers.Dropout(dropout) if dropout else None for _ in self.hidden_units]
         self.gates: GateNNs | None = None
 
@@ -177,8 +191,13 @@ class GatedTower(tf.keras.layers.Layer):
             self.gates = GateNNs([int(input_shape[-1]), *self.hidden_units], self.gate_hidden, name="gates")
         super().build(input_shape)
 
-    def call(self, inputs: tf.Tensor, gate_input: tf.Tensor | list[tf.Tensor] | None = None,
-             training: bool | None = None, return_gates: bool = False):
+    def call(
+        self,
+        inputs: tf.Tensor,
+        gate_input: tf.Tensor | list[tf.Tensor] | None = None,
+        training: bool | None = None,
+        return_gates: bool = False,
+    ):
         """Runs the tower, each Dense layer's input scaled by its gate when ``gated``.
 
         Args:
@@ -209,6 +228,12 @@ class GatedTower(tf.keras.layers.Layer):
         return (logit, gate_values) if return_gates else logit
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "hidden_units": self.hidden_units, "gate_hidden": self.gate_hidden,
-                "gated": self.gated, "dropout": self.dropout, "batch_norm": self.batch_norm,
-                "output_bias": self.output_bias}
+        return {
+            **super().get_config(),
+            "hidden_units": self.hidden_units,
+            "gate_hidden": self.gate_hidden,
+            "gated": self.gated,
+            "dropout": self.dropout,
+            "batch_norm": self.batch_norm,
+            "output_bias": self.output_bias,
+        }

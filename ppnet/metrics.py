@@ -62,8 +62,10 @@ def report(labels: np.ndarray, probabilities: np.ndarray, users: np.ndarray | No
     if labels.size == 0:
         raise PPNetError(f"{source}: no rows to evaluate")
     if labels.min() == labels.max():
-        raise PPNetError(f"{source}: every label is {labels[0]:g} ({labels.size} rows); AUC is undefined "
-                         "with a single class, evaluate on data with both clicks and non-clicks")
+        raise PPNetError(
+            f"{source}: every label is {labels[0]:g} ({labels.size} rows); AUC is undefined "
+            "with a single class, evaluate on data with both clicks and non-clicks"
+        )
     return {
         "auc": auc(labels, probabilities),
         "gauc": gauc(labels, probabilities, users) if users is not None else float("nan"),

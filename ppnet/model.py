@@ -50,30 +50,42 @@ class RankingModel(tfrs.Model):
         self.gated = model.name == "ppnet"
         categorical = [f for f in config.features if f.kind != "numeric"]
         self.personal_ids = list(model.personal_ids) if self.gated else []
-        self.lookups = {f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name))
-                        for f in categorical}
+        self.lookups = {
+            f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name)) for f in categorical
+        }
         # Tables grouped by dimension, keyed "dim<d>" (trackable dicts need string keys).
         in_tower = [f for f in categorical if model.personal_ids_in_tower or f.name not in self.personal_ids]
         self.fields = grouped(in_tower)
         self.embeddings = {group: self._tables(names, f"embedding_{group}") for group, names in self.fields.items()}
         gate_only = self.gated and model.gate_stop_gradient == "shared"  # gate-only tables for the ids
         self.gate_fields = grouped([f for f in categorical if gate_only and f.name in self.personal_ids])
-        self.gate_embeddings = {group: self._tables(names, f"gate_embedding_{group}")
-                                for group, names in self.gate_fields.items()}
+        self.gate_embeddings = {
+            group: self._tables(names, f"gate_embedding_{group}") for group, names in self.gate_fields.items()
+        }
         self.normalizer = numeric_normalizer(config.features, stats)
         rate = min(max(stats.positive_rate, 1e-6), 1 - 1e-6)
-        self.tower = GatedTower(model.hidden_units, gate_hidden=model.gate_hidden, gated=self.gated,
-                                dropout=model.dropout, batch_norm=model.batch_norm,
-                                output_bias=math.log(rate / (1 - rate)), name="tower")
+        self.tower = GatedTower(
+            model.hidden_units,
+            gate_hidden=model.gate_hidden,
+            gated=self.gated,
+            dropout=model.dropout,
+            batch_norm=model.batch_norm,
+            output_bias=math.log(rate / (1 - rate)),
+            name="tower",
+        )
         self.task = tfrs.tasks.Ranking(
             loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
-            metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc"),
-                     tf.keras.metrics.BinaryCrossentropy(from_logits=True, name="logloss")])
+            metrics=[
+                tf.keras.metrics.AUC(from_logits=True, name="auc"),
+                tf.keras.metrics.BinaryCrossentropy(from_logits=True, name="logloss"),
+            ],
+        )
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
     def _tables(self, names: list[str], layer_name: str) -> GroupedEmbedding:
-        return GroupedEmbedding([table_size(self.lookups[n]) for n in names], self.config.feature(names[0]).dim,
-                                name=layer_name)
+        return GroupedEmbedding(
+            [table_size(self.lookups[n]) for n in names], self.config.feature(names[0]).dim, name=layer_name
+        )
 
     def table_rows(self, name: str, gate: bool = False) -> tuple[tf.Variable, slice]:
         """The grouped variable holding feature ``name``'s table (the DNN's, or the gates' own) and its rows."""
@@ -82,13 +94,15 @@ class RankingModel(tfrs.Model):
         return tables[group].embeddings, tables[group].rows(fields[group].index(name))
 
     @staticmethod
-    def _embed(tables: dict[str, GroupedEmbedding], fields: dict[str, list[str]],
-               index: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def _embed(
+        tables: dict[str, GroupedEmbedding], fields: dict[str, list[str]], index: dict[str, tf.Tensor]
+    ) -> dict[str, tf.Tensor]:
         """Each group's rows ``[batch, fields, dim]``: its fields' indices stacked, one lookup."""
         return {group: table(tf.stack([index[n] for n in fields[group]], axis=1)) for group, table in tables.items()}
 
-    def tower_inputs(self, features: dict[str, tf.Tensor], index: dict[str, tf.Tensor] | None = None
-                     ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
+    def tower_inputs(
+        self, features: dict[str, tf.Tensor], index: dict[str, tf.Tensor] | None = None
+    ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
         """The tower's input ``[batch, d]``, the parts of the gates' input (``[batch, g_i]`` each,
         concatenated by the gates; none for the DNN), and the embedding rows looked up
         (``[batch, fields, dim]`` per table group).
@@ -96,7 +110,10 @@ class RankingModel(tfrs.Model):
         ``index`` (each categorical column's table rows) replaces the model's own lookups; the
         export passes the same rows computed by a ``VocabularyIndex``."""
         index = index or {}
-        index = {**{name: lookup(features[name]) for name, lookup in self.lookups.items() if name not in index}, **index}
+        index = {
+            **{name: lookup(features[name]) for name, lookup in self.lookups.items() if name not in index},
+            **index,
+        }
         embedded = self._embed(self.embeddings, self.fields, index)
         numeric = [self.normalizer(features)] if self.normalizer else []
         dnn_input = tf.concat([flatten(rows) for rows in embedded.values()] + numeric, axis=-1)
@@ -107,8 +124,12 @@ class RankingModel(tfrs.Model):
             used_rows += gate_ids
             gate_parts = [tf.stop_gradient(dnn_input), tf.concat([flatten(rows) for rows in gate_ids], axis=-1)]
         elif self.gated:
-            stopped = [tf.where(tf.constant([[[n in self.personal_ids] for n in self.fields[group]]]),
-                                tf.stop_gradient(rows), rows) for group, rows in embedded.items()]
+            stopped = [
+                tf.where(
+                    tf.constant([[[n in self.personal_ids] for n in self.fields[group]]]), tf.stop_gradient(rows), rows
+                )
+                for group, rows in embedded.items()
+            ]
             gate_parts = [tf.concat([flatten(rows) for rows in stopped] + numeric, axis=-1)]
         return dnn_input, gate_parts, used_rows
 
@@ -138,7 +159,8 @@ class RankingModel(tfrs.Model):
         per_example = self.task(labels[:, tf.newaxis], logits[:, tf.newaxis], training=training)
         if self.config.model.embedding_l2 and used_rows:  # on the rows each example used: cheap, sparse gradients
             per_example += self.config.model.embedding_l2 * tf.add_n(
-                [tf.reduce_sum(tf.square(rows), axis=[1, 2]) for rows in used_rows])
+                [tf.reduce_sum(tf.square(rows), axis=[1, 2]) for rows in used_rows]
+            )
         self.loss_tracker.update_state(per_example)
         return tf.nn.compute_average_loss(per_example)
 
@@ -182,10 +204,17 @@ class FusedAdam(SparseGradientsAsIs, tf.keras.optimizers.Adam):
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         m, v = adam_moments(self, variable)
         tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=m.handle, v=v.handle,
-            beta1_power=beta_1 ** step, beta2_power=beta_2 ** step, lr=tf.cast(self.learning_rate, dtype),
-            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
-            grad=tf.convert_to_tensor(gradient))  # duplicate rows of a sparse gradient are summed
+            var=variable.handle,
+            m=m.handle,
+            v=v.handle,
+            beta1_power=beta_1**step,
+            beta2_power=beta_2**step,
+            lr=tf.cast(self.learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.convert_to_tensor(gradient),
+        )  # duplicate rows of a sparse gradient are summed
 
 
 class LazyAdam(FusedAdam):
@@ -206,7 +235,7 @@ class LazyAdam(FusedAdam):
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - beta_2 ** step) / (1 - beta_1 ** step)
+        alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - beta_2**step) / (1 - beta_1**step)
         m, v = adam_moments(self, variable)
         rows, position = tf.unique(gradient.indices)
         grad = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0])
@@ -223,8 +252,12 @@ def build_model(config: Config, stats: Stats, compile: bool = True) -> RankingMo
     if not compile:
         model(dummy_batch(stats))
         return model
-    optimizers = {"adam": FusedAdam, "lazy_adam": LazyAdam, "adagrad": tf.keras.optimizers.Adagrad,
-                  "sgd": tf.keras.optimizers.SGD}
+    optimizers = {
+        "adam": FusedAdam,
+        "lazy_adam": LazyAdam,
+        "adagrad": tf.keras.optimizers.Adagrad,
+        "sgd": tf.keras.optimizers.SGD,
+    }
     model.compile(optimizer=optimizers[config.train.optimizer](learning_rate=config.train.learning_rate))
     model(dummy_batch(stats))
     return model

@@ -65,15 +65,16 @@ def prepare_run_dir(out: Path, config: Config, inputs: dict, fresh: bool) -> Pat
     """The working directory ``out.partial``: resumed if it holds the same config, data and ppnet
     version, else new."""
     work = partial_dir(out)
-    identity = json.dumps({"config": config.to_dict(), "inputs": inputs, "ppnet": ppnet.__version__},
-                          sort_keys=True)
+    identity = json.dumps({"config": config.to_dict(), "inputs": inputs, "ppnet": ppnet.__version__}, sort_keys=True)
     saved = work / "run.json"
     if work.exists() and not fresh:
         if saved.exists() and saved.read_text() == identity:
             log.info("resuming the interrupted run in %s", work)
             return work
-        raise PPNetError(f"{work}: an interrupted run with a different config, data or ppnet version is "
-                         "there; rerun the same command to resume, or pass --fresh to start over")
+        raise PPNetError(
+            f"{work}: an interrupted run with a different config, data or ppnet version is "
+            "there; rerun the same command to resume, or pass --fresh to start over"
+        )
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     save_config(config, work / "config.json")
@@ -126,6 +127,8 @@ def restore_best(model: RankingModel, run_dir: Path) -> None:
     try:
         restored.assert_existing_objects_matched()
     except AssertionError:
-        raise PPNetError(f"{run_dir}: its checkpoint does not hold this model's weights (written by another "
-                         f"ppnet version? this is {ppnet.__version__}); export with the version that trained "
-                         "it, or retrain") from None
+        raise PPNetError(
+            f"{run_dir}: its checkpoint does not hold this model's weights (written by another "
+            f"ppnet version? this is {ppnet.__version__}); export with the version that trained "
+            "it, or retrain"
+        ) from None

@@ -42,7 +42,7 @@ class Stats:
         write_text_atomic(path, json.dumps(asdict(self)))  # other workers read it as soon as it exists
 
     @classmethod
-    def load(cls, path: Path) -> "Stats":
+    def load(cls, path: Path) -> Stats:
         try:
             return cls(**json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as err:
@@ -70,8 +70,9 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
             if pa.types.is_dictionary(column.type):
                 column = column.cast(pa.string())
             value_counts = pc.value_counts(column.drop_null())
-            counts[f.name].update(dict(zip(value_counts.field("values").to_pylist(),
-                                           value_counts.field("counts").to_pylist())))
+            counts[f.name].update(
+                dict(zip(value_counts.field("values").to_pylist(), value_counts.field("counts").to_pylist()))
+            )
         for f in numeric_features:
             values = batch.column(f.name).cast(pa.float64()).to_numpy(zero_copy_only=False)
             values = values[np.isfinite(values)]
@@ -81,16 +82,27 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
                 moments[f.name] = _merge_moments(moments[f.name], values)
     if rows == 0:
         raise PPNetError(f"{split.description}: the training split has no rows")
-    vocabularies = {f.name: [value for value, n in sorted(counts[f.name].items(), key=lambda kv: (-kv[1], str(kv[0])))
-                             if n >= f.min_count]
-                    for f in vocab_features}
+    vocabularies = {
+        f.name: [
+            value
+            for value, n in sorted(counts[f.name].items(), key=lambda kv: (-kv[1], str(kv[0])))
+            if n >= f.min_count
+        ]
+        for f in vocab_features
+    }
     empty = [name for name, values in vocabularies.items() if not values]
     if empty:
-        raise PPNetError(f"{split.description}: no value of {empty} occurs min_count times in the training split; "
-                         "lower features.NAME.min_count or use kind = \"hash\"")
-    return Stats(kinds=dict(kinds), vocabularies=vocabularies,
-                 numeric={name: _mean_std(m) for name, m in moments.items()},
-                 rows=rows, positive_rate=positives / rows)
+        raise PPNetError(
+            f"{split.description}: no value of {empty} occurs min_count times in the training split; "
+            'lower features.NAME.min_count or use kind = "hash"'
+        )
+    return Stats(
+        kinds=dict(kinds),
+        vocabularies=vocabularies,
+        numeric={name: _mean_std(m) for name, m in moments.items()},
+        rows=rows,
+        positive_rate=positives / rows,
+    )
 
 
 def _merge_moments(moments: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -100,8 +112,9 @@ def _merge_moments(moments: np.ndarray, values: np.ndarray) -> np.ndarray:
     batch_mean = values.mean()
     total = n + k
     delta = batch_mean - mean
-    return np.array([total, mean + delta * k / total,
-                     m2 + np.square(values - batch_mean).sum() + delta * delta * n * k / total])
+    return np.array(
+        [total, mean + delta * k / total, m2 + np.square(values - batch_mean).sum() + delta * delta * n * k / total]
+    )
 
 
 def _mean_std(moments: np.ndarray) -> list[float]:
@@ -110,4 +123,3 @@ def _mean_std(moments: np.ndarray) -> list[float]:
         return [0.0, 1.0]
     std = math.sqrt(max(m2 / n, 0.0))
     return [float(mean), float(std) if std > 1e-12 else 1.0]
-

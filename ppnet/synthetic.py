@@ -30,8 +30,9 @@ def zipf_ids(rng: np.random.Generator, n_ids: int, size: int, exponent: float = 
     return rng.permutation(n_ids)[ranks]
 
 
-def generate(rows: int = 300_000, days: int = 8, users: int = 5_000, videos: int = 20_000,
-             authors: int = 2_000, seed: int = 0) -> pa.Table:
+def generate(
+    rows: int = 300_000, days: int = 8, users: int = 5_000, videos: int = 20_000, authors: int = 2_000, seed: int = 0
+) -> pa.Table:
     """A synthetic click log of ``rows`` impressions over ``days`` consecutive dates."""
     rng = np.random.default_rng(seed)
     taste = 4
@@ -53,20 +54,33 @@ def generate(rows: int = 300_000, days: int = 8, users: int = 5_000, videos: int
     hour = rng.integers(0, 24, rows)
     tab = rng.choice(5, rows, p=[0.6, 0.2, 0.1, 0.07, 0.03])
     length = (np.log(video_seconds[v]) - 3.5) / 0.8
-    logit = (-0.3 + user_bias[u] + video_bias[v] + np.array([0.0, -0.4, 0.3, -0.8, 0.5])[tab]
-             + 0.3 * np.sin(hour / 24 * 2 * np.pi)
-             + 0.5 * np.einsum("ij,ij->i", user_taste[u], author_style[a]) / np.sqrt(taste)
-             + 0.5 * np.einsum("ij,ij->i", user_taste[u], video_topic[v]) / np.sqrt(taste)
-             + 0.8 * user_length_taste[u] * length
-             + 0.8 * user_ad_taste[u] * np.where(video_is_ad[v], 1.0, -1.0))
+    logit = (
+        -0.3
+        + user_bias[u]
+        + video_bias[v]
+        + np.array([0.0, -0.4, 0.3, -0.8, 0.5])[tab]
+        + 0.3 * np.sin(hour / 24 * 2 * np.pi)
+        + 0.5 * np.einsum("ij,ij->i", user_taste[u], author_style[a]) / np.sqrt(taste)
+        + 0.5 * np.einsum("ij,ij->i", user_taste[u], video_topic[v]) / np.sqrt(taste)
+        + 0.8 * user_length_taste[u] * length
+        + 0.8 * user_ad_taste[u] * np.where(video_is_ad[v], 1.0, -1.0)
+    )
     click = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    return pa.table({
-        "user_id": u.astype(np.int64), "video_id": v.astype(np.int64), "author_id": a.astype(np.int64),
-        "date": (FIRST_DATE + day).astype(np.int64), "hour": hour.astype(np.int64), "tab": tab.astype(np.int64),
-        "user_active_degree": user_degree[u], "follow_user_num": user_follows[u],
-        "video_type": np.where(video_is_ad[v], "AD", "NORMAL"), "video_duration": video_seconds[v] * 1000.0,
-        "is_click": click,
-    })
+    return pa.table(
+        {
+            "user_id": u.astype(np.int64),
+            "video_id": v.astype(np.int64),
+            "author_id": a.astype(np.int64),
+            "date": (FIRST_DATE + day).astype(np.int64),
+            "hour": hour.astype(np.int64),
+            "tab": tab.astype(np.int64),
+            "user_active_degree": user_degree[u],
+            "follow_user_num": user_follows[u],
+            "video_type": np.where(video_is_ad[v], "AD", "NORMAL"),
+            "video_duration": video_seconds[v] * 1000.0,
+            "is_click": click,
+        }
+    )
 
 
 def write_synthetic(out: str | Path, rows: int = 300_000, seed: int = 0, overwrite: bool = False) -> dict:

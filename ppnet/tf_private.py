@@ -11,8 +11,15 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-__all__ = ["xplane_pb2", "freeze", "resume_counters", "take_backup", "skip_log_sync", "adam_moments",
-           "SparseGradientsAsIs"]
+__all__ = [
+    "SparseGradientsAsIs",
+    "adam_moments",
+    "freeze",
+    "resume_counters",
+    "skip_log_sync",
+    "take_backup",
+    "xplane_pb2",
+]
 
 
 def freeze(function: tf.types.experimental.ConcreteFunction) -> tf.types.experimental.ConcreteFunction:

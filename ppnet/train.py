@@ -26,8 +26,18 @@ from ppnet.errors import PPNetError
 from ppnet.evaluate import model_predictor, score_split
 from ppnet.export import export_model
 from ppnet.model import build_model
-from ppnet.rundir import (BACKUP, EPOCHS_FILE, FITTED, SHARDS, check_replaceable, epoch_scores, finish_run,
-                          partial_dir, prepare_run_dir, restore_best)
+from ppnet.rundir import (
+    BACKUP,
+    EPOCHS_FILE,
+    FITTED,
+    SHARDS,
+    check_replaceable,
+    epoch_scores,
+    finish_run,
+    partial_dir,
+    prepare_run_dir,
+    restore_best,
+)
 from ppnet.stats import Stats, compute_stats
 
 log = logging.getLogger(__name__)
@@ -67,8 +77,15 @@ class Duties:
         return self.input != "local"
 
 
-def train(config: Config, data_path: str, out: str | Path, valid_path: str | None = None,
-          overwrite: bool = False, fresh: bool = False, strategy: str = "local") -> dict:
+def train(
+    config: Config,
+    data_path: str,
+    out: str | Path,
+    valid_path: str | None = None,
+    overwrite: bool = False,
+    fresh: bool = False,
+    strategy: str = "local",
+) -> dict:
     """Train on ``data_path`` and return the metrics written to ``RUN_DIR/metrics.json``.
 
     With ``strategy="multi_worker"`` every worker of the ``TF_CONFIG`` cluster runs this same
@@ -89,8 +106,7 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     check_labels(valid_split, label, need_both_classes=True)
     inputs = {"data": str(data_path), "valid": None if valid_path is None else str(valid_path)}
     work, stats = setup_run(config, train_split, kinds, out, inputs, duties, fresh)
-    log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description,
-             valid_split.description)
+    log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description, valid_split.description)
 
     tf.keras.utils.set_random_seed(config.train.seed)
     dist = distribute.make_strategy(strategy)
@@ -111,22 +127,31 @@ def train(config: Config, data_path: str, out: str | Path, valid_path: str | Non
     metrics = score_split(model_predictor(final, kinds), valid_split, kinds, label, config.data.user_column)
     export_dir = export_model(final, work / "export")
     epochs = epoch_scores(work)
-    metrics.update({
-        "examples_per_sec": meter.examples_per_sec, "train_rows": train_rows, "workers": role.count,
-        "epochs_run": len(epochs), "best_epoch": max(epochs, key=lambda e: e["val_auc"])["epoch"] if epochs else 0,
-        "model": config.model.name, "gate_stop_gradient": config.model.gate_stop_gradient,
-        "personal_ids_in_tower": config.model.personal_ids_in_tower,
-        "export": str(Path("export") / export_dir.name),
-    })
+    metrics.update(
+        {
+            "examples_per_sec": meter.examples_per_sec,
+            "train_rows": train_rows,
+            "workers": role.count,
+            "epochs_run": len(epochs),
+            "best_epoch": max(epochs, key=lambda e: e["val_auc"])["epoch"] if epochs else 0,
+            "model": config.model.name,
+            "gate_stop_gradient": config.model.gate_stop_gradient,
+            "personal_ids_in_tower": config.model.personal_ids_in_tower,
+            "export": str(Path("export") / export_dir.name),
+        }
+    )
     if role.parameter_server:  # how each embedding table was split across the parameter servers
-        metrics["table_shards"] = {layer.name: len(getattr(layer.embeddings, "variables", [layer.embeddings]))
-                                   for layer in [*model.embeddings.values(), *model.gate_embeddings.values()]}
+        metrics["table_shards"] = {
+            layer.name: len(getattr(layer.embeddings, "variables", [layer.embeddings]))
+            for layer in [*model.embeddings.values(), *model.gate_embeddings.values()]
+        }
     finish_run(work, out, metrics)
     return metrics
 
 
-def setup_run(config: Config, train_split: Split, kinds: dict[str, str], out: Path, inputs: dict,
-              duties: Duties, fresh: bool) -> tuple[Path, Stats]:
+def setup_run(
+    config: Config, train_split: Split, kinds: dict[str, str], out: Path, inputs: dict, duties: Duties, fresh: bool
+) -> tuple[Path, Stats]:
     """The chief computes the statistics and prepares the run directory; other workers wait for them."""
     if not duties.owns_run:
         work = partial_dir(out)
@@ -137,48 +162,97 @@ def setup_run(config: Config, train_split: Split, kinds: dict[str, str], out: Pa
     return work, stats
 
 
-def fit(model: tf.keras.Model, config: Config, dist: tf.distribute.Strategy, role: distribute.Role,
-        duties: Duties, train_split: Split, valid_split: Split, kinds: dict[str, str],
-        train_rows: int, work: Path, meter: ThroughputMeter) -> None:
+def fit(
+    model: tf.keras.Model,
+    config: Config,
+    dist: tf.distribute.Strategy,
+    role: distribute.Role,
+    duties: Duties,
+    train_split: Split,
+    valid_split: Split,
+    kinds: dict[str, str],
+    train_rows: int,
+    work: Path,
+    meter: ThroughputMeter,
+) -> None:
     """``model.fit`` with the run's callbacks; a loss that became NaN or infinite is a one-line error."""
     cursor = EpochCursor()
     train_ds = make_input(dist, role, duties, config, train_split, kinds, cursor, train_rows, work)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
     steps = -(-train_rows // (config.train.batch_size * role.count))
-    validation = ValidationScore(valid_split, kinds, config.data.label, config.data.user_column,
-                                 work / EPOCHS_FILE if duties.owns_run else None)
-    callbacks = training_callbacks(work, patience=config.train.early_stopping_patience,
-                                   backup_every=duties.backup_every, cursor=cursor, steps_per_epoch=steps,
-                                   meter=meter, validation=validation, per_step_logs=duties.per_step_logs)
-    history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=steps if duties.streamed else None,
-                        callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    validation = ValidationScore(
+        valid_split, kinds, config.data.label, config.data.user_column, work / EPOCHS_FILE if duties.owns_run else None
+    )
+    callbacks = training_callbacks(
+        work,
+        patience=config.train.early_stopping_patience,
+        backup_every=duties.backup_every,
+        cursor=cursor,
+        steps_per_epoch=steps,
+        meter=meter,
+        validation=validation,
+        per_step_logs=duties.per_step_logs,
+    )
+    history = model.fit(
+        train_ds,
+        epochs=config.train.epochs,
+        steps_per_epoch=steps if duties.streamed else None,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
     losses = history.history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
-        raise PPNetError(f"training loss became {losses[-1]} in epoch {len(losses)} (step {meter.last_step}); "
-                         f"lower train.learning_rate or check the numeric features, then rerun with --fresh "
-                         f"(backups taken before the NaN are in {work / BACKUP})")
+        raise PPNetError(
+            f"training loss became {losses[-1]} in epoch {len(losses)} (step {meter.last_step}); "
+            f"lower train.learning_rate or check the numeric features, then rerun with --fresh "
+            f"(backups taken before the NaN are in {work / BACKUP})"
+        )
 
 
-def make_input(strategy: tf.distribute.Strategy, role: distribute.Role, duties: Duties, config: Config,
-               split: Split, kinds: dict[str, str], cursor: EpochCursor, rows: int, work: Path):
+def make_input(
+    strategy: tf.distribute.Strategy,
+    role: distribute.Role,
+    duties: Duties,
+    config: Config,
+    split: Split,
+    kinds: dict[str, str],
+    cursor: EpochCursor,
+    rows: int,
+    work: Path,
+):
     """The training dataset; in a cluster each worker streams only its own shard of the files.
 
     ``train.batch_size`` is per worker, so the global batch is ``batch_size x workers``. Parameter-
     server workers read their shard from TFRecord files the chief writes into the run directory.
     """
-    options = {"label": config.data.label, "batch_size": config.train.batch_size,
-               "shuffle_buffer": config.data.shuffle_buffer, "seed": config.train.seed, "cursor": cursor}
+    options = {
+        "label": config.data.label,
+        "batch_size": config.train.batch_size,
+        "shuffle_buffer": config.data.shuffle_buffer,
+        "seed": config.train.seed,
+        "cursor": cursor,
+    }
     if duties.input == "local":
         return make_dataset(split, kinds, rows=rows, **options)
     split = split.nonempty()
     empty = [i for i in range(role.count) if not split.shard(i, role.count).files]
     if empty:
-        raise PPNetError(f"{split.description}: worker(s) {empty} of {role.count} would get no training rows; "
-                         "write the log in more files or row groups, or use fewer workers")
+        raise PPNetError(
+            f"{split.description}: worker(s) {empty} of {role.count} would get no training rows; "
+            "write the log in more files or row groups, or use fewer workers"
+        )
     if duties.input == "tfrecord":
-        shards = [str(p) for p in write_tfrecord_shards(split, kinds, options["label"], options["batch_size"],
-                                                             role.count, work / SHARDS, config.train.seed)]
+        shards = [
+            str(p)
+            for p in write_tfrecord_shards(
+                split, kinds, options["label"], options["batch_size"], role.count, work / SHARDS, config.train.seed
+            )
+        ]
         return tf.keras.utils.experimental.DatasetCreator(
-            lambda context: tfrecord_dataset(shards[context.input_pipeline_id], kinds, options["label"]))
-    return strategy.distribute_datasets_from_function(lambda context: make_dataset(
-        split.shard(context.input_pipeline_id, context.num_input_pipelines), kinds, repeat=True, **options))
+            lambda context: tfrecord_dataset(shards[context.input_pipeline_id], kinds, options["label"])
+        )
+    return strategy.distribute_datasets_from_function(
+        lambda context: make_dataset(
+            split.shard(context.input_pipeline_id, context.num_input_pipelines), kinds, repeat=True, **options
+        )
+    )

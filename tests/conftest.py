@@ -5,11 +5,11 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports tf.keras
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.helpers import small_config  # noqa: E402
+from tests.helpers import small_config
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,14 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "ppnet" / "configs" / "default.toml"
 KUAIRAND = REPO.parent / "shared" / "data" / "kuairand-pure"
 # Small enough to train in seconds, big enough that every vocabulary has values.
-SMALL_OVERRIDES = ["model.hidden_units=[32, 16]", "model.gate_hidden=8", "train.epochs=2",
-                   "train.batch_size=256", "data.shuffle_buffer=4096", "train.backup_every_steps=0"]
+SMALL_OVERRIDES = [
+    "model.hidden_units=[32, 16]",
+    "model.gate_hidden=8",
+    "train.epochs=2",
+    "train.batch_size=256",
+    "data.shuffle_buffer=4096",
+    "train.backup_every_steps=0",
+]
 
 
 def small_config(*extra: str):

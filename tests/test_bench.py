@@ -12,8 +12,12 @@ from tests.helpers import small_config
 
 VARIANTS = {"ppnet", "ppnet_tower_ids", "ppnet_ids", "dnn", "logreg"}
 BATCHES = {"1", "64", "1024"}
-MODEL_MODES = [["model.name=dnn"], ["model.gate_stop_gradient=shared"], ["model.gate_stop_gradient=ids"],
-               ["model.personal_ids_in_tower=false"]]
+MODEL_MODES = [
+    ["model.name=dnn"],
+    ["model.gate_stop_gradient=shared"],
+    ["model.gate_stop_gradient=ids"],
+    ["model.personal_ids_in_tower=false"],
+]
 
 
 def finite(value) -> bool:
@@ -69,7 +73,7 @@ def test_speed(smoke):
 
 def test_memory(smoke):
     memory = smoke[0]["logs"]["synthetic"]["memory"]
-    assert memory["peak_rss_1x_bytes"] > 50 * 2 ** 20 and memory["peak_rss_4x_bytes"] > 50 * 2 ** 20
+    assert memory["peak_rss_1x_bytes"] > 50 * 2**20 and memory["peak_rss_4x_bytes"] > 50 * 2**20
     assert memory["train_rows_4x"] == 4 * memory["train_rows_1x"]
     assert finite(memory["ratio_4x_1x"]) and memory["ratio_4x_1x"] > 0
 
@@ -79,8 +83,9 @@ def test_serving(smoke):
     assert serving["export_bytes"] > 0
     assert serving["ppnet_imported"] is False and serving["tf_use_legacy_keras"] is None
     assert serving["tf_enable_onednn_opts"] == "1" and serving["onednn_off"]["tf_enable_onednn_opts"] == "0"
-    for runs, model in itertools.product((serving, serving["onednn_off"]),
-                                         ("model", "model_examples", "trivial", "trivial_columns", "tower")):
+    for runs, model in itertools.product(
+        (serving, serving["onednn_off"]), ("model", "model_examples", "trivial", "trivial_columns", "tower")
+    ):
         assert set(runs[model]) == BATCHES
         for batch, timing in runs[model].items():
             assert timing["rows"] == int(batch)
@@ -161,8 +166,10 @@ def test_the_dnn_baseline_gets_its_own_tuning_and_the_user_set_wins() -> None:
     from ppnet.config import load_config
 
     kuairand = CONFIGS / "kuairand.toml"
-    dropout = {variant: load_config(kuairand, variant_sets(kuairand, variant, [], 42)).model.dropout
-               for variant in ("ppnet", "dnn")}
+    dropout = {
+        variant: load_config(kuairand, variant_sets(kuairand, variant, [], 42)).model.dropout
+        for variant in ("ppnet", "dnn")
+    }
     assert dropout == {"ppnet": 0.0, "dnn": 0.2} and "kuairand.toml" in BASELINE_TUNING
     user = load_config(kuairand, variant_sets(kuairand, "dnn", ["model.dropout=0.3"], 42))
     assert user.model.dropout == 0.3 and user.model.name == "dnn" and user.train.seed == 42

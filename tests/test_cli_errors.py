@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 from ppnet.cli import main
+from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 
 
 def _fail(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
@@ -46,6 +46,7 @@ def _siblings(path: Path) -> list[str]:
 
 
 # --- train --------------------------------------------------------------------------------------
+
 
 def test_train_unknown_config_key(capsys, synthetic_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "typo.toml"
@@ -118,6 +119,7 @@ def test_train_out_exists(capsys, synthetic_dir: Path, tmp_path: Path) -> None:
 
 # --- evaluate -----------------------------------------------------------------------------------
 
+
 def test_evaluate_not_an_export(capsys, synthetic_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     message = _fail(capsys, ["evaluate", "--model", tmp_path / "model", "--data", synthetic_dir])
@@ -151,14 +153,20 @@ def test_evaluate_missing_column(capsys, trained_run: Path, synthetic_dir: Path,
 
 
 def test_evaluate_json_is_a_directory(capsys, trained_run: Path, synthetic_dir: Path, tmp_path: Path) -> None:
-    message = _fail(capsys, ["evaluate", "--model", trained_run / "export" / "1", "--data", synthetic_dir,
-                             "--json", tmp_path])
+    message = _fail(
+        capsys, ["evaluate", "--model", trained_run / "export" / "1", "--data", synthetic_dir, "--json", tmp_path]
+    )
     assert str(tmp_path) in message and "directory" in message
     assert list(tmp_path.iterdir()) == [] and _siblings(tmp_path) == []
 
 
-@pytest.mark.parametrize("argv", [["prepare", "synthetic", "--out", "OUT", "--rows", "0"],
-                                  ["export", "--run", "RUN", "--out", "OUT", "--version", "-2"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prepare", "synthetic", "--out", "OUT", "--rows", "0"],
+        ["export", "--run", "RUN", "--out", "OUT", "--version", "-2"],
+    ],
+)
 def test_counts_and_versions_must_be_positive(capsys, tmp_path: Path, argv: list[str]) -> None:
     argv = [str(tmp_path / a) if a in ("OUT", "RUN") else a for a in argv]
     with pytest.raises(SystemExit) as exit_:
@@ -168,6 +176,7 @@ def test_counts_and_versions_must_be_positive(capsys, tmp_path: Path, argv: list
 
 
 # --- prepare ------------------------------------------------------------------------------------
+
 
 def test_prepare_synthetic_out_exists(capsys, tmp_path: Path) -> None:
     out = tmp_path / "log"

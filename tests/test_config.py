@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DEFAULT_CONFIG
 from ppnet.config import Config, apply_override, config_from_dict, load_config
 from ppnet.errors import PPNetError
+from tests.helpers import DEFAULT_CONFIG
 
 KUAIRAND_CONFIG = DEFAULT_CONFIG.parent / "kuairand.toml"
 
@@ -30,6 +30,7 @@ def _error(fn, *args) -> str:
 
 
 # --- shipped configs ----------------------------------------------------------------------------
+
 
 def test_default_config_loads_as_written() -> None:
     config = load_config(DEFAULT_CONFIG)
@@ -65,6 +66,7 @@ def test_int_is_accepted_where_float_expected(raw: dict) -> None:
 
 # --- unknown keys -------------------------------------------------------------------------------
 
+
 def test_unknown_top_level_key(raw: dict) -> None:
     raw["trainer"] = {"epochs": 3}
     assert "trainer" in _error(config_from_dict, raw)
@@ -91,18 +93,22 @@ def test_unknown_key_in_file_names_the_file(tmp_path: Path) -> None:
 
 # --- wrong types and impossible values ----------------------------------------------------------
 
-@pytest.mark.parametrize("section,key,value,shown", [
-    ("train", "batch_size", "big", "'big'"),
-    ("train", "batch_size", True, "True"),         # a bool is not an int
-    ("train", "epochs", 2.5, "2.5"),
-    ("train", "learning_rate", "fast", "'fast'"),
-    ("train", "learning_rate", True, "True"),
-    ("model", "batch_norm", 1, "1"),               # an int is not a bool
-    ("model", "hidden_units", [8, "4"], "'4'"),
-    ("model", "hidden_units", 8, "8"),
-    ("model", "name", "transformer", "'transformer'"),
-    ("data", "label", 3, "3"),
-])
+
+@pytest.mark.parametrize(
+    "section,key,value,shown",
+    [
+        ("train", "batch_size", "big", "'big'"),
+        ("train", "batch_size", True, "True"),  # a bool is not an int
+        ("train", "epochs", 2.5, "2.5"),
+        ("train", "learning_rate", "fast", "'fast'"),
+        ("train", "learning_rate", True, "True"),
+        ("model", "batch_norm", 1, "1"),  # an int is not a bool
+        ("model", "hidden_units", [8, "4"], "'4'"),
+        ("model", "hidden_units", 8, "8"),
+        ("model", "name", "transformer", "'transformer'"),
+        ("data", "label", 3, "3"),
+    ],
+)
 def test_wrong_type(raw: dict, section: str, key: str, value, shown: str) -> None:
     raw[section][key] = value
     message = _error(config_from_dict, raw)
@@ -200,17 +206,26 @@ def test_dropout_out_of_range(raw: dict, key: str, value: float) -> None:
     assert "model.dropout" in _error(config_from_dict, raw)
 
 
-@pytest.mark.parametrize("section,key,value", [
-    ("train", "batch_size", 0), ("train", "epochs", 0), ("train", "learning_rate", 0.0),
-    ("data", "valid_last", 0), ("train", "early_stopping_patience", -1), ("train", "backup_every_steps", -7),
-    ("train", "seed", -1), ("train", "seed", 2 ** 32),
-])
+@pytest.mark.parametrize(
+    "section,key,value",
+    [
+        ("train", "batch_size", 0),
+        ("train", "epochs", 0),
+        ("train", "learning_rate", 0.0),
+        ("data", "valid_last", 0),
+        ("train", "early_stopping_patience", -1),
+        ("train", "backup_every_steps", -7),
+        ("train", "seed", -1),
+        ("train", "seed", 2**32),
+    ],
+)
 def test_non_positive_values(raw: dict, section: str, key: str, value) -> None:
     raw[section][key] = value
     assert f"{section}.{key}" in _error(config_from_dict, raw)
 
 
 # --- files --------------------------------------------------------------------------------------
+
 
 def test_invalid_toml(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
@@ -238,6 +253,7 @@ def test_config_file_not_utf8(tmp_path: Path) -> None:
 
 
 # --- --set overrides ----------------------------------------------------------------------------
+
 
 def test_override_model_name() -> None:
     assert load_config(DEFAULT_CONFIG).model.name == "ppnet"

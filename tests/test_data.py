@@ -13,12 +13,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import REPO, small_config
 from ppnet.config import config_from_dict
 from ppnet.data.pipeline import iter_batches, make_dataset
 from ppnet.data.schema import FLOAT, INT, NULL_INT_ID, NULL_STRING_ID, STRING, input_kinds, resolve_files
 from ppnet.data.split import Split, check_labels, make_splits
 from ppnet.errors import PPNetError
+from tests.helpers import REPO, small_config
 
 
 def _error(fn, *args, **kwargs) -> str:
@@ -50,11 +50,13 @@ def _rows(split: Split, columns: list[str]) -> pa.Table:
 
 def _simple_config(**data_section):
     """A config over an ``id`` column (int vocab), ``cat`` (string vocab), ``x`` (numeric)."""
-    return config_from_dict({
-        "features": [{"name": "id"}, {"name": "cat"}, {"name": "x", "kind": "numeric"}],
-        "model": {"name": "dnn", "personal_ids": []},
-        "data": data_section,
-    })
+    return config_from_dict(
+        {
+            "features": [{"name": "id"}, {"name": "cat"}, {"name": "x", "kind": "numeric"}],
+            "model": {"name": "dnn", "personal_ids": []},
+            "data": data_section,
+        }
+    )
 
 
 def _id_log(tmp_path: Path, files: int = 3, rows_per_file: int = 837) -> tuple[Path, int]:
@@ -65,14 +67,24 @@ def _id_log(tmp_path: Path, files: int = 3, rows_per_file: int = 837) -> tuple[P
     for i in range(files):
         ids = np.arange(start, start + rows_per_file + i, dtype=np.int64)  # unequal file sizes
         start = ids[-1] + 1
-        pq.write_table(pa.table({
-            "id": ids, "cat": [f"c{j % 7}" for j in ids], "x": ids.astype(np.float64) / 10,
-            "date": np.full(ids.size, 20220601 + i, dtype=np.int64), "is_click": ids % 2,
-        }), out / f"part-{i}.parquet", row_group_size=200)
+        pq.write_table(
+            pa.table(
+                {
+                    "id": ids,
+                    "cat": [f"c{j % 7}" for j in ids],
+                    "x": ids.astype(np.float64) / 10,
+                    "date": np.full(ids.size, 20220601 + i, dtype=np.int64),
+                    "is_click": ids % 2,
+                }
+            ),
+            out / f"part-{i}.parquet",
+            row_group_size=200,
+        )
     return out, int(start)
 
 
 # --- rooms --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("module", ["ppnet.data.schema", "ppnet.data.split", "ppnet.stats"])
 def test_tf_free_rooms_do_not_import_tensorflow(module: str) -> None:
@@ -84,6 +96,7 @@ def test_tf_free_rooms_do_not_import_tensorflow(module: str) -> None:
 
 
 # --- resolve_files ------------------------------------------------------------------------------
+
 
 def test_resolve_file(synthetic_dir: Path) -> None:
     file = sorted(synthetic_dir.glob("*.parquet"))[3]
@@ -97,8 +110,9 @@ def test_resolve_dir_is_recursive_sorted_and_parquet_only(tmp_path: Path) -> Non
         pq.write_table(pa.table({"v": [1]}), tmp_path / name)
     (tmp_path / "notes.txt").write_text("not parquet")
     files = resolve_files(tmp_path)
-    assert files == sorted([tmp_path / "a.parquet", tmp_path / "b" / "c.parquet",
-                            tmp_path / "b" / "nested" / "z.parquet"])
+    assert files == sorted(
+        [tmp_path / "a.parquet", tmp_path / "b" / "c.parquet", tmp_path / "b" / "nested" / "z.parquet"]
+    )
 
 
 def test_resolve_dir(synthetic_dir: Path) -> None:
@@ -125,6 +139,7 @@ def test_resolve_empty_dir(tmp_path: Path) -> None:
 
 
 # --- input_kinds --------------------------------------------------------------------------------
+
 
 def test_input_kinds_of_synthetic_log(synthetic_dir: Path) -> None:
     config = small_config()
@@ -196,13 +211,14 @@ def test_dictionary_string_column_is_a_string_input(synthetic_dir: Path, tmp_pat
 
 # --- empty and corrupt files --------------------------------------------------------------------
 
+
 def test_zero_row_file(synthetic_dir: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.parquet"
     pq.write_table(pq.read_table(resolve_files(synthetic_dir)[0]).slice(0, 0), empty)
     config = small_config()
     assert input_kinds(config, [empty])["user_id"] == INT  # the schema is fine
     assert str(empty) in _error(make_splits, config, empty, None)
-    train, valid = make_splits(config, synthetic_dir, empty)
+    _, valid = make_splits(config, synthetic_dir, empty)
     message = _error(check_labels, valid, config.data.label)
     assert str(empty) in message and "no rows" in message
 
@@ -247,6 +263,7 @@ def test_corrupt_data_pages_with_intact_footer(synthetic_dir: Path, tmp_path: Pa
 
 
 # --- check_labels -------------------------------------------------------------------------------
+
 
 def test_check_labels_counts_rows(synthetic_dir: Path) -> None:
     files = resolve_files(synthetic_dir)
@@ -303,6 +320,7 @@ def test_check_labels_string_label(tmp_path: Path) -> None:
 
 # --- make_splits --------------------------------------------------------------------------------
 
+
 def test_split_by_last_date(synthetic_dir: Path) -> None:
     config = small_config()
     train, valid = make_splits(config, synthetic_dir, None)
@@ -347,8 +365,12 @@ def test_split_column_missing(synthetic_dir: Path, tmp_path: Path) -> None:
 
 def test_split_column_with_nulls(synthetic_dir: Path, tmp_path: Path) -> None:
     _, files = _copy_log(synthetic_dir, tmp_path)
-    _rewrite(files[2], lambda t: _replace_column(t, "date", pa.array([None] * 5 + t["date"].to_pylist()[5:],
-                                                                      t.schema.field("date").type)))
+    _rewrite(
+        files[2],
+        lambda t: _replace_column(
+            t, "date", pa.array([None] * 5 + t["date"].to_pylist()[5:], t.schema.field("date").type)
+        ),
+    )
     message = _error(make_splits, small_config(), files[0].parent, None)
     assert str(files[2]) in message and "'date'" in message and "5 null" in message
 
@@ -434,19 +456,32 @@ def test_iter_batches_respects_split_filter(tmp_path: Path) -> None:
 
 def test_null_handling(tmp_path: Path) -> None:
     file = tmp_path / "nulls.parquet"
-    pq.write_table(pa.table({
-        "int_id": pa.array([5, None, 7, None], pa.int64()),
-        "small_int": pa.array([1, None, 3, 4], pa.int8()),
-        "str_id": pa.array(["a", None, "c", None], pa.string()),
-        "large_str": pa.array([None, "b", None, "d"], pa.large_string()),
-        "dict_str": pa.array(["x", None, "x", "y"]).dictionary_encode(),
-        "flag": pa.array([True, None, False, True]),
-        "num": pa.array([1.5, None, float("nan"), 2.0], pa.float64()),
-        "int_num": pa.array([None, 2, 3, None], pa.int64()),
-        "is_click": [0, 1, 0, 1],
-    }), file)
-    kinds = {"int_id": INT, "small_int": INT, "str_id": STRING, "large_str": STRING,
-             "dict_str": STRING, "flag": INT, "num": FLOAT, "int_num": FLOAT}
+    pq.write_table(
+        pa.table(
+            {
+                "int_id": pa.array([5, None, 7, None], pa.int64()),
+                "small_int": pa.array([1, None, 3, 4], pa.int8()),
+                "str_id": pa.array(["a", None, "c", None], pa.string()),
+                "large_str": pa.array([None, "b", None, "d"], pa.large_string()),
+                "dict_str": pa.array(["x", None, "x", "y"]).dictionary_encode(),
+                "flag": pa.array([True, None, False, True]),
+                "num": pa.array([1.5, None, float("nan"), 2.0], pa.float64()),
+                "int_num": pa.array([None, 2, 3, None], pa.int64()),
+                "is_click": [0, 1, 0, 1],
+            }
+        ),
+        file,
+    )
+    kinds = {
+        "int_id": INT,
+        "small_int": INT,
+        "str_id": STRING,
+        "large_str": STRING,
+        "dict_str": STRING,
+        "flag": INT,
+        "num": FLOAT,
+        "int_num": FLOAT,
+    }
     [(features, labels)] = list(iter_batches(Split((file,)), kinds, "is_click", 8))
     assert features["int_id"].tolist() == [5, NULL_INT_ID, 7, NULL_INT_ID] and NULL_INT_ID == -1
     assert features["int_id"].dtype == np.int64 and features["small_int"].dtype == np.int64
@@ -463,6 +498,7 @@ def test_null_handling(tmp_path: Path) -> None:
 
 
 # --- make_dataset -------------------------------------------------------------------------------
+
 
 def test_make_dataset_dtypes_and_epochs(synthetic_dir: Path) -> None:
     import tensorflow as tf

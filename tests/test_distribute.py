@@ -1,5 +1,6 @@
 """tf.distribute: deterministic sharding, TF_CONFIG roles, and a real 2-worker cluster on 127.0.0.1."""
 
+import itertools
 import json
 import re
 import subprocess
@@ -15,8 +16,11 @@ from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 
 
 def row_ids(split):
-    return [v for _, batch in split.batches(["user_id", "video_id", "hour"]) for v in
-            zip(*(batch.column(i).to_pylist() for i in range(3)))]
+    return [
+        v
+        for _, batch in split.batches(["user_id", "video_id", "hour"])
+        for v in zip(*(batch.column(i).to_pylist() for i in range(3)))
+    ]
 
 
 @pytest.mark.parametrize("workers", [2, 3, 8, 20])
@@ -26,7 +30,7 @@ def test_shards_cover_every_row_exactly_once(synthetic_dir, tmp_path, workers):
         pq.write_table(pq.read_table(file), tmp_path / file.name, row_group_size=100)
     split = Split(tuple(sorted(tmp_path.glob("*.parquet"))))
     shards = [split.shard(i, workers) for i in range(workers)]
-    assert sorted(sum((row_ids(s) for s in shards), [])) == sorted(row_ids(split))
+    assert sorted(itertools.chain.from_iterable(row_ids(s) for s in shards)) == sorted(row_ids(split))
     assert [s.files for s in shards] == [split.shard(i, workers).files for i in range(workers)]  # deterministic
     if workers > len(split.files):
         assert all(s.row_groups for s in shards)
@@ -47,9 +51,28 @@ def test_two_worker_multi_worker_mirrored_run_reports_global_metrics(synthetic_d
     run = tmp_path / "run"
     sets = [arg for item in [*SMALL_OVERRIDES, "train.epochs=2"] for arg in ("--set", item)]
     result = subprocess.run(
-        [sys.executable, "-m", "ppnet.cli", "launch-local", "--workers", "2", "--timeout", "500", "--",
-         "--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), "--out", str(run), *sets],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "ppnet.cli",
+            "launch-local",
+            "--workers",
+            "2",
+            "--timeout",
+            "500",
+            "--",
+            "--config",
+            str(DEFAULT_CONFIG),
+            "--data",
+            str(synthetic_dir),
+            "--out",
+            str(run),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["workers"] == 2 and 0.5 < metrics["auc"] <= 1.0
@@ -58,9 +81,17 @@ def test_two_worker_multi_worker_mirrored_run_reports_global_metrics(synthetic_d
     assert len(logged) == 2 and all(0.4 < v <= 1.0 for v in logged)
     val_logged = [float(v) for v in re.findall(r"val_auc: ([0-9.]+)", result.stdout)]
     assert max(val_logged) == pytest.approx(metrics["auc"], abs=1e-4)  # exported best epoch == best logged
-    reload = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ppnet'] = None; import tensorflow as tf; "
-                             f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))"],
-                            capture_output=True, text=True, timeout=300)
+    reload = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['ppnet'] = None; import tensorflow as tf; "
+            f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "serving_default" in reload.stdout, reload.stderr[-2000:]
 
 
@@ -69,9 +100,30 @@ def test_parameter_server_run_partitions_tables_and_exports(synthetic_dir, tmp_p
     extra = ["train.epochs=2", "features.user_id.kind=hash", "features.user_id.bins=65536"]  # 4 MiB table
     sets = [arg for item in [*SMALL_OVERRIDES, *extra] for arg in ("--set", item)]
     result = subprocess.run(
-        [sys.executable, "-m", "ppnet.cli", "launch-local", "--workers", "2", "--ps", "2", "--timeout", "500", "--",
-         "--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), "--out", str(run), *sets],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "ppnet.cli",
+            "launch-local",
+            "--workers",
+            "2",
+            "--ps",
+            "2",
+            "--timeout",
+            "500",
+            "--",
+            "--config",
+            str(DEFAULT_CONFIG),
+            "--data",
+            str(synthetic_dir),
+            "--out",
+            str(run),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["workers"] == 2 and 0.5 < metrics["auc"] <= 1.0
@@ -79,7 +131,15 @@ def test_parameter_server_run_partitions_tables_and_exports(synthetic_dir, tmp_p
     assert shards["embedding_dim16"] == 2 and shards["gate_embedding_dim16"] == 2  # split over both servers
     assert shards["embedding_dim4"] == 1  # small tables stay whole
     assert not (run / "shards").exists()  # the workers' TFRecord input shards are scratch
-    reload = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ppnet'] = None; import tensorflow as tf; "
-                             f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))"],
-                            capture_output=True, text=True, timeout=300)
+    reload = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['ppnet'] = None; import tensorflow as tf; "
+            f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "serving_default" in reload.stdout, reload.stderr[-2000:]

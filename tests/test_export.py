@@ -51,9 +51,21 @@ def test_export_layout(trained_run):
 def test_export_reloads_without_ppnet_in_a_fresh_process(trained_run, validation_batch, tmp_path):
     np.savez(tmp_path / "inputs.npz", **validation_batch)
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    result = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(trained_run / "export" / "1"),
-                             str(tmp_path / "inputs.npz"), str(tmp_path / "out.npy")],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RELOAD_SCRIPT,
+            str(trained_run / "export" / "1"),
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path / "out.npy"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert info["signatures"] == ["gates", "serve_examples", "serving_default"]
@@ -67,8 +79,11 @@ def test_export_reloads_without_ppnet_in_a_fresh_process(trained_run, validation
 def test_unseen_ids_empty_strings_and_bad_numerics_give_valid_probabilities(trained_run):
     serve = tf.saved_model.load(str(trained_run / "export" / "1")).signatures["serving_default"]
     kinds = json.loads((trained_run / "stats.json").read_text())["kinds"]
-    odd = {"int64": tf.constant([10**15, -(10**12), 0], tf.int64), "string": tf.constant(["", "never-seen", "é"]),
-           "float32": tf.constant([np.nan, np.inf, -1e30], tf.float32)}
+    odd = {
+        "int64": tf.constant([10**15, -(10**12), 0], tf.int64),
+        "string": tf.constant(["", "never-seen", "é"]),
+        "float32": tf.constant([np.nan, np.inf, -1e30], tf.float32),
+    }
     probs = serve(**{name: odd[kind] for name, kind in kinds.items()})["probability"].numpy()
     assert probs.shape == (3,) and np.all(np.isfinite(probs)) and np.all((probs > 0) & (probs < 1))
 
@@ -77,17 +92,20 @@ def test_example_signature_matches_raw_signature(trained_run, validation_batch):
     loaded = tf.saved_model.load(str(trained_run / "export" / "1"))
     kinds = json.loads((trained_run / "stats.json").read_text())["kinds"]
     rows = 20
-    examples = [to_example({name: validation_batch[name][i:i + 1] for name in kinds}).SerializeToString()
-                for i in range(rows)]
+    examples = [
+        to_example({name: validation_batch[name][i : i + 1] for name in kinds}).SerializeToString() for i in range(rows)
+    ]
     from_examples = loaded.signatures["serve_examples"](examples=tf.constant(examples))["probability"].numpy()
-    raw = loaded.signatures["serving_default"](
-        **{k: tf.constant(v[:rows]) for k, v in validation_batch.items()})["probability"].numpy()
+    raw = loaded.signatures["serving_default"](**{k: tf.constant(v[:rows]) for k, v in validation_batch.items()})[
+        "probability"
+    ].numpy()
     np.testing.assert_allclose(from_examples, raw, rtol=1e-5, atol=1e-6)
 
 
 def test_gates_signature_returns_one_gate_per_tower_layer(trained_run, validation_batch):
     gates = tf.saved_model.load(str(trained_run / "export" / "1")).signatures["gates"](
-        **{k: tf.constant(v) for k, v in validation_batch.items()})
+        **{k: tf.constant(v) for k, v in validation_batch.items()}
+    )
     config = json.loads((trained_run / "config.json").read_text())
     assert len(gates) == len(config["model"]["hidden_units"]) + 1
     for values in gates.values():

@@ -7,21 +7,71 @@ import tensorflow as tf
 from ppnet.config import Feature
 from ppnet.features import VocabularyIndex, make_lookup
 
-BIG = 2 ** 62  # beyond the packed integer range: that column gets a table of its own
-EDGE = 2 ** 60 - 1  # the largest packed value with 3 integer columns: values above it must not clip onto it
-VOCABULARIES = {"user": [7, 3, 12, EDGE], "item": [3, 99, -5], "huge": [BIG, -BIG, 5], "city": ["paris", "", "3"],
-                "tag": ["3", "x\x1fy"], "kind": ["a", "b"]}
+BIG = 2**62  # beyond the packed integer range: that column gets a table of its own
+EDGE = 2**60 - 1  # the largest packed value with 3 integer columns: values above it must not clip onto it
+VOCABULARIES = {
+    "user": [7, 3, 12, EDGE],
+    "item": [3, 99, -5],
+    "huge": [BIG, -BIG, 5],
+    "city": ["paris", "", "3"],
+    "tag": ["3", "x\x1fy"],
+    "kind": ["a", "b"],
+}
 KINDS = {"user": "int64", "item": "int64", "huge": "int64", "city": "string", "tag": "string", "kind": "string"}
 NUM_OOV = {"user": 1, "item": 3, "huge": 2, "city": 1, "tag": 4, "kind": 3}
 
 
 def batch(limit: int) -> dict[str, tf.Tensor]:
-    ints = [7, 3, 12, 99, -5, -1, 0, 100, 101, 102, -7, BIG, -BIG, BIG + 1, 5, limit - 1, limit, -limit - 1,
-            3 + limit, 2 ** 63 - 1, -(2 ** 63)]
-    strings = ["paris", "", "3", "x\x1fy", "a", "b", "lyon", "7", "1\x1f3", "0\x1fparis", "PARIS", "x", "c", "d",
-               "e", "f", "g", "h", "i", "j", "k"]
-    return {n: tf.constant(ints if k == "int64" else strings, tf.int64 if k == "int64" else tf.string)
-            for n, k in KINDS.items()}
+    ints = [
+        7,
+        3,
+        12,
+        99,
+        -5,
+        -1,
+        0,
+        100,
+        101,
+        102,
+        -7,
+        BIG,
+        -BIG,
+        BIG + 1,
+        5,
+        limit - 1,
+        limit,
+        -limit - 1,
+        3 + limit,
+        2**63 - 1,
+        -(2**63),
+    ]
+    strings = [
+        "paris",
+        "",
+        "3",
+        "x\x1fy",
+        "a",
+        "b",
+        "lyon",
+        "7",
+        "1\x1f3",
+        "0\x1fparis",
+        "PARIS",
+        "x",
+        "c",
+        "d",
+        "e",
+        "f",
+        "g",
+        "h",
+        "i",
+        "j",
+        "k",
+    ]
+    return {
+        n: tf.constant(ints if k == "int64" else strings, tf.int64 if k == "int64" else tf.string)
+        for n, k in KINDS.items()
+    }
 
 
 def test_fused_rows_equal_each_columns_lookup_layer():

@@ -36,10 +36,8 @@ def test_real_slice_one_file_per_date_with_all_rows(real: tuple[dict, Path]) -> 
     report, out = real
     expected = pd.read_csv(LOG_CSV, usecols=["date"])["date"].value_counts().sort_index()
     assert report["rows"] == int(expected.sum()) == 154071
-    assert report["dates"] == list(range(20220425, 20220431)) + [20220501, 20220502, 20220503]
-    assert sorted(p.name for p in out.iterdir()) == report["files"] == [
-        f"part-{d}.parquet" for d in report["dates"]
-    ]
+    assert report["dates"] == [*list(range(20220425, 20220431)), 20220501, 20220502, 20220503]
+    assert sorted(p.name for p in out.iterdir()) == report["files"] == [f"part-{d}.parquet" for d in report["dates"]]
     got = {d: pq.ParquetFile(out / f"part-{d}.parquet").metadata.num_rows for d in report["dates"]}
     assert got == expected.to_dict()
     assert report["missing_videos"] == report["missing_users"] == report["dropped_rows"] == 0
@@ -79,8 +77,16 @@ LOG_HEADER = ",".join(LOG_TYPES)
 
 def _log_row(user: int, video: int, date: int, hourmin: int, click: int) -> str:
     values = dict.fromkeys(LOG_TYPES, 0)
-    values.update(user_id=user, video_id=video, date=date, hourmin=hourmin, is_click=click,
-                  time_ms=1_650_000_000_000 + hourmin, duration_ms=12_000, tab=1)
+    values.update(
+        user_id=user,
+        video_id=video,
+        date=date,
+        hourmin=hourmin,
+        is_click=click,
+        time_ms=1_650_000_000_000 + hourmin,
+        duration_ms=12_000,
+        tab=1,
+    )
     return ",".join(str(values[c]) for c in LOG_TYPES)
 
 
@@ -92,15 +98,17 @@ def _write(path: Path, header: str, rows: list[str]) -> Path:
 @pytest.fixture
 def tiny(tmp_path: Path) -> dict[str, Path]:
     """Two users, two videos; the log has 12 rows over two dates, 3 of them for unknown video 9."""
-    rows = [_log_row(u, v, 20220425 + (i >= 6), 100 * (i % 24) + 7, i % 2)
-            for i, (u, v) in enumerate([(1, 10), (2, 20), (1, 9), (2, 10), (1, 20), (2, 9)] * 2)]
+    rows = [
+        _log_row(u, v, 20220425 + (i >= 6), 100 * (i % 24) + 7, i % 2)
+        for i, (u, v) in enumerate([(1, 10), (2, 20), (1, 9), (2, 10), (1, 20), (2, 9)] * 2)
+    ]
     rows = [r for i, r in enumerate(rows) if i != 11] + [_log_row(3, 9, 20220426, 2359, 1)]
     return {
         "log": _write(tmp_path / "log.csv", LOG_HEADER, rows),
-        "users": _write(tmp_path / "users.csv", "user_id,user_active_degree,register_days",
-                        ["1,full_active,100", "2,high_active,7"]),
-        "videos": _write(tmp_path / "videos.csv", "video_id,author_id,tag",
-                         ["10,501,39", "20,502,2"]),
+        "users": _write(
+            tmp_path / "users.csv", "user_id,user_active_degree,register_days", ["1,full_active,100", "2,high_active,7"]
+        ),
+        "videos": _write(tmp_path / "videos.csv", "video_id,author_id,tag", ["10,501,39", "20,502,2"]),
         "out": tmp_path / "out",
     }
 
@@ -133,8 +141,9 @@ def test_missing_video_drop(tiny: dict[str, Path]) -> None:
 
 
 def test_several_log_files_streamed_in_order(tiny: dict[str, Path], tmp_path: Path) -> None:
-    second = _write(tmp_path / "log2.csv", LOG_HEADER,
-                    [_log_row(2, 20, 20220427, 905, 1), _log_row(1, 10, 20220425, 2300, 0)])
+    second = _write(
+        tmp_path / "log2.csv", LOG_HEADER, [_log_row(2, 20, 20220427, 905, 1), _log_row(1, 10, 20220425, 2300, 0)]
+    )
     report = _run(tiny, logs=[tiny["log"], second])
     assert report["rows"] == 14
     assert report["files"] == ["part-20220425.parquet", "part-20220426.parquet", "part-20220427.parquet"]
@@ -146,8 +155,11 @@ def test_several_log_files_streamed_in_order(tiny: dict[str, Path], tmp_path: Pa
 
 
 def test_duplicate_users_rejected(tiny: dict[str, Path]) -> None:
-    _write(tiny["users"], "user_id,user_active_degree,register_days",
-           ["1,full_active,100", "2,high_active,7", "1,low_active,3"])
+    _write(
+        tiny["users"],
+        "user_id,user_active_degree,register_days",
+        ["1,full_active,100", "2,high_active,7", "1,low_active,3"],
+    )
     with pytest.raises(PPNetError, match=r"users\.csv.*user_id.*1 duplicate") as info:
         _run(tiny)
     assert "\n" not in str(info.value)
@@ -197,8 +209,11 @@ def test_existing_output_needs_overwrite(tiny: dict[str, Path]) -> None:
 
 def test_floats_beyond_int64_stay_floats(tiny: dict[str, Path]) -> None:
     """Whole-number floats become int64 codes only when every value fits int64 (1e30, inf do not)."""
-    _write(tiny["users"], "user_id,user_active_degree,register_days,follow_num,fans_num",
-           ["1,full_active,100,1e30,3", "2,high_active,7,5,inf"])
+    _write(
+        tiny["users"],
+        "user_id,user_active_degree,register_days,follow_num,fans_num",
+        ["1,full_active,100,1e30,3", "2,high_active,7,5,inf"],
+    )
     _run(tiny)
     schema = pq.read_schema(sorted(tiny["out"].glob("*.parquet"))[0])
     assert schema.field("follow_num").type == pa.float64() and schema.field("fans_num").type == pa.float64()

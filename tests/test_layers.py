@@ -53,7 +53,7 @@ def test_gate_input_parts_in_training_equal_the_concatenated_input():
             tape.watch(ids)
             inputs = join()
             loss = tf.add_n([tf.reduce_sum(g * w) for g, w in zip(gates(inputs, training=training), (1.0, -2.0))])
-        results.append(tape.gradient(loss, [ids, *gates.trainable_weights]) + [loss])
+        results.append([*tape.gradient(loss, [ids, *gates.trainable_weights]), loss])
     for split, joined in zip(*results):
         np.testing.assert_allclose(split.numpy(), joined.numpy(), rtol=1e-5, atol=1e-6)
 

@@ -36,13 +36,16 @@ def gate_gradients(model, features):
         _, gates, _ = model.forward(features)
         total = tf.add_n([tf.reduce_sum(g) for g in gates])
     tables = {("dnn", name): model.table_rows(name) for names in model.fields.values() for name in names}
-    tables.update({("gate", name): model.table_rows(name, gate=True)
-                   for names in model.gate_fields.values() for name in names})
+    tables.update(
+        {("gate", name): model.table_rows(name, gate=True) for names in model.gate_fields.values() for name in names}
+    )
     variables = list({id(v): v for v, _ in tables.values()}.values())
-    grads = dict(zip(map(id, variables), tape.gradient(total, variables,
-                                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)))
-    return {key: float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(grads[id(v)])[rows])))
-            for key, (v, rows) in tables.items()}
+    grads = dict(
+        zip(map(id, variables), tape.gradient(total, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    )
+    return {
+        key: float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(grads[id(v)])[rows]))) for key, (v, rows) in tables.items()
+    }
 
 
 def test_ppnet_equals_dnn_with_the_same_weights_at_init(batch_and_stats):
@@ -96,7 +99,8 @@ def test_ids_only_in_the_gates(batch_and_stats):
     assert tower_fields and not set(tower_fields) & set(config.model.personal_ids)
     with_ids = build_model(small_config(), stats)
     assert model.tower.dense[0].kernel.shape[0] == with_ids.tower.dense[0].kernel.shape[0] - sum(
-        config.feature(name).dim for name in config.model.personal_ids)
+        config.feature(name).dim for name in config.model.personal_ids
+    )
     randomize_gate_outputs(model)
     with tf.GradientTape() as tape:
         loss = model.compute_loss((features, labels), training=True)
@@ -134,8 +138,9 @@ def test_lazy_adam_matches_adam_on_first_step_and_leaves_untouched_rows_alone():
             optimizer.apply_gradients([(grad, table)])
         return table.numpy()
 
-    np.testing.assert_allclose(run(LazyAdam(0.1), [[0, 2, 2]]), run(tf.keras.optimizers.Adam(0.1), [[0, 2, 2]]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        run(LazyAdam(0.1), [[0, 2, 2]]), run(tf.keras.optimizers.Adam(0.1), [[0, 2, 2]]), rtol=1e-6
+    )
     lazy = run(LazyAdam(0.1), [[0, 2], [4]])
     assert np.all(lazy[[1, 3, 5]] == 1.0)  # never touched
     after_first = run(LazyAdam(0.1), [[0, 2]])
@@ -154,7 +159,9 @@ def test_fused_adam_makes_the_same_updates_as_keras_adam(sparse):
     for _ in range(3):
         values = tf.constant(rng.normal(size=(5, 4)), tf.float32)
         dense = tf.constant(rng.normal(size=(6, 4)), tf.float32)
-        grad = tf.IndexedSlices(values, tf.constant([0, 2, 2, 5, 0]), dense_shape=tf.constant([6, 4])) if sparse else dense
+        grad = (
+            tf.IndexedSlices(values, tf.constant([0, 2, 2, 5, 0]), dense_shape=tf.constant([6, 4])) if sparse else dense
+        )
         fused.apply_gradients([(grad, fused_var)])
         keras.apply_gradients([(grad, keras_var)])
     assert not np.allclose(fused_var.numpy(), start)
@@ -165,9 +172,11 @@ def test_a_model_without_categorical_features_trains_with_embedding_l2(synthetic
     from ppnet.config import load_config
 
     path = tmp_path / "numeric.toml"
-    path.write_text('[data]\nlabel = "is_click"\nuser_column = "user_id"\nsplit_column = "date"\n'
-                    '[model]\nname = "dnn"\npersonal_ids = []\nhidden_units = [8]\nembedding_l2 = 1e-4\n'
-                    '[[features]]\nname = "video_duration"\nkind = "numeric"\nlog1p = true\n')
+    path.write_text(
+        '[data]\nlabel = "is_click"\nuser_column = "user_id"\nsplit_column = "date"\n'
+        '[model]\nname = "dnn"\npersonal_ids = []\nhidden_units = [8]\nembedding_l2 = 1e-4\n'
+        '[[features]]\nname = "video_duration"\nkind = "numeric"\nlog1p = true\n'
+    )
     config = load_config(path)
     train_split, _ = make_splits(config, synthetic_dir, None)
     kinds = input_kinds(config, list(train_split.files))

@@ -32,9 +32,15 @@ def kernelspec_for_this_python(root: Path) -> Path:
     """A `python3` kernelspec running sys.executable (the venv), wherever ipykernel's default points."""
     spec = root / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ppnet venv)", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (ppnet venv)",
+                "language": "python",
+            }
+        )
+    )
     return root
 
 
@@ -72,8 +78,9 @@ def test_notebook_runs_on_ppnet_and_dnn_exports(trained_run, dnn_run, synthetic_
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print('KERNEL_PYTHON', sys.executable)"))
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=300,
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name=KERNEL, timeout=300, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    )
     client.execute()  # raises CellExecutionError on any failing cell
 
     code = [c for c in nb.cells if c.cell_type == "code"]

@@ -6,13 +6,14 @@ from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 
 def test_profile_breaks_a_step_and_a_request_down_by_op_type(synthetic_dir, capsys):
     sets = [arg for item in SMALL_OVERRIDES for arg in ("--set", item)]
-    result = main(["--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), *sets,
-                   "--steps", "3", "--requests", "5"])
+    result = main(
+        ["--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), *sets, "--steps", "3", "--requests", "5"]
+    )
     training, serving = result["training"], result["serving"]
     assert any("MatMul" in op for op in training) and any("Adam" in op for op in training)
     assert "LookupTableFindV2" in serving and not any("Adam" in op for op in serving)
     assert all(seconds > 0 for seconds in [*training.values(), *serving.values()])
     assert not any("::" in op or "inference" in op for op in [*training, *serving])  # only TF ops
-    assert 0 < result["step_wall_seconds"] and 0 < result["request_wall_seconds"]
+    assert result["step_wall_seconds"] > 0 and result["request_wall_seconds"] > 0
     printed = capsys.readouterr().out
     assert "Training step (batch" in printed and "One-row request" in printed

@@ -10,20 +10,38 @@ import time
 
 import pytest
 
-from ppnet.synthetic import write_synthetic
 from ppnet.callbacks import ResumableEarlyStopping
 from ppnet.rundir import EPOCHS_FILE, epoch_scores
+from ppnet.synthetic import write_synthetic
 from tests.helpers import DEFAULT_CONFIG
 
 BACKUP_EVERY = 20
-SETTINGS = ["model.hidden_units=[32, 16]", "model.gate_hidden=8", "train.batch_size=128", "train.epochs=2",
-            f"train.backup_every_steps={BACKUP_EVERY}", "data.shuffle_buffer=8192"]
+SETTINGS = [
+    "model.hidden_units=[32, 16]",
+    "model.gate_hidden=8",
+    "train.batch_size=128",
+    "train.epochs=2",
+    f"train.backup_every_steps={BACKUP_EVERY}",
+    "data.shuffle_buffer=8192",
+]
 
 
 def train_command(data, out, *extra):
     sets = [arg for item in SETTINGS for arg in ("--set", item)]
-    return [sys.executable, "-m", "ppnet.cli", "train", "--config", str(DEFAULT_CONFIG), "--data", str(data),
-            "--out", str(out), *sets, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ppnet.cli",
+        "train",
+        "--config",
+        str(DEFAULT_CONFIG),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *sets,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +88,13 @@ def test_resume_with_a_different_config_is_refused_and_fresh_starts_over(log_dir
     refused = subprocess.run(train_command(log_dir, tmp_path / "run"), capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "different config" in refused.stderr and "--fresh" in refused.stderr
     assert "Traceback" not in refused.stderr
-    fresh = subprocess.run(train_command(log_dir, tmp_path / "run", "--fresh", "--set", "train.epochs=1"),
-                           capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    fresh = subprocess.run(
+        train_command(log_dir, tmp_path / "run", "--fresh", "--set", "train.epochs=1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "resuming" not in fresh.stderr and (tmp_path / "run" / "metrics.json").exists()
 
@@ -89,17 +111,20 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("crash_at", ["callbacks.ValidationScore.on_epoch_end",
-                                      "callbacks.BestCheckpoint.on_epoch_end"],
-                         ids=["before scoring", "after scoring, before the checkpoint"])
+@pytest.mark.parametrize(
+    "crash_at",
+    ["callbacks.ValidationScore.on_epoch_end", "callbacks.BestCheckpoint.on_epoch_end"],
+    ids=["before scoring", "after scoring, before the checkpoint"],
+)
 def test_crash_around_an_epochs_validation_resumes_and_scores_it(log_dir, tmp_path, crash_at):
     """Keras backs up an epoch's last batch as "resume at the next epoch"; a crash during the
     validation after it used to leave the epoch unscored and a one-epoch run unable to finish, and
     a crash between scoring and checkpointing left no best checkpoint."""
     run = tmp_path / "run"
     command = train_command(log_dir, run, "--set", "train.epochs=1", "--set", "train.backup_every_steps=1")
-    crashed = subprocess.run([sys.executable, "-c", CRASH_AT, crash_at, *command[3:]], capture_output=True,
-                             text=True, timeout=600)
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_AT, crash_at, *command[3:]], capture_output=True, text=True, timeout=600
+    )
     assert crashed.returncode == 9, crashed.stderr[-2000:]
     assert (tmp_path / "run.partial" / "backup").exists()
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -112,8 +137,12 @@ def test_crash_after_training_only_exports_on_rerun(log_dir, tmp_path):
     """Training that ended (by early stopping or its last epoch) is not resumed for more epochs."""
     run = tmp_path / "run"
     command = train_command(log_dir, run, "--set", "train.epochs=1")
-    crashed = subprocess.run([sys.executable, "-c", CRASH_AT, "train.export_model", *command[3:]],
-                             capture_output=True, text=True, timeout=600)
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_AT, "train.export_model", *command[3:]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert crashed.returncode == 9, crashed.stderr[-2000:]
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -121,7 +150,8 @@ def test_crash_after_training_only_exports_on_rerun(log_dir, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and metrics["examples_per_sec"] is None
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["config.json", "run.json", "stats.json", "epochs.jsonl", "checkpoints", "logs", "export", "metrics.json"])
+        ["config.json", "run.json", "stats.json", "epochs.jsonl", "checkpoints", "logs", "export", "metrics.json"]
+    )
 
 
 def test_early_stopping_counts_the_epochs_before_a_resume():

@@ -17,8 +17,10 @@ FUZZ_EXAMPLES = 60
 VALUES = {
     "int64": st.integers(min_value=-(2**63), max_value=2**63 - 1),
     "string": st.one_of(st.just(""), st.text(max_size=12)),
-    "float32": st.one_of(st.floats(width=32, allow_nan=True, allow_infinity=True),
-                         st.sampled_from([np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 0.0])),
+    "float32": st.one_of(
+        st.floats(width=32, allow_nan=True, allow_infinity=True),
+        st.sampled_from([np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 0.0]),
+    ),
 }
 NUMPY = {"int64": np.int64, "string": object, "float32": np.float32}
 
@@ -48,8 +50,9 @@ def test_every_request_gives_finite_probabilities_and_equal_rows_equal_outputs(s
     @given(requests(kinds))
     def check(batch):
         rows = len(next(iter(batch.values())))
-        probs = serve(**{k: tf.constant(v, dtype=tf.string if kinds[k] == "string" else None)
-                         for k, v in batch.items()})["probability"].numpy()
+        probs = serve(
+            **{k: tf.constant(v, dtype=tf.string if kinds[k] == "string" else None) for k, v in batch.items()}
+        )["probability"].numpy()
         assert probs.shape == (rows,)
         assert np.all(np.isfinite(probs)) and np.all((probs >= 0) & (probs <= 1))
         if rows > 8:  # rows were tiled: row i and row i + 8 are the same request

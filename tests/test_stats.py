@@ -11,18 +11,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import small_config
 from ppnet.config import config_from_dict
 from ppnet.data.schema import INT, STRING, input_kinds
 from ppnet.data.split import Split, make_splits
 from ppnet.errors import PPNetError
 from ppnet.stats import Stats, compute_stats, signed_log1p
+from tests.helpers import small_config
 
 
 def _config(features: list[dict]):
     # No gAUC here: any column the files have serves as the (required) user column.
-    return config_from_dict({"features": features, "model": {"name": "dnn", "personal_ids": []},
-                             "data": {"user_column": "is_click"}})
+    return config_from_dict(
+        {"features": features, "model": {"name": "dnn", "personal_ids": []}, "data": {"user_column": "is_click"}}
+    )
 
 
 def _write(tmp_path: Path, tables: list[pa.Table]) -> Split:
@@ -47,10 +48,15 @@ def test_vocabulary_sorted_by_frequency_with_min_count(tmp_path: Path) -> None:
     values[3:3] = [None, None, None]  # nulls are not a vocabulary value
     ids = [hash(v) % 5 if v else None for v in values]
     half = len(values) // 2
-    split = _write(tmp_path, [
-        pa.table({"cat": values[:half], "id": pa.array(ids[:half], pa.int64()), "is_click": [0] * half}),
-        pa.table({"cat": values[half:], "id": pa.array(ids[half:], pa.int64()), "is_click": [1] * (len(values) - half)}),
-    ])
+    split = _write(
+        tmp_path,
+        [
+            pa.table({"cat": values[:half], "id": pa.array(ids[:half], pa.int64()), "is_click": [0] * half}),
+            pa.table(
+                {"cat": values[half:], "id": pa.array(ids[half:], pa.int64()), "is_click": [1] * (len(values) - half)}
+            ),
+        ],
+    )
     stats = _stats(_config([{"name": "cat", "min_count": 2}, {"name": "id"}]), split)
     kept = [v for v, n in counts.items() if n >= 2]
     assert stats.vocabularies["cat"] == sorted(kept, key=lambda v: (-counts[v], v)) == ["a", "d", "b", "c", "e"]
@@ -67,9 +73,13 @@ def test_vocabulary_of_dictionary_column_matches_plain(tmp_path: Path) -> None:
     labels = [0, 1] * 3 + [0]
     (tmp_path / "plain").mkdir()
     (tmp_path / "dict").mkdir()
-    plain = _stats(_config([{"name": "cat"}]), _write(tmp_path / "plain", [pa.table({"cat": values, "is_click": labels})]))
-    encoded = _stats(_config([{"name": "cat"}]), _write(tmp_path / "dict", [pa.table({
-        "cat": pa.array(values).dictionary_encode(), "is_click": labels})]))
+    plain = _stats(
+        _config([{"name": "cat"}]), _write(tmp_path / "plain", [pa.table({"cat": values, "is_click": labels})])
+    )
+    encoded = _stats(
+        _config([{"name": "cat"}]),
+        _write(tmp_path / "dict", [pa.table({"cat": pa.array(values).dictionary_encode(), "is_click": labels})]),
+    )
     assert plain.vocabularies == encoded.vocabularies == {"cat": ["x", "y", "z"]}
 
 
@@ -101,8 +111,13 @@ def test_numeric_mean_std_match_numpy_ignoring_nulls(tmp_path: Path, log1p: bool
     with_missing[7] = float("inf")
     finite = np.array([v for v in with_missing if v is not None and np.isfinite(v)])
     expected = signed_log1p(finite) if log1p else finite
-    split = _write(tmp_path, [pa.table({"x": pa.array(part, pa.float64()), "is_click": [0] * len(part)})
-                              for part in (with_missing[:1000], with_missing[1000:])])
+    split = _write(
+        tmp_path,
+        [
+            pa.table({"x": pa.array(part, pa.float64()), "is_click": [0] * len(part)})
+            for part in (with_missing[:1000], with_missing[1000:])
+        ],
+    )
     stats = _stats(_config([{"name": "x", "kind": "numeric", "log1p": log1p}]), split)
     mean, std = stats.numeric["x"]
     assert mean == pytest.approx(np.mean(expected), rel=1e-9)
@@ -119,16 +134,22 @@ def test_numeric_std_with_large_offset(tmp_path: Path) -> None:
     """E.g. unix timestamps: a one-pass sum-of-squares variance would lose all precision here."""
     rng = np.random.default_rng(2)
     values = 1.65e9 + rng.normal(0, 50.0, 5000)
-    split = _write(tmp_path, [pa.table({"x": values[:2500], "is_click": [0] * 2500}),
-                              pa.table({"x": values[2500:], "is_click": [1] * 2500})])
+    split = _write(
+        tmp_path,
+        [
+            pa.table({"x": values[:2500], "is_click": [0] * 2500}),
+            pa.table({"x": values[2500:], "is_click": [1] * 2500}),
+        ],
+    )
     mean, std = _stats(_config([{"name": "x", "kind": "numeric"}]), split).numeric["x"]
     assert mean == pytest.approx(values.mean(), rel=1e-12)
     assert std == pytest.approx(values.std(), rel=1e-6)
 
 
 def test_numeric_constant_and_all_null(tmp_path: Path) -> None:
-    split = _write(tmp_path, [pa.table({"c": [3.0] * 10, "n": pa.array([None] * 10, pa.float64()),
-                                        "is_click": [0, 1] * 5})])
+    split = _write(
+        tmp_path, [pa.table({"c": [3.0] * 10, "n": pa.array([None] * 10, pa.float64()), "is_click": [0, 1] * 5})]
+    )
     stats = _stats(_config([{"name": "c", "kind": "numeric"}, {"name": "n", "kind": "numeric"}]), split)
     assert stats.numeric["c"] == [3.0, 1.0]  # std 0 would divide by zero: 1 instead
     assert stats.numeric["n"] == [0.0, 1.0]

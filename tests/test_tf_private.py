@@ -3,8 +3,15 @@
 import numpy as np
 import tensorflow as tf
 
-from ppnet.tf_private import (SparseGradientsAsIs, adam_moments, freeze, resume_counters, skip_log_sync, take_backup,
-                              xplane_pb2)
+from ppnet.tf_private import (
+    SparseGradientsAsIs,
+    adam_moments,
+    freeze,
+    resume_counters,
+    skip_log_sync,
+    take_backup,
+    xplane_pb2,
+)
 
 
 def tiny_model() -> tf.keras.Model:
@@ -26,7 +33,9 @@ def test_freeze_turns_the_variables_read_into_constants():
     frozen = freeze(traced)
     weight.assign([[5.0]])
     assert not frozen.variables and traced.variables
-    assert tf.nest.flatten(frozen(tf.constant([[3.0]])))[0].numpy().item() == 6.0  # the value when frozen, not the variable's now
+    assert (
+        tf.nest.flatten(frozen(tf.constant([[3.0]])))[0].numpy().item() == 6.0
+    )  # the value when frozen, not the variable's now
 
 
 def test_resume_counters_reads_the_epoch_a_fit_backed_up(tmp_path):

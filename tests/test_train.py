@@ -40,7 +40,7 @@ def test_cli_trains_the_dnn_baseline_and_reexports(synthetic_dir, tmp_path, caps
     code = main(["train", "--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), "--out", str(run), *sets])
     assert code == 0
     lines = capsys.readouterr().out.splitlines()  # Keras' epoch lines, then the JSON result
-    printed = json.loads("\n".join(lines[len(lines) - lines[::-1].index("{") - 1:]))
+    printed = json.loads("\n".join(lines[len(lines) - lines[::-1].index("{") - 1 :]))
     assert printed["model"] == "dnn" and printed["epochs_run"] == 1
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "serving")]) == 0
     assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()
@@ -52,8 +52,9 @@ def test_hashed_ids_with_a_million_buckets_train_with_lazy_adam(synthetic_dir, t
     from ppnet.train import train
     from tests.helpers import small_config
 
-    config = small_config("features.user_id.kind=hash", "features.user_id.bins=1048576",
-                          "train.optimizer=lazy_adam", "train.epochs=1")
+    config = small_config(
+        "features.user_id.kind=hash", "features.user_id.bins=1048576", "train.optimizer=lazy_adam", "train.epochs=1"
+    )
     metrics = train(config, str(synthetic_dir), tmp_path / "run")
     assert metrics["auc"] > 0.5
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())

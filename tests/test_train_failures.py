@@ -16,7 +16,6 @@ def test_nan_loss_stops_with_step_and_hint_and_keeps_the_backup(synthetic_dir, t
     assert any((tmp_path / "run.partial" / "backup").rglob("*")), "the last good backup was deleted"
 
 
-
 def test_single_class_validation_day_is_refused_before_training(synthetic_dir, tmp_path):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq

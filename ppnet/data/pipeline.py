@@ -8,8 +8,8 @@ and ``EpochCursor`` says where the next pass starts so a resumed run replays the
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +23,9 @@ def _take(arrays: dict[str, np.ndarray], index: np.ndarray | slice) -> dict[str,
     return {k: v[index] for k, v in arrays.items()}
 
 
-def iter_batches(split: Split, kinds: dict[str, str], label: str, batch_size: int,
-                 shuffle_buffer: int = 0, seed: int = 0) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+def iter_batches(
+    split: Split, kinds: dict[str, str], label: str, batch_size: int, shuffle_buffer: int = 0, seed: int = 0
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """(features, labels) numpy batches; with ``shuffle_buffer`` rows shuffled block-wise.
 
     Shuffling fills a buffer of ``shuffle_buffer`` rows from files visited in a seeded random
@@ -61,8 +62,9 @@ def _merge(pieces: list[dict[str, np.ndarray]], rng: np.random.Generator | None)
     return block
 
 
-def _emit_block(pending: list[dict[str, np.ndarray]], label: str, batch_size: int,
-                rng: np.random.Generator | None, last: bool):
+def _emit_block(
+    pending: list[dict[str, np.ndarray]], label: str, batch_size: int, rng: np.random.Generator | None, last: bool
+):
     """Yield the buffered rows (permuted with ``rng``) as batches; return the rows that do not fill
     a whole batch, to carry into the next buffer (``last``: emit them as a final short batch)."""
     block = _merge(pending, rng)
@@ -102,9 +104,17 @@ class EpochCursor:
         return position
 
 
-def make_dataset(split: Split, kinds: dict[str, str], label: str, batch_size: int,
-                 shuffle_buffer: int = 0, seed: int = 0, cursor: EpochCursor | None = None,
-                 rows: int | None = None, repeat: bool = False):
+def make_dataset(
+    split: Split,
+    kinds: dict[str, str],
+    label: str,
+    batch_size: int,
+    shuffle_buffer: int = 0,
+    seed: int = 0,
+    cursor: EpochCursor | None = None,
+    rows: int | None = None,
+    repeat: bool = False,
+):
     """A ``tf.data.Dataset`` of (features, labels) batches; a new shuffle order every epoch.
 
     With ``rows`` (the split's row count) the dataset declares its number of batches, which gives

@@ -67,18 +67,24 @@ def input_kinds(config: Config, files: list[Path]) -> dict[str, str]:
         check_user_column(file, schema, config.data.user_column)
         label_kind = column_kind(schema.field(config.data.label).type)
         if label_kind not in (INT, FLOAT):
-            raise PPNetError(f"{file}: label column {config.data.label!r} has type "
-                             f"{schema.field(config.data.label).type}; expected 0/1 integers or floats")
+            raise PPNetError(
+                f"{file}: label column {config.data.label!r} has type "
+                f"{schema.field(config.data.label).type}; expected 0/1 integers or floats"
+            )
         for feature in config.features:
             kind = column_kind(schema.field(feature.name).type)
             expected = (INT, FLOAT) if feature.kind == "numeric" else (INT, STRING)
             if kind not in expected:
-                raise PPNetError(f"{file}: column {feature.name!r} has type {schema.field(feature.name).type}; "
-                                 f"a {feature.kind} feature expects {' or '.join(expected)}")
+                raise PPNetError(
+                    f"{file}: column {feature.name!r} has type {schema.field(feature.name).type}; "
+                    f"a {feature.kind} feature expects {' or '.join(expected)}"
+                )
             kind = FLOAT if feature.kind == "numeric" else kind
             if kinds.setdefault(feature.name, kind) != kind:
-                raise PPNetError(f"{file}: column {feature.name!r} is {kind} here but {kinds[feature.name]} "
-                                 f"in {files[0]}; every file must store it with one type")
+                raise PPNetError(
+                    f"{file}: column {feature.name!r} is {kind} here but {kinds[feature.name]} "
+                    f"in {files[0]}; every file must store it with one type"
+                )
     return kinds
 
 
@@ -86,8 +92,7 @@ def check_user_column(file: Path, schema: pa.Schema, column: str) -> None:
     """gAUC groups rows by this column, so it must hold ids (int or string), not floats or lists."""
     arrow_type = schema.field(column).type
     if not pa.types.is_integer(arrow_type) and column_kind(arrow_type) != STRING:
-        raise PPNetError(f"{file}: user column {column!r} has type {arrow_type}; "
-                         "expected int or string user ids")
+        raise PPNetError(f"{file}: user column {column!r} has type {arrow_type}; expected int or string user ids")
 
 
 def read_schema(file: Path) -> pa.Schema:

@@ -8,9 +8,9 @@ the log size.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,20 +42,22 @@ class Split:
                     fragment = next(iter(source.get_fragments())).subset(row_group_ids=list(groups[file]))
                     batches = fragment.to_batches(columns=columns, filter=self.filter, batch_size=batch_rows)
                 else:
-                    batches = source.scanner(columns=columns, filter=self.filter, batch_size=batch_rows,
-                                             use_threads=True).to_batches()
+                    batches = source.scanner(
+                        columns=columns, filter=self.filter, batch_size=batch_rows, use_threads=True
+                    ).to_batches()
                 for batch in batches:
                     if batch.num_rows:
                         yield file, batch
             except (pa.ArrowException, OSError) as err:
                 raise PPNetError(f"{file}: cannot read ({one_line(err)})") from None
 
-    def nonempty(self) -> "Split":
+    def nonempty(self) -> Split:
         """The same rows without the files the filter leaves empty (e.g. the validation date's)."""
-        return replace(self, files=tuple(f for f in self.files
-                                         if pds.dataset(f, format="parquet").count_rows(filter=self.filter)))
+        return replace(
+            self, files=tuple(f for f in self.files if pds.dataset(f, format="parquet").count_rows(filter=self.filter))
+        )
 
-    def shard(self, index: int, count: int) -> "Split":
+    def shard(self, index: int, count: int) -> Split:
         """Worker ``index`` of ``count``: every ``count``-th file, or every ``count``-th row group
         (over all files in order) when there are fewer files than workers.
 
@@ -64,13 +66,18 @@ class Split:
         if count == 1:
             return self
         if len(self.files) >= count:
-            return replace(self, files=self.files[index::count],
-                           description=f"{self.description} [files {index}::{count}]")
+            return replace(
+                self, files=self.files[index::count], description=f"{self.description} [files {index}::{count}]"
+            )
         pieces = [(file, group) for file in self.files for group in range(pq.ParquetFile(file).num_row_groups)]
         mine = pieces[index::count]
         files = tuple(dict.fromkeys(file for file, _ in mine))
-        return replace(self, files=files, description=f"{self.description} [row groups {index}::{count}]",
-                       row_groups=tuple((f, tuple(g for file, g in mine if file == f)) for f in files))
+        return replace(
+            self,
+            files=files,
+            description=f"{self.description} [row groups {index}::{count}]",
+            row_groups=tuple((f, tuple(g for file, g in mine if file == f)) for f in files),
+        )
 
 
 def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> tuple[Split, Split]:
@@ -89,20 +96,28 @@ def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> t
         except (pa.ArrowException, OSError) as err:
             raise PPNetError(f"{file}: cannot read column {column!r} ({one_line(err)})") from None
         if split_values.null_count:  # such rows would belong to neither split
-            raise PPNetError(f"{file}: split column {column!r} has {split_values.null_count} null value(s); "
-                             "every row needs one to go to training or validation")
+            raise PPNetError(
+                f"{file}: split column {column!r} has {split_values.null_count} null value(s); "
+                "every row needs one to go to training or validation"
+            )
         first = first or (file, split_values.type)
         if _comparable(split_values.type) != _comparable(first[1]):
-            raise PPNetError(f"{file}: split column {column!r} is {split_values.type}, but {first[0]} has it as "
-                             f"{first[1]}; use one type in every file")
+            raise PPNetError(
+                f"{file}: split column {column!r} is {split_values.type}, but {first[0]} has it as "
+                f"{first[1]}; use one type in every file"
+            )
         values.update(pc.unique(split_values).to_pylist())
     if len(values) <= config.data.valid_last:
-        raise PPNetError(f"{data}: split column {column!r} has {len(values)} distinct value(s); "
-                         f"need more than data.valid_last={config.data.valid_last} to keep some for training")
+        raise PPNetError(
+            f"{data}: split column {column!r} has {len(values)} distinct value(s); "
+            f"need more than data.valid_last={config.data.valid_last} to keep some for training"
+        )
     cutoff = sorted(values)[-config.data.valid_last]
     field = pc.field(column)
-    return (Split(train_files, field < cutoff, f"{data} [{column} < {cutoff}]"),
-            Split(train_files, field >= cutoff, f"{data} [{column} >= {cutoff}]"))
+    return (
+        Split(train_files, field < cutoff, f"{data} [{column} < {cutoff}]"),
+        Split(train_files, field >= cutoff, f"{data} [{column} >= {cutoff}]"),
+    )
 
 
 def _comparable(arrow_type: pa.DataType) -> str:
@@ -143,6 +158,8 @@ def check_labels(split: Split, label: str, need_both_classes: bool = False) -> i
     if total == 0:
         raise PPNetError(f"{split.description}: no rows")
     if need_both_classes and positives in (0, total):
-        raise PPNetError(f"{split.description}: every {label!r} is {int(positives > 0)} ({total} rows); AUC is "
-                         "undefined with a single class, use data with both clicks and non-clicks")
+        raise PPNetError(
+            f"{split.description}: every {label!r} is {int(positives > 0)} ({total} rows); AUC is "
+            "undefined with a single class, use data with both clicks and non-clicks"
+        )
     return total

@@ -15,8 +15,9 @@ from ppnet.data.pipeline import input_specs, iter_batches
 from ppnet.data.split import Split
 
 
-def write_tfrecord_shards(split: Split, kinds: dict[str, str], label: str, batch_size: int, count: int,
-                          directory: Path, seed: int = 0) -> list[Path]:
+def write_tfrecord_shards(
+    split: Split, kinds: dict[str, str], label: str, batch_size: int, count: int, directory: Path, seed: int = 0
+) -> list[Path]:
     """Each of ``count`` workers' shards of ``split`` as a TFRecord file of whole, shuffled batches.
 
     Parameter-server workers are plain TensorFlow servers: they cannot run ppnet's Python
@@ -28,8 +29,9 @@ def write_tfrecord_shards(split: Split, kinds: dict[str, str], label: str, batch
     for index in range(count):
         paths.append(directory / f"shard-{index:05d}-of-{count:05d}.tfrecord")
         with tf.io.TFRecordWriter(str(paths[-1])) as writer:
-            for features, labels in iter_batches(split.shard(index, count), kinds, label, batch_size,
-                                                 shuffle_buffer=65536, seed=seed + index):
+            for features, labels in iter_batches(
+                split.shard(index, count), kinds, label, batch_size, shuffle_buffer=65536, seed=seed + index
+            ):
                 writer.write(to_example({**features, label: labels}).SerializeToString())
     return paths
 
@@ -40,8 +42,9 @@ def to_example(columns: dict[str, np.ndarray]):
 
     def feature(values: np.ndarray) -> tf.train.Feature:
         if values.dtype.kind in "OUS":  # strings (object, unicode or bytes arrays)
-            return tf.train.Feature(bytes_list=tf.train.BytesList(
-                value=[v if isinstance(v, bytes) else str(v).encode() for v in values]))
+            return tf.train.Feature(
+                bytes_list=tf.train.BytesList(value=[v if isinstance(v, bytes) else str(v).encode() for v in values])
+            )
         if np.issubdtype(values.dtype, np.integer):
             return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
         return tf.train.Feature(float_list=tf.train.FloatList(value=values))
@@ -58,5 +61,10 @@ def tfrecord_dataset(path: str, kinds: dict[str, str], label: str):
         columns = tf.io.parse_single_example(record, parse)
         return columns, columns.pop(label)
 
-    return (tf.data.TFRecordDataset(path).shuffle(256).repeat()
-            .map(split_label, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.TFRecordDataset(path)
+        .shuffle(256)
+        .repeat()
+        .map(split_label, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )

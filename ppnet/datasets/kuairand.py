@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,8 +58,16 @@ LOG_TYPES: dict[str, pa.DataType] = {
 }
 # Post-exposure outcomes: extra labels only, never features (see the module docstring).
 LEAKY_LABELS = (
-    "is_like", "is_follow", "is_comment", "is_forward", "is_hate", "long_view",
-    "play_time_ms", "profile_stay_time", "comment_stay_time", "is_profile_enter",
+    "is_like",
+    "is_follow",
+    "is_comment",
+    "is_forward",
+    "is_hate",
+    "long_view",
+    "play_time_ms",
+    "profile_stay_time",
+    "comment_stay_time",
+    "is_profile_enter",
 )
 USER_KEY, VIDEO_KEY = "user_id", "video_id"
 USER_REQUIRED = (USER_KEY,)
@@ -92,14 +100,17 @@ def prepare_kuairand(
     video_table = _read_side_table(Path(videos), VIDEO_REQUIRED, VIDEO_KEY)
     schema = _output_schema(user_table, video_table, Path(users), Path(videos))
     with atomic_directory(out, overwrite) as tmp:
-        report = _convert(
-            [Path(p) for p in logs], user_table, video_table, schema, tmp, missing_video, block_size
-        )
+        report = _convert([Path(p) for p in logs], user_table, video_table, schema, tmp, missing_video, block_size)
     log.info(
         "kuairand: %d rows, %d files (%s..%s) → %s; missing videos %d, missing users %d, dropped %d",
-        report["rows"], len(report["files"]), report["dates"][0] if report["dates"] else "-",
-        report["dates"][-1] if report["dates"] else "-", out, report["missing_videos"],
-        report["missing_users"], report["dropped_rows"],
+        report["rows"],
+        len(report["files"]),
+        report["dates"][0] if report["dates"] else "-",
+        report["dates"][-1] if report["dates"] else "-",
+        out,
+        report["missing_videos"],
+        report["missing_users"],
+        report["dropped_rows"],
     )
     return report
 
@@ -107,8 +118,9 @@ def prepare_kuairand(
 def _check_columns(path: Path, names: list[str], required: tuple[str, ...] | list[str]) -> None:
     missing = [c for c in required if c not in names]
     if missing:
-        raise PPNetError(f"{path}: missing column(s) {', '.join(missing)}; expected columns include "
-                         f"{', '.join(required)}")
+        raise PPNetError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected columns include {', '.join(required)}"
+        )
 
 
 def _read_header(path: Path) -> list[str]:
@@ -132,12 +144,10 @@ def _read_side_table(path: Path, required: tuple[str, ...], key: str) -> pa.Tabl
     try:
         table = pcsv.read_csv(path, read_options=read, convert_options=convert)
     except (OSError, pa.ArrowInvalid) as e:
-        raise PPNetError(f"{path}: cannot parse CSV, expected int64 in {', '.join(required)} "
-                         f"({one_line(e)})") from e
+        raise PPNetError(f"{path}: cannot parse CSV, expected int64 in {', '.join(required)} ({one_line(e)})") from e
     duplicates = table.num_rows - pc.count_distinct(table[key], mode="all").as_py()
     if duplicates:
-        raise PPNetError(f"{path}: column {key} has {duplicates} duplicate value(s); expected one "
-                         f"row per {key}")
+        raise PPNetError(f"{path}: column {key} has {duplicates} duplicate value(s); expected one row per {key}")
     return _whole_floats_as_int(table)
 
 
@@ -151,7 +161,7 @@ def _whole_floats_as_int(table: pa.Table) -> pa.Table:
         if pa.types.is_floating(field.type):
             values = table[field.name].drop_null()
             whole = pc.all(pc.equal(values, pc.floor(values))).as_py() is not False
-            in_range = pc.all(pc.less(pc.abs(values), 2.0 ** 63)).as_py() is not False  # NaN/inf: never
+            in_range = pc.all(pc.less(pc.abs(values), 2.0**63)).as_py() is not False  # NaN/inf: never
             if whole and in_range:
                 table = table.set_column(i, field.name, table[field.name].cast(pa.int64()))
     return table
@@ -166,8 +176,9 @@ def _output_schema(users: pa.Table, videos: pa.Table, users_path: Path, videos_p
             if field.name == key:
                 continue
             if field.name in taken:
-                raise PPNetError(f"{path}: column {field.name} clashes with a log or side column; "
-                                 f"expected distinct column names")
+                raise PPNetError(
+                    f"{path}: column {field.name} clashes with a log or side column; expected distinct column names"
+                )
             fields.append(field)
     return pa.schema(fields)
 
@@ -211,12 +222,12 @@ def _log_batches(path: Path, block_size: int) -> Iterator[pa.RecordBatch]:
         with pcsv.open_csv(path, read_options=read, convert_options=convert) as reader:
             for batch in reader:
                 if batch["date"].null_count:
-                    raise PPNetError(f"{path}: column date has empty values; expected YYYYMMDD "
-                                     f"integers on every row")
+                    raise PPNetError(f"{path}: column date has empty values; expected YYYYMMDD integers on every row")
                 yield batch
     except (OSError, pa.ArrowInvalid) as e:
-        raise PPNetError(f"{path}: cannot parse log CSV, expected the official columns with "
-                         f"numeric values ({one_line(e)})") from e
+        raise PPNetError(
+            f"{path}: cannot parse log CSV, expected the official columns with numeric values ({one_line(e)})"
+        ) from e
 
 
 def _join(
