@@ -19,8 +19,8 @@ from ppnet.data.pipeline import input_specs, iter_batches
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import Split, make_splits
 from ppnet.data.tfrecord import to_example
-from ppnet.export import frozen_tower
-from ppnet.model import RankingModel
+from ppnet.export import frozen_heads
+from ppnet.model import RankingModel, TowerInputs
 
 SERVING_WORKER = BENCH / "serving_worker.py"
 SERVING_REPEATS = {1: 200, 64: 200, 1024: 50}
@@ -54,9 +54,14 @@ class FrozenTower(tf.Module):
 
     def __init__(self, model: RankingModel, inputs: list[np.ndarray]):
         super().__init__()
-        tower = frozen_tower(model)
+        heads, task = frozen_heads(model), model.task_names[0]
         specs = {f"x{i}": tf.TensorSpec([None, x.shape[1]], tf.float32, name=f"x{i}") for i, x in enumerate(inputs)}
-        self.serve = tf.function(lambda xs: {"logit": tower(*xs.values())[0]}, input_signature=[specs])
+
+        def serve(xs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            tower, *gate_parts = xs.values()
+            return {"logit": heads(TowerInputs(tower, gate_parts, [])).logits[task]}
+
+        self.serve = tf.function(serve, input_signature=[specs])
 
 
 def serving_rows(split: Split, kinds: dict[str, str], label: str, rows: int, out: Path) -> tuple[Path, Path]:
@@ -91,8 +96,8 @@ def serving(
     kinds = input_kinds(config, list(valid_split.files))
     rows, examples = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows")
     columns = {name: tf.constant(values) for name, values in np.load(rows).items()}
-    dnn_input, gate_parts, _ = model.tower_inputs(columns)
-    tower_inputs = [x.numpy() for x in [dnn_input, *gate_parts]]
+    inputs = model.tower_inputs(columns)
+    tower_inputs = [x.numpy() for x in [inputs.tower, *inputs.gate_parts]]
     tower_rows = work / f"{run.name}-tower-rows.npz"
     np.savez(tower_rows, **{f"x{i}": x for i, x in enumerate(tower_inputs)})
     floors = {

@@ -14,6 +14,7 @@ columns and the input kinds, so ``ppnet evaluate`` can score parquet with nothin
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
@@ -22,7 +23,7 @@ import ppnet
 from ppnet.data.pipeline import input_specs
 from ppnet.features import vocabulary_index
 from ppnet.files import atomic_directory
-from ppnet.model import RankingModel, build_model, dummy_batch
+from ppnet.model import ModelOutput, RankingModel, TowerInputs, build_model, dummy_batch
 from ppnet.tf_private import freeze
 
 # tf.Example has no NaN-free "missing" for floats: a missing numeric becomes NaN, i.e. the mean.
@@ -43,7 +44,7 @@ class ServingModule(tf.Module):
 
     def __init__(self, model: RankingModel):
         super().__init__(name="ppnet_serving")
-        tower = frozen_tower(model)
+        heads = frozen_heads(model)
         kinds = model.stats.kinds
         specs = input_specs(kinds)
         example_spec = {
@@ -56,14 +57,15 @@ class ServingModule(tf.Module):
         self.embeddings = [*model.embeddings.values(), *model.gate_embeddings.values()]
         self.hashing = [lookup for name, lookup in model.lookups.items() if model.config.feature(name).kind == "hash"]
 
-        def run_tower(features):
+        task = model.task_names[0]
+
+        def run_heads(features) -> ModelOutput:
             index = self.vocabulary_index(features) if self.vocabulary_index else None
-            dnn_input, gate_parts, _ = model.tower_inputs(features, index)
-            return tower(dnn_input, *gate_parts)  # [logits, *gates]
+            return heads(model.tower_inputs(features, index))
 
         @tf.function(input_signature=[specs])
         def serve(features):
-            return {"probability": tf.sigmoid(run_tower(features)[0])}
+            return {"probability": tf.sigmoid(run_heads(features).logits[task])}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         def serve_examples(examples):
@@ -71,7 +73,7 @@ class ServingModule(tf.Module):
 
         @tf.function(input_signature=[specs])
         def gates(features):
-            return {f"gate_{i}": g for i, g in enumerate(run_tower(features)[1:])}
+            return {f"gate_{i}": g for i, g in enumerate(run_heads(features).gates[task])}
 
         self.serve, self.serve_examples = serve, serve_examples
         self.gates = gates if model.gated else None
@@ -82,13 +84,21 @@ class ServingModule(tf.Module):
         return {name: fn for name, fn in functions.items() if fn is not None}
 
 
-def frozen_tower(model: RankingModel):
-    """``(tower input, *gate input parts) → [logits, *gate values]`` at inference, weights as constants."""
-    dnn_input, gate_parts, _ = model.tower_inputs(dummy_batch(model.stats))
+def frozen_heads(model: RankingModel) -> Callable[[TowerInputs], ModelOutput]:
+    """``model.heads`` at inference with the towers' and gates' weights frozen as constants."""
+    example = model.tower_inputs(dummy_batch(model.stats))
     traced = tf.function(
-        lambda x, *gate: model.tower(x, list(gate) or None, training=False, return_gates=True)
-    ).get_concrete_function(*[tf.TensorSpec([None, x.shape[-1]], x.dtype) for x in [dnn_input, *gate_parts]])
-    return freeze(traced)
+        lambda x, *gate: model.heads(TowerInputs(x, list(gate), []), training=False)
+    ).get_concrete_function(
+        *[tf.TensorSpec([None, x.shape[-1]], x.dtype) for x in [example.tower, *example.gate_parts]]
+    )
+    frozen = freeze(traced)
+
+    def heads(inputs: TowerInputs) -> ModelOutput:
+        outputs = frozen(inputs.tower, *inputs.gate_parts)
+        return tf.nest.pack_sequence_as(traced.structured_outputs, tf.nest.flatten(outputs))
+
+    return heads
 
 
 def next_version(export_base: Path) -> int:

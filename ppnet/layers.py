@@ -237,3 +237,64 @@ class GatedTower(tf.keras.layers.Layer):
             "batch_norm": self.batch_norm,
             "output_bias": self.output_bias,
         }
+
+
+def flatten(rows: tf.Tensor) -> tf.Tensor:
+    """``[batch, fields, dim]`` → ``[batch, fields * dim]``, the fields' embeddings side by side."""
+    return tf.reshape(rows, [-1, rows.shape[1] * rows.shape[2]])
+
+
+class StoppedTowerInput(tf.keras.layers.Layer):
+    """The gates' input in ``shared`` mode: the tower's whole input under ``stop_gradient``, and the
+    personalisation ids' gate-only embeddings.
+
+    The gates read everything the tower reads but cannot move it; the ids train through the gates
+    alone. The two parts stay apart, so ``GateNNs`` computes no gradient for the stopped one.
+
+    Call args:
+        tower_input: ``[batch, d]``, the tower's input.
+        tower_rows: unused (``StoppedIdFields`` reads them).
+        numeric: unused (already in ``tower_input``).
+        id_rows: the ids' gate-only embedding rows, ``[batch, fields_g, dim_g]`` per table group.
+
+    Returns:
+        ``[stop_gradient(tower_input) [batch, d], ids [batch, sum(fields_g * dim_g)]]``.
+    """
+
+    def call(self, tower_input, tower_rows, numeric, id_rows) -> list[tf.Tensor]:
+        return [tf.stop_gradient(tower_input), tf.concat([flatten(rows) for rows in id_rows], axis=-1)]
+
+
+class StoppedIdFields(tf.keras.layers.Layer):
+    """The gates' input in ``ids`` mode: the tower's own embeddings and numerics, with
+    ``stop_gradient`` on the personalisation-id fields only.
+
+    The gates share the tower's tables and may train them, except the ids', which only the
+    tower trains.
+
+    Args:
+        stopped: per table group of the tower, one flag per field: stop that field's gradient.
+
+    Call args:
+        tower_input: unused (``StoppedTowerInput`` reads it).
+        tower_rows: the tower's embedding rows, ``[batch, fields_g, dim_g]`` per table group.
+        numeric: ``[batch, n]`` normalised numerics, or none.
+        id_rows: unused (ids have no gate-only tables in this mode).
+
+    Returns:
+        ``[[batch, d]]``: the tower's input with the id fields' gradient stopped.
+    """
+
+    def __init__(self, stopped: list[list[bool]], **kwargs):
+        super().__init__(**kwargs)
+        self.stopped = [[bool(flag) for flag in group] for group in stopped]
+
+    def call(self, tower_input, tower_rows, numeric, id_rows) -> list[tf.Tensor]:
+        rows = [
+            tf.where(tf.constant([[[flag] for flag in flags]]), tf.stop_gradient(group), group)
+            for flags, group in zip(self.stopped, tower_rows)
+        ]
+        return [tf.concat([flatten(group) for group in rows] + list(numeric), axis=-1)]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "stopped": self.stopped}

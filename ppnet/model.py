@@ -7,15 +7,60 @@ stats.json + checkpoint) is enough to rebuild it for export.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from ppnet.config import Config, Feature
 from ppnet.features import make_lookup, numeric_normalizer, table_size
-from ppnet.layers import GatedTower, GroupedEmbedding
+from ppnet.layers import GatedTower, GroupedEmbedding, StoppedIdFields, StoppedTowerInput, flatten
 from ppnet.stats import Stats
 from ppnet.tf_private import SparseGradientsAsIs, adam_moments
+
+
+@dataclass(frozen=True)
+class FeatureGroups:
+    """The categorical features by what they mean to the model (their tables are stored apart,
+    grouped by dimension, see ``grouped``).
+
+    * ``tower``: embedded into the tower's input (the shared embeddings);
+    * ``personal_ids``: the ids the gates personalise by (none for the DNN);
+    * ``gate_ids``: those of the ids with tables of their own that only the gates read
+      (``shared`` gate mode).
+    """
+
+    tower: tuple[str, ...]
+    personal_ids: tuple[str, ...]
+    gate_ids: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: Config) -> FeatureGroups:
+        model = config.model
+        categorical = [f.name for f in config.features if f.kind != "numeric"]
+        ids = tuple(model.personal_ids) if model.name == "ppnet" else ()
+        tower = tuple(n for n in categorical if model.personal_ids_in_tower or n not in ids)
+        gate_ids = tuple(n for n in categorical if n in ids) if ids and model.gate_stop_gradient == "shared" else ()
+        return cls(tower, ids, gate_ids)
+
+
+class TowerInputs(NamedTuple):
+    """What the towers read: the tower's input ``[batch, d]``, the parts of the gates' input
+    (``[batch, g_i]`` each, none for the DNN), and the embedding rows looked up
+    (``[batch, fields, dim]`` per table group, for the L2 penalty)."""
+
+    tower: tf.Tensor
+    gate_parts: list[tf.Tensor]
+    embedding_rows: list[tf.Tensor]
+
+
+class ModelOutput(NamedTuple):
+    """The forward pass by task: ``logits[task]`` ``[batch]``, and ``gates[task]`` the gate values
+    ``[batch, width_i]`` of each of that task's tower layers (empty for the DNN)."""
+
+    logits: dict[str, tf.Tensor]
+    gates: dict[str, list[tf.Tensor]]
 
 
 class RankingModel(tfrs.Model):
@@ -48,20 +93,21 @@ class RankingModel(tfrs.Model):
         self.config, self.stats = config, stats
         model = config.model
         self.gated = model.name == "ppnet"
-        categorical = [f for f in config.features if f.kind != "numeric"]
-        self.personal_ids = list(model.personal_ids) if self.gated else []
+        self.task_names = [config.data.label]  # one task, named by its label column
+        self.groups = FeatureGroups.of(config)
         self.lookups = {
-            f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name)) for f in categorical
+            f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name))
+            for f in config.features
+            if f.kind != "numeric"
         }
         # Tables grouped by dimension, keyed "dim<d>" (trackable dicts need string keys).
-        in_tower = [f for f in categorical if model.personal_ids_in_tower or f.name not in self.personal_ids]
-        self.fields = grouped(in_tower)
+        self.fields = grouped([config.feature(n) for n in self.groups.tower])
         self.embeddings = {group: self._tables(names, f"embedding_{group}") for group, names in self.fields.items()}
-        gate_only = self.gated and model.gate_stop_gradient == "shared"  # gate-only tables for the ids
-        self.gate_fields = grouped([f for f in categorical if gate_only and f.name in self.personal_ids])
+        self.gate_fields = grouped([config.feature(n) for n in self.groups.gate_ids])
         self.gate_embeddings = {
             group: self._tables(names, f"gate_embedding_{group}") for group, names in self.gate_fields.items()
         }
+        self.gate_input = self._gate_input()
         self.normalizer = numeric_normalizer(config.features, stats)
         rate = min(max(stats.positive_rate, 1e-6), 1 - 1e-6)
         self.tower = GatedTower(
@@ -82,6 +128,15 @@ class RankingModel(tfrs.Model):
         )
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
+    def _gate_input(self) -> StoppedTowerInput | StoppedIdFields | None:
+        """The layer that builds the gates' input, one per gate mode (none for the DNN)."""
+        if self.groups.gate_ids:
+            return StoppedTowerInput(name="gate_input")
+        if self.gated:
+            ids = self.groups.personal_ids
+            return StoppedIdFields([[n in ids for n in names] for names in self.fields.values()], name="gate_input")
+        return None
+
     def _tables(self, names: list[str], layer_name: str) -> GroupedEmbedding:
         return GroupedEmbedding(
             [table_size(self.lookups[n]) for n in names], self.config.feature(names[0]).dim, name=layer_name
@@ -100,12 +155,8 @@ class RankingModel(tfrs.Model):
         """Each group's rows ``[batch, fields, dim]``: its fields' indices stacked, one lookup."""
         return {group: table(tf.stack([index[n] for n in fields[group]], axis=1)) for group, table in tables.items()}
 
-    def tower_inputs(
-        self, features: dict[str, tf.Tensor], index: dict[str, tf.Tensor] | None = None
-    ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
-        """The tower's input ``[batch, d]``, the parts of the gates' input (``[batch, g_i]`` each,
-        concatenated by the gates; none for the DNN), and the embedding rows looked up
-        (``[batch, fields, dim]`` per table group).
+    def tower_inputs(self, features: dict[str, tf.Tensor], index: dict[str, tf.Tensor] | None = None) -> TowerInputs:
+        """The towers' and gates' inputs from raw columns ``{name: [batch]}``.
 
         ``index`` (each categorical column's table rows) replaces the model's own lookups; the
         export passes the same rows computed by a ``VocabularyIndex``."""
@@ -114,30 +165,22 @@ class RankingModel(tfrs.Model):
             **{name: lookup(features[name]) for name, lookup in self.lookups.items() if name not in index},
             **index,
         }
-        embedded = self._embed(self.embeddings, self.fields, index)
+        tower_rows = list(self._embed(self.embeddings, self.fields, index).values())
+        id_rows = list(self._embed(self.gate_embeddings, self.gate_fields, index).values())
         numeric = [self.normalizer(features)] if self.normalizer else []
-        dnn_input = tf.concat([flatten(rows) for rows in embedded.values()] + numeric, axis=-1)
-        used_rows = list(embedded.values())
-        gate_parts = []
-        if self.gate_embeddings:  # kept apart: the gates compute no gradient for the stopped part
-            gate_ids = list(self._embed(self.gate_embeddings, self.gate_fields, index).values())
-            used_rows += gate_ids
-            gate_parts = [tf.stop_gradient(dnn_input), tf.concat([flatten(rows) for rows in gate_ids], axis=-1)]
-        elif self.gated:
-            stopped = [
-                tf.where(
-                    tf.constant([[[n in self.personal_ids] for n in self.fields[group]]]), tf.stop_gradient(rows), rows
-                )
-                for group, rows in embedded.items()
-            ]
-            gate_parts = [tf.concat([flatten(rows) for rows in stopped] + numeric, axis=-1)]
-        return dnn_input, gate_parts, used_rows
+        tower_input = tf.concat([flatten(rows) for rows in tower_rows] + numeric, axis=-1)
+        gate_parts = self.gate_input(tower_input, tower_rows, numeric, id_rows) if self.gate_input else []
+        return TowerInputs(tower_input, gate_parts, tower_rows + id_rows)
 
-    def forward(self, features: dict[str, tf.Tensor], training: bool = False):
-        """Logits ``[batch]``, the gate values of each tower layer, and the embedding rows looked up."""
-        dnn_input, gate_parts, used_rows = self.tower_inputs(features)
-        logits, gates = self.tower(dnn_input, gate_parts or None, training=training, return_gates=True)
-        return logits, gates, used_rows
+    def heads(self, inputs: TowerInputs, training: bool = False) -> ModelOutput:
+        """Each task's tower on the inputs: logits and gate values by task."""
+        logits, gates = self.tower(inputs.tower, inputs.gate_parts or None, training=training, return_gates=True)
+        task = self.task_names[0]
+        return ModelOutput({task: logits}, {task: gates})
+
+    def forward(self, features: dict[str, tf.Tensor], training: bool = False) -> ModelOutput:
+        """Logits and gate values by task, from raw columns ``{name: [batch]}``."""
+        return self.heads(self.tower_inputs(features), training=training)
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """Scores a batch of raw examples.
@@ -151,12 +194,14 @@ class RankingModel(tfrs.Model):
         Returns:
             ``[batch]`` logits; the click probability is their sigmoid.
         """
-        return self.forward(features, training=training)[0]
+        return self.forward(features, training=training).logits[self.task_names[0]]
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         features, labels = inputs
-        logits, _, used_rows = self.forward(features, training=training)
+        tower_inputs = self.tower_inputs(features)
+        logits = self.heads(tower_inputs, training=training).logits[self.task_names[0]]
         per_example = self.task(labels[:, tf.newaxis], logits[:, tf.newaxis], training=training)
+        used_rows = tower_inputs.embedding_rows
         if self.config.model.embedding_l2 and used_rows:  # on the rows each example used: cheap, sparse gradients
             per_example += self.config.model.embedding_l2 * tf.add_n(
                 [tf.reduce_sum(tf.square(rows), axis=[1, 2]) for rows in used_rows]
@@ -267,11 +312,6 @@ def dummy_batch(stats: Stats, rows: int = 1) -> dict[str, tf.Tensor]:
     """A batch of default raw values (unseen ids, zero numerics), to build variables."""
     defaults = {"int64": tf.constant(-1, tf.int64), "string": tf.constant(""), "float32": tf.constant(0.0)}
     return {name: tf.fill([rows], defaults[kind]) for name, kind in stats.kinds.items()}
-
-
-def flatten(rows: tf.Tensor) -> tf.Tensor:
-    """``[batch, fields, dim]`` → ``[batch, fields * dim]``, the fields' embeddings side by side."""
-    return tf.reshape(rows, [-1, rows.shape[1] * rows.shape[2]])
 
 
 def grouped(features: list[Feature]) -> dict[str, list[str]]:

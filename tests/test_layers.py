@@ -1,10 +1,10 @@
 """GroupedEmbedding, GateNNs and GatedTower: identity at init, gate range, fused gates equal
-separate ones, equivalence with the plain DNN, grouped tables equal separate ones, config."""
+separate ones, equivalence with the plain DNN, grouped tables equal separate ones, the gate-input layers, config."""
 
 import numpy as np
 import tensorflow as tf
 
-from ppnet.layers import GatedTower, GateNNs, GroupedEmbedding
+from ppnet.layers import GatedTower, GateNNs, GroupedEmbedding, StoppedIdFields, StoppedTowerInput
 
 
 def test_untrained_gates_are_exactly_one():
@@ -124,3 +124,26 @@ def test_fused_hidden_layer_starts_with_the_scale_of_one_gate_network():
     kernel = gates.hidden.get_weights()[0]
     limit = np.sqrt(6.0 / (600 + 64))  # Glorot-uniform of a separate Dense(64) on 600 inputs
     assert kernel.shape == (600, 256) and 0.98 * limit < np.abs(kernel).max() <= limit
+
+
+def test_gate_input_layers_stop_exactly_the_gradient_of_their_mode():
+    tower_rows = [tf.Variable(tf.random.normal([4, 3, 2])), tf.Variable(tf.random.normal([4, 1, 5]))]
+    numeric = tf.Variable(tf.random.normal([4, 2]))
+    id_rows = [tf.Variable(tf.random.normal([4, 2, 2]))]
+    ids_mode = StoppedIdFields([[False, True, False], [True]])
+    for layer in (StoppedTowerInput(), StoppedIdFields.from_config(ids_mode.get_config())):
+        with tf.GradientTape() as tape:
+            tower_input = tf.concat([tf.reshape(r, [4, -1]) for r in tower_rows] + [numeric], axis=-1)
+            parts = layer(tower_input, tower_rows, [numeric], id_rows)
+            total = tf.add_n([tf.reduce_sum(p) for p in parts])
+        grads = tape.gradient(
+            total, [*tower_rows, numeric, *id_rows], unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        np.testing.assert_array_equal(parts[0], tower_input)  # the values pass unchanged
+        if isinstance(layer, StoppedTowerInput):  # the tower's input stopped whole; the ids train
+            assert [p.shape[-1] for p in parts] == [tower_input.shape[-1], 2 * 2]
+            assert all(not np.any(g) for g in grads[:3]) and np.all(grads[3].numpy() == 1.0)
+        else:  # one part; only the flagged id fields stopped
+            assert len(parts) == 1
+            np.testing.assert_array_equal(grads[0].numpy()[:, :, 0], np.tile([1.0, 0.0, 1.0], (4, 1)))
+            assert not np.any(grads[1]) and np.all(grads[2].numpy() == 1.0) and not np.any(grads[3])

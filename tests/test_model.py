@@ -7,7 +7,7 @@ import tensorflow as tf
 from ppnet.data.pipeline import iter_batches
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import make_splits
-from ppnet.model import build_model
+from ppnet.model import FeatureGroups, build_model
 from ppnet.stats import compute_stats
 from tests.helpers import small_config
 
@@ -33,7 +33,7 @@ def randomize_gate_outputs(model):
 def gate_gradients(model, features):
     """Sum of |d gates / d table| over each feature's own table, keyed ("dnn"|"gate", feature)."""
     with tf.GradientTape() as tape:
-        _, gates, _ = model.forward(features)
+        gates = model.forward(features).gates[model.task_names[0]]
         total = tf.add_n([tf.reduce_sum(g) for g in gates])
     tables = {("dnn", name): model.table_rows(name) for names in model.fields.values() for name in names}
     tables.update(
@@ -56,7 +56,7 @@ def test_ppnet_equals_dnn_with_the_same_weights_at_init(batch_and_stats):
         table.set_weights(ppnet.embeddings[group].get_weights())
     for a, b in zip(ppnet.tower.dense, dnn.tower.dense):
         b.set_weights(a.get_weights())
-    _, gates, _ = ppnet.forward(features)
+    gates = ppnet.forward(features).gates[ppnet.task_names[0]]
     assert all(np.all(g.numpy() == 1.0) for g in gates)
     np.testing.assert_allclose(ppnet(features).numpy(), dnn(features).numpy(), rtol=1e-5, atol=1e-6)
     assert dnn.tower.gates is None and len(gates) == len(small_config().model.hidden_units) + 1
@@ -184,3 +184,35 @@ def test_a_model_without_categorical_features_trains_with_embedding_l2(synthetic
     features, labels = next(iter_batches(train_split, kinds, "is_click", 32))
     loss = model.compute_loss(({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels)))
     assert np.isfinite(float(loss)) and not model.embeddings
+
+
+@pytest.mark.parametrize(
+    "sets, tower_has_ids, gate_ids",
+    [
+        ([], True, True),
+        (["model.gate_stop_gradient=ids"], True, False),
+        (["model.personal_ids_in_tower=false"], False, True),
+        (["model.name=dnn"], True, False),
+    ],
+)
+def test_feature_groups_name_what_each_feature_is_for(sets, tower_has_ids, gate_ids):
+    config = small_config(*sets)
+    groups = FeatureGroups.of(config)
+    categorical = [f.name for f in config.features if f.kind != "numeric"]
+    ids = list(config.model.personal_ids)
+    assert groups.personal_ids == (() if config.model.name == "dnn" else tuple(ids))
+    assert list(groups.tower) == [n for n in categorical if tower_has_ids or n not in ids]
+    assert list(groups.gate_ids) == (ids if gate_ids else [])
+
+
+def test_forward_names_logits_and_gates_by_task(batch_and_stats):
+    (features, _), stats = batch_and_stats
+    model = build_model(small_config(), stats)
+    output = model.forward(features)
+    label = small_config().data.label
+    assert list(output.logits) == list(output.gates) == [label] == model.task_names
+    np.testing.assert_array_equal(output.logits[label], model(features))
+    assert [g.shape[-1] for g in output.gates[label]] == [
+        model.tower.dense[0].kernel.shape[0],
+        *small_config().model.hidden_units,
+    ]
