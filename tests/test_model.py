@@ -129,7 +129,7 @@ def test_loss_is_mean_cross_entropy_plus_embedding_l2(batch_and_stats):
 
 
 def test_lazy_adam_matches_adam_on_first_step_and_leaves_untouched_rows_alone():
-    from ppnet.model import LazyAdam
+    from ppnet.optimizers import LazyAdam
 
     def run(optimizer, steps):
         table = tf.Variable(tf.ones([6, 2]))
@@ -150,7 +150,7 @@ def test_lazy_adam_matches_adam_on_first_step_and_leaves_untouched_rows_alone():
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_fused_adam_makes_the_same_updates_as_keras_adam(sparse):
-    from ppnet.model import FusedAdam
+    from ppnet.optimizers import FusedAdam
 
     rng = np.random.default_rng(3)
     start = rng.normal(size=(6, 4)).astype(np.float32)
