@@ -48,4 +48,4 @@ profile: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
 	$(BIN)/python -m bench.profile --config $(CONFIG) --data $(DATA) $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs data/synthetic .pytest_cache
+	rm -rf $(VENV) runs data/synthetic .pytest_cache .ruff_cache

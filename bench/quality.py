@@ -27,7 +27,7 @@ VARIANTS = {
 }
 # The DNN baseline's own tuning where it differs from a config's (PPNet's), by config file name;
 # `--set` still wins. KuaiRand: dropout does not help PPNet (kuairand.toml has none) but makes the
-# DNN's gAUC steadier from seed to seed, so the baseline is compared at its best (README, Performance).
+# DNN's gAUC steadier from seed to seed, so the baseline is compared at its best (docs/performance.md, "Quality").
 BASELINE_TUNING = {"kuairand.toml": ["model.dropout=0.2"]}
 LOGREG = "logreg"
 LOGREG_L2 = 1e-6

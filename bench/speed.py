@@ -15,6 +15,7 @@ from ppnet.data.pipeline import make_dataset
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import make_splits
 from ppnet.model import RankingModel, dummy_batch
+from ppnet.tf_private import called_graph
 
 MATMULS = ("MatMul", "_FusedMatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
 FLOP_BATCH = 16  # rows of the traced batch; any size gives the same count per example
@@ -65,10 +66,10 @@ def graph_ops(graph: tf.Graph, seen: set[str] | None = None) -> Iterator[tf.Oper
             for name in names:
                 if name and name not in seen:
                     seen.add(name)
-                    body = graph._get_function(name)  # the traced function behind the call, with its graph
-                    if body is None or body.graph is None:
+                    body = called_graph(graph, name)
+                    if body is None:
                         raise ValueError(f"op {op.name} calls {name}, whose graph is not available to count")
-                    yield from graph_ops(body.graph, seen)
+                    yield from graph_ops(body, seen)
 
 
 def matmul_flops(op: tf.Operation) -> int:

@@ -96,7 +96,7 @@ def frozen_heads(model: RankingModel) -> Callable[[TowerInputs], ModelOutput]:
 
     def heads(inputs: TowerInputs) -> ModelOutput:
         outputs = frozen(inputs.tower, *inputs.gate_parts)
-        return tf.nest.pack_sequence_as(traced.structured_outputs, tf.nest.flatten(outputs))
+        return tf.nest.pack_sequence_as(traced.structured_outputs, outputs)  # frozen outputs come flat
 
     return heads
 

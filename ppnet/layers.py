@@ -250,18 +250,20 @@ class StoppedTowerInput(tf.keras.layers.Layer):
 
     The gates read everything the tower reads but cannot move it; the ids train through the gates
     alone. The two parts stay apart, so ``GateNNs`` computes no gradient for the stopped one.
-
-    Call args:
-        tower_input: ``[batch, d]``, the tower's input.
-        tower_rows: unused (``StoppedIdFields`` reads them).
-        numeric: unused (already in ``tower_input``).
-        id_rows: the ids' gate-only embedding rows, ``[batch, fields_g, dim_g]`` per table group.
-
-    Returns:
-        ``[stop_gradient(tower_input) [batch, d], ids [batch, sum(fields_g * dim_g)]]``.
     """
 
     def call(self, tower_input, tower_rows, numeric, id_rows) -> list[tf.Tensor]:
+        """The gates' input parts.
+
+        Args:
+            tower_input: ``[batch, d]``, the tower's input.
+            tower_rows: unused (``StoppedIdFields`` reads them).
+            numeric: unused (already in ``tower_input``).
+            id_rows: the ids' gate-only embedding rows, ``[batch, fields_g, dim_g]`` per table group.
+
+        Returns:
+            ``[stop_gradient(tower_input) [batch, d], ids [batch, sum(fields_g * dim_g)]]``.
+        """
         return [tf.stop_gradient(tower_input), tf.concat([flatten(rows) for rows in id_rows], axis=-1)]
 
 
@@ -274,15 +276,6 @@ class StoppedIdFields(tf.keras.layers.Layer):
 
     Args:
         stopped: per table group of the tower, one flag per field: stop that field's gradient.
-
-    Call args:
-        tower_input: unused (``StoppedTowerInput`` reads it).
-        tower_rows: the tower's embedding rows, ``[batch, fields_g, dim_g]`` per table group.
-        numeric: ``[batch, n]`` normalised numerics, or none.
-        id_rows: unused (ids have no gate-only tables in this mode).
-
-    Returns:
-        ``[[batch, d]]``: the tower's input with the id fields' gradient stopped.
     """
 
     def __init__(self, stopped: list[list[bool]], **kwargs):
@@ -290,9 +283,21 @@ class StoppedIdFields(tf.keras.layers.Layer):
         self.stopped = [[bool(flag) for flag in group] for group in stopped]
 
     def call(self, tower_input, tower_rows, numeric, id_rows) -> list[tf.Tensor]:
+        """The gates' one input part.
+
+        Args:
+            tower_input: unused (``StoppedTowerInput`` reads it).
+            tower_rows: the tower's embedding rows, ``[batch, fields_g, dim_g]`` per table group,
+                in the order of ``stopped``.
+            numeric: a list of zero or one ``[batch, n]`` tensors of normalised numerics.
+            id_rows: unused (ids have no gate-only tables in this mode).
+
+        Returns:
+            ``[[batch, d]]``: the tower's input with the id fields' gradient stopped.
+        """
         rows = [
             tf.where(tf.constant([[[flag] for flag in flags]]), tf.stop_gradient(group), group)
-            for flags, group in zip(self.stopped, tower_rows)
+            for flags, group in zip(self.stopped, tower_rows, strict=True)
         ]
         return [tf.concat([flatten(group) for group in rows] + list(numeric), axis=-1)]
 

@@ -173,7 +173,8 @@ class RankingModel(tfrs.Model):
         return TowerInputs(tower_input, gate_parts, tower_rows + id_rows)
 
     def heads(self, inputs: TowerInputs, training: bool = False) -> ModelOutput:
-        """Each task's tower on the inputs: logits and gate values by task."""
+        """The tower on the inputs (one task today; one tower per task is where multi-task grows):
+        logits and gate values by task."""
         logits, gates = self.tower(inputs.tower, inputs.gate_parts or None, training=training, return_gates=True)
         task = self.task_names[0]
         return ModelOutput({task: logits}, {task: gates})

@@ -94,7 +94,7 @@ def finish_run(work: Path, out: Path, metrics: dict) -> None:
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for scratch in (BACKUP, SHARDS):  # last: a crash before here still resumes
         shutil.rmtree(work / scratch, ignore_errors=True)
-    (work / FITTED).unlink(missing_ok=True)
+    (work / FITTED).unlink()  # the chief marks training ended before it scores and exports
     replace_directory(work, out)
 
 

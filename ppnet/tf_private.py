@@ -14,6 +14,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 __all__ = [
     "SparseGradientsAsIs",
     "adam_moments",
+    "called_graph",
     "freeze",
     "resume_counters",
     "skip_log_sync",
@@ -29,6 +30,17 @@ def freeze(function: tf.types.experimental.ConcreteFunction) -> tf.types.experim
     oneDNN lays each weight matrix out once instead of on every call.
     """
     return convert_variables_to_constants_v2(function)
+
+
+def called_graph(graph: tf.Graph, name: str) -> tf.Graph | None:
+    """The graph of function ``name`` that an op of ``graph`` calls (a ``tf.function`` inside
+    another, or a gradient function), or ``None`` if it is not registered there.
+
+    Graphs list their own ops only; counting everything a traced step computes (the bench's FLOPs)
+    has to follow function-call ops into their bodies, which only ``Graph._get_function`` finds.
+    """
+    function = graph._get_function(name)
+    return None if function is None else function.graph
 
 
 def resume_counters(backup: tf.keras.callbacks.BackupAndRestore, steps_per_epoch: int) -> tuple[int, int]:

@@ -56,20 +56,23 @@ class Duties:
       resume needs each pass over the data to be one epoch, so a stream backs up per epoch; a
       parameter-server run has no backups and restarts from its first epoch.
     * ``per_step_logs``: step logs are local values (not under a parameter server).
+    * ``workers``: how many workers train (each reads its own shard; the global batch is
+      ``train.batch_size`` times this).
     """
 
     owns_run: bool
     input: str
     backup_every: int | str | None
     per_step_logs: bool
+    workers: int = 1
 
     @classmethod
     def of(cls, role: distribute.Role, config: Config) -> Duties:
         every = config.train.backup_every_steps
         if role.parameter_server:
-            return cls(role.is_chief, "tfrecord", None, per_step_logs=False)
+            return cls(role.is_chief, "tfrecord", None, per_step_logs=False, workers=role.count)
         if role.streamed:
-            return cls(role.is_chief, "sharded", "epoch", per_step_logs=True)
+            return cls(role.is_chief, "sharded", "epoch", per_step_logs=True, workers=role.count)
         return cls(role.is_chief, "local", every if every > 0 else "epoch", per_step_logs=True)
 
     @property
@@ -112,12 +115,12 @@ def train(
     dist = distribute.make_strategy(strategy)
     with dist.scope():
         model = build_model(config, stats)
-    meter = ThroughputMeter(config.train.batch_size * role.count)
+    meter = ThroughputMeter(config.train.batch_size * duties.workers)
     fitted = work / FITTED  # training ended (early stopping included): a rerun only scores and exports
     if fitted.exists() and not duties.streamed:
         log.info("training had finished before the crash; scoring and exporting the best epoch")
     else:
-        fit(model, config, dist, role, duties, train_split, valid_split, kinds, train_rows, work, meter)
+        fit(model, config, dist, duties, train_split, valid_split, kinds, train_rows, work, meter)
         if duties.owns_run:
             fitted.touch()
     if not duties.owns_run:
@@ -131,7 +134,7 @@ def train(
         {
             "examples_per_sec": meter.examples_per_sec,
             "train_rows": train_rows,
-            "workers": role.count,
+            "workers": duties.workers,
             "epochs_run": len(epochs),
             "best_epoch": max(epochs, key=lambda e: e["val_auc"])["epoch"] if epochs else 0,
             "model": config.model.name,
@@ -140,7 +143,7 @@ def train(
             "export": str(Path("export") / export_dir.name),
         }
     )
-    if role.parameter_server:  # how each embedding table was split across the parameter servers
+    if duties.input == "tfrecord":  # how each embedding table was split across the parameter servers
         metrics["table_shards"] = {
             layer.name: len(getattr(layer.embeddings, "variables", [layer.embeddings]))
             for layer in [*model.embeddings.values(), *model.gate_embeddings.values()]
@@ -166,7 +169,6 @@ def fit(
     model: tf.keras.Model,
     config: Config,
     dist: tf.distribute.Strategy,
-    role: distribute.Role,
     duties: Duties,
     train_split: Split,
     valid_split: Split,
@@ -177,9 +179,9 @@ def fit(
 ) -> None:
     """``model.fit`` with the run's callbacks; a loss that became NaN or infinite is a one-line error."""
     cursor = EpochCursor()
-    train_ds = make_input(dist, role, duties, config, train_split, kinds, cursor, train_rows, work)
+    train_ds = make_input(dist, duties, config, train_split, kinds, cursor, train_rows, work)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
-    steps = -(-train_rows // (config.train.batch_size * role.count))
+    steps = -(-train_rows // (config.train.batch_size * duties.workers))
     validation = ValidationScore(
         valid_split, kinds, config.data.label, config.data.user_column, work / EPOCHS_FILE if duties.owns_run else None
     )
@@ -211,7 +213,6 @@ def fit(
 
 def make_input(
     strategy: tf.distribute.Strategy,
-    role: distribute.Role,
     duties: Duties,
     config: Config,
     split: Split,
@@ -235,17 +236,17 @@ def make_input(
     if duties.input == "local":
         return make_dataset(split, kinds, rows=rows, **options)
     split = split.nonempty()
-    empty = [i for i in range(role.count) if not split.shard(i, role.count).files]
+    empty = [i for i in range(duties.workers) if not split.shard(i, duties.workers).files]
     if empty:
         raise PPNetError(
-            f"{split.description}: worker(s) {empty} of {role.count} would get no training rows; "
+            f"{split.description}: worker(s) {empty} of {duties.workers} would get no training rows; "
             "write the log in more files or row groups, or use fewer workers"
         )
     if duties.input == "tfrecord":
         shards = [
             str(p)
             for p in write_tfrecord_shards(
-                split, kinds, options["label"], options["batch_size"], role.count, work / SHARDS, config.train.seed
+                split, kinds, options["label"], options["batch_size"], duties.workers, work / SHARDS, config.train.seed
             )
         ]
         return tf.keras.utils.experimental.DatasetCreator(

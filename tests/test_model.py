@@ -216,3 +216,12 @@ def test_forward_names_logits_and_gates_by_task(batch_and_stats):
         model.tower.dense[0].kernel.shape[0],
         *small_config().model.hidden_units,
     ]
+
+
+def test_every_optimizer_the_config_accepts_is_built():
+    from typing import get_args, get_type_hints
+
+    from ppnet.config import TrainConfig
+    from ppnet.optimizers import OPTIMIZERS
+
+    assert set(get_args(get_type_hints(TrainConfig)["optimizer"])) == set(OPTIMIZERS)

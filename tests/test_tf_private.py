@@ -6,6 +6,7 @@ import tensorflow as tf
 from ppnet.tf_private import (
     SparseGradientsAsIs,
     adam_moments,
+    called_graph,
     freeze,
     resume_counters,
     skip_log_sync,
@@ -97,3 +98,13 @@ def test_xplane_proto_parses_a_profile_space():
     space = xplane_pb2.XSpace()
     space.planes.add(name="/host:CPU")
     assert xplane_pb2.XSpace.FromString(space.SerializeToString()).planes[0].name == "/host:CPU"
+
+
+def test_called_graph_finds_the_body_of_a_nested_function():
+    inner = tf.function(lambda x: tf.matmul(x, x))
+    outer = tf.function(lambda x: inner(x) + 1.0).get_concrete_function(tf.TensorSpec([2, 2]))
+    calls = [op for op in outer.graph.get_operations() if op.node_def.attr["f"].func.name]
+    assert calls, "the outer graph calls the inner function"
+    body = called_graph(outer.graph, calls[0].node_def.attr["f"].func.name)
+    assert "MatMul" in [op.type for op in body.get_operations()]
+    assert called_graph(outer.graph, "no_such_function") is None

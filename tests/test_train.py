@@ -5,7 +5,10 @@ import json
 import pytest
 
 from ppnet.cli import main
+from ppnet.distribute import Role
 from ppnet.evaluate import evaluate_export
+from ppnet.train import Duties, train
+from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES, small_config
 
 
 def test_run_directory_contents(trained_run):
@@ -33,8 +36,6 @@ def test_exported_model_reproduces_validation_metrics(trained_run, synthetic_dir
 
 
 def test_cli_trains_the_dnn_baseline_and_reexports(synthetic_dir, tmp_path, capsys):
-    from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
-
     run = tmp_path / "dnn"
     sets = [arg for item in [*SMALL_OVERRIDES, "model.name=dnn", "train.epochs=1"] for arg in ("--set", item)]
     code = main(["train", "--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), "--out", str(run), *sets])
@@ -49,9 +50,6 @@ def test_cli_trains_the_dnn_baseline_and_reexports(synthetic_dir, tmp_path, caps
 
 
 def test_hashed_ids_with_a_million_buckets_train_with_lazy_adam(synthetic_dir, tmp_path):
-    from ppnet.train import train
-    from tests.helpers import small_config
-
     config = small_config(
         "features.user_id.kind=hash", "features.user_id.bins=1048576", "train.optimizer=lazy_adam", "train.epochs=1"
     )
@@ -59,3 +57,19 @@ def test_hashed_ids_with_a_million_buckets_train_with_lazy_adam(synthetic_dir, t
     assert metrics["auc"] > 0.5
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
     assert "user_id" not in stats["vocabularies"]  # hashing needs no vocabulary pass
+
+
+@pytest.mark.parametrize(
+    "role, backup_every_steps, expected",
+    [
+        (Role(), 0, (True, "local", "epoch", True, 1)),
+        (Role(), 500, (True, "local", 500, True, 1)),
+        (Role("worker", 0, 2), 500, (True, "sharded", "epoch", True, 2)),
+        (Role("worker", 1, 2, is_chief=False), 500, (False, "sharded", "epoch", True, 2)),
+        (Role("chief", 0, 3, parameter_server=True), 500, (True, "tfrecord", None, False, 3)),
+    ],
+    ids=["local", "local, step backups", "multi-worker chief", "multi-worker worker", "parameter-server chief"],
+)
+def test_duties_follow_the_cluster_role(role, backup_every_steps, expected):
+    duties = Duties.of(role, small_config(f"train.backup_every_steps={backup_every_steps}"))
+    assert (duties.owns_run, duties.input, duties.backup_every, duties.per_step_logs, duties.workers) == expected
