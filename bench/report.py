@@ -45,14 +45,13 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def heading(title: str, *columns: str) -> list[str]:
+    """A table's title and header rows."""
+    return ["", f"### {title}", "", f"| {' | '.join(columns)} |", "|" + " --- |" * len(columns)]
+
+
 def quality_table(scores: dict) -> Iterator[str]:
-    yield from [
-        "",
-        "### Quality (validation, mean ± std over seeds)",
-        "",
-        "| model | auc | gauc | logloss |",
-        "| --- | --- | --- | --- |",
-    ]
+    yield from heading("Quality (validation, mean ± std over seeds)", "model", "auc", "gauc", "logloss")
     for variant, summary in scores.items():
         cells = [f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in QUALITY_KEYS]
         yield f"| {variant} | {' | '.join(cells)} |"
@@ -60,11 +59,7 @@ def quality_table(scores: dict) -> Iterator[str]:
 
 def speed_table(figures: dict) -> Iterator[str]:
     yield from [
-        "",
-        "### Training speed (ppnet)",
-        "",
-        "| measure | value |",
-        "| --- | --- |",
+        *heading("Training speed (ppnet)", "measure", "value"),
         f"| training examples/sec | {figures['train_examples_per_sec']:,.0f} |",
         f"| input pipeline examples/sec | {figures['input_examples_per_sec']:,.0f} |",
         f"| training FLOPs/example | {figures['train_flops_per_example']:,} |",
@@ -77,11 +72,7 @@ def speed_table(figures: dict) -> Iterator[str]:
 
 def memory_table(figures: dict) -> Iterator[str]:
     yield from [
-        "",
-        "### Memory (peak RSS of `ppnet train`, PPNet)",
-        "",
-        "| log | train rows | peak RSS MiB |",
-        "| --- | --- | --- |",
+        *heading("Memory (peak RSS of `ppnet train`, PPNet)", "log", "train rows", "peak RSS MiB"),
     ]
     for copies in ("1x", "4x"):
         mib = figures[f"peak_rss_{copies}_bytes"] / 2**20
@@ -90,13 +81,8 @@ def memory_table(figures: dict) -> Iterator[str]:
 
 
 def serving_table(figures: dict) -> Iterator[str]:
-    yield from [
-        "",
-        f"### Serving (export {figures['export_bytes'] / 2**20:.1f} MiB)",
-        "",
-        "| model | batch | p50 ms | p99 ms | rows/sec |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    title = f"Serving (export {figures['export_bytes'] / 2**20:.1f} MiB)"
+    yield from heading(title, "model", "batch", "p50 ms", "p99 ms", "rows/sec")
     for kernels, runs in (("", figures), (", oneDNN off", figures["onednn_off"])):
         for model, label in SERVED.items():
             for batch, t in runs[model].items():

@@ -47,32 +47,27 @@ def test_role_comes_from_tf_config(monkeypatch):
         distribute.current_role("multi_worker")
 
 
+def launch_local(data, run, cluster: list[str], sets: list[str]) -> subprocess.CompletedProcess:
+    """``ppnet launch-local`` with the small test config and ``sets``, its output captured."""
+    overrides = [arg for item in [*SMALL_OVERRIDES, *sets] for arg in ("--set", item)]
+    command = [sys.executable, "-m", "ppnet.cli", "launch-local", *cluster, "--timeout", "500", "--"]
+    train_args = ["--config", str(DEFAULT_CONFIG), "--data", str(data), "--out", str(run), *overrides]
+    return subprocess.run([*command, *train_args], capture_output=True, text=True, timeout=600)
+
+
+def assert_tensorflow_alone_loads_the_export(run) -> None:
+    """The run's export loads in a fresh interpreter that cannot import ppnet."""
+    code = (
+        "import sys; sys.modules['ppnet'] = None; import tensorflow as tf; "
+        f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))"
+    )
+    reload = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "serving_default" in reload.stdout, reload.stderr[-2000:]
+
+
 def test_two_worker_multi_worker_mirrored_run_reports_global_metrics(synthetic_dir, tmp_path):
     run = tmp_path / "run"
-    sets = [arg for item in [*SMALL_OVERRIDES, "train.epochs=2"] for arg in ("--set", item)]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ppnet.cli",
-            "launch-local",
-            "--workers",
-            "2",
-            "--timeout",
-            "500",
-            "--",
-            "--config",
-            str(DEFAULT_CONFIG),
-            "--data",
-            str(synthetic_dir),
-            "--out",
-            str(run),
-            *sets,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = launch_local(synthetic_dir, run, ["--workers", "2"], ["train.epochs=2"])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["workers"] == 2 and 0.5 < metrics["auc"] <= 1.0
@@ -81,49 +76,13 @@ def test_two_worker_multi_worker_mirrored_run_reports_global_metrics(synthetic_d
     assert len(logged) == 2 and all(0.4 < v <= 1.0 for v in logged)
     val_logged = [float(v) for v in re.findall(r"val_auc: ([0-9.]+)", result.stdout)]
     assert max(val_logged) == pytest.approx(metrics["auc"], abs=1e-4)  # exported best epoch == best logged
-    reload = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; sys.modules['ppnet'] = None; import tensorflow as tf; "
-            f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "serving_default" in reload.stdout, reload.stderr[-2000:]
+    assert_tensorflow_alone_loads_the_export(run)
 
 
 def test_parameter_server_run_partitions_tables_and_exports(synthetic_dir, tmp_path):
     run = tmp_path / "run"
     extra = ["train.epochs=2", "features.user_id.kind=hash", "features.user_id.bins=65536"]  # 4 MiB table
-    sets = [arg for item in [*SMALL_OVERRIDES, *extra] for arg in ("--set", item)]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ppnet.cli",
-            "launch-local",
-            "--workers",
-            "2",
-            "--ps",
-            "2",
-            "--timeout",
-            "500",
-            "--",
-            "--config",
-            str(DEFAULT_CONFIG),
-            "--data",
-            str(synthetic_dir),
-            "--out",
-            str(run),
-            *sets,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = launch_local(synthetic_dir, run, ["--workers", "2", "--ps", "2"], extra)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["workers"] == 2 and 0.5 < metrics["auc"] <= 1.0
@@ -131,15 +90,4 @@ def test_parameter_server_run_partitions_tables_and_exports(synthetic_dir, tmp_p
     assert shards["embedding_dim16"] == 2 and shards["gate_embedding_dim16"] == 2  # split over both servers
     assert shards["embedding_dim4"] == 1  # small tables stay whole
     assert not (run / "shards").exists()  # the workers' TFRecord input shards are scratch
-    reload = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; sys.modules['ppnet'] = None; import tensorflow as tf; "
-            f"print(list(tf.saved_model.load('{run / 'export' / '1'}').signatures))",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "serving_default" in reload.stdout, reload.stderr[-2000:]
+    assert_tensorflow_alone_loads_the_export(run)
