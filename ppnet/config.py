@@ -51,8 +51,9 @@ class DataConfig:
 class ModelConfig:
     """The tower, the gates and their regularisation (see README, Configuration)."""
 
-    name: Literal["ppnet", "dnn"] = "ppnet"
+    name: Literal["ppnet", "pepnet", "dnn"] = "ppnet"
     personal_ids: list[str] = field(default_factory=lambda: ["user_id", "video_id", "author_id"])
+    domain_features: list[str] = field(default_factory=list)  # EPNet's domain (pepnet), e.g. ["tab"]
     gate_stop_gradient: Literal["shared", "ids"] = "shared"
     personal_ids_in_tower: bool = True
     hidden_units: list[int] = field(default_factory=lambda: [512, 256, 128])
@@ -197,6 +198,29 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _check_domain(config: Config, source: str) -> None:
+    """EPNet's domain features: declared, categorical, not ids, and only for ``pepnet``."""
+    model = config.model
+    if model.name != "pepnet":
+        if model.domain_features:
+            raise PPNetError(f'{source}: model.domain_features is for model.name = "pepnet", not {model.name!r}')
+        return
+    if not model.domain_features:
+        raise PPNetError(f'{source}: model.name = "pepnet" needs model.domain_features (e.g. ["tab"])')
+    if model.gate_stop_gradient != "shared":
+        raise PPNetError(f'{source}: model.name = "pepnet" needs gate_stop_gradient = "shared"')
+    names = [f.name for f in config.features]
+    for name in model.domain_features:
+        if name not in names:
+            raise PPNetError(f"{source}: model.domain_features names {name!r}, which is not a declared feature")
+        if config.feature(name).kind == "numeric":
+            raise PPNetError(f"{source}: model.domain_features: {name!r} is numeric; domains must be vocab or hash")
+        if name in model.personal_ids:
+            raise PPNetError(f"{source}: model.domain_features: {name!r} is also a personal id")
+    if len(set(model.domain_features)) != len(model.domain_features):
+        raise PPNetError(f"{source}: model.domain_features lists a feature twice")
+
+
 def _check(config: Config, source: str) -> None:
     """Cross-field rules that types alone cannot express."""
     names = [f.name for f in config.features]
@@ -220,9 +244,11 @@ def _check(config: Config, source: str) -> None:
             raise PPNetError(f"{source}: model.personal_ids names {pid!r}, which is not a declared feature")
         if config.feature(pid).kind == "numeric":
             raise PPNetError(f"{source}: model.personal_ids: {pid!r} is numeric; ids must be vocab or hash")
-    if model.name == "ppnet" and not model.personal_ids:
+    gated = model.name in ("ppnet", "pepnet")
+    if gated and not model.personal_ids:
         raise PPNetError(f"{source}: model.personal_ids is empty; PPNet needs at least one id for its gates")
-    if model.name == "ppnet" and not model.personal_ids_in_tower:
+    _check_domain(config, source)
+    if gated and not model.personal_ids_in_tower:
         if model.gate_stop_gradient != "shared":
             raise PPNetError(
                 f'{source}: model.personal_ids_in_tower = false needs gate_stop_gradient = "shared" '

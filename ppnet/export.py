@@ -54,18 +54,22 @@ class ServingModule(tf.Module):
 
         self.vocabulary_index = vocabulary_index(model.config.features, model.stats)
         # Tracked so that they are saved: the variables and layers the signatures read.
-        self.embeddings = [*model.embeddings.values(), *model.gate_embeddings.values()]
+        domain_tables = list(model.domain_embeddings.values()) if model.groups.domain else []
+        self.embeddings = [*model.embeddings.values(), *model.gate_embeddings.values(), *domain_tables]
+        if model.groups.domain:  # EPNet runs before the frozen towers, with its weights as variables
+            self.epnet = model.epnet
         self.hashing = [lookup for name, lookup in model.lookups.items() if model.config.feature(name).kind == "hash"]
 
         task = model.task_names[0]
 
-        def run_heads(features) -> ModelOutput:
+        def run(features) -> tuple[TowerInputs, ModelOutput]:
             index = self.vocabulary_index(features) if self.vocabulary_index else None
-            return heads(model.tower_inputs(features, index))
+            inputs = model.tower_inputs(features, index)
+            return inputs, heads(inputs)
 
         @tf.function(input_signature=[specs])
         def serve(features):
-            return {"probability": tf.sigmoid(run_heads(features).logits[task])}
+            return {"probability": tf.sigmoid(run(features)[1].logits[task])}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         def serve_examples(examples):
@@ -73,7 +77,9 @@ class ServingModule(tf.Module):
 
         @tf.function(input_signature=[specs])
         def gates(features):
-            return {f"gate_{i}": g for i, g in enumerate(run_heads(features).gates[task])}
+            inputs, output = run(features)
+            values = {f"gate_{i}": g for i, g in enumerate(output.gates[task])}
+            return values if inputs.epnet_gate is None else {**values, "epnet_gate": inputs.epnet_gate}
 
         self.serve, self.serve_examples = serve, serve_examples
         self.gates = gates if model.gated else None

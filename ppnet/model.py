@@ -15,7 +15,7 @@ import tensorflow_recommenders as tfrs
 
 from ppnet.config import Config, Feature
 from ppnet.features import make_lookup, numeric_normalizer, table_size
-from ppnet.layers import GatedTower, GroupedEmbedding, StoppedIdFields, StoppedTowerInput, flatten
+from ppnet.layers import GatedTower, GateNNs, GroupedEmbedding, StoppedIdFields, StoppedTowerInput, flatten
 from ppnet.optimizers import OPTIMIZERS
 from ppnet.stats import Stats
 
@@ -28,31 +28,37 @@ class FeatureGroups:
     * ``tower``: embedded into the tower's input (the shared embeddings);
     * ``personal_ids``: the ids the gates personalise by (none for the DNN);
     * ``gate_ids``: those of the ids with tables of their own that only the gates read
-      (``shared`` gate mode).
+      (``shared`` gate mode);
+    * ``domain``: EPNet's domain features (``pepnet``), with tables of their own that only EPNet
+      reads; they are embedded into the tower as well, like any feature.
     """
 
     tower: tuple[str, ...]
     personal_ids: tuple[str, ...]
     gate_ids: tuple[str, ...]
+    domain: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, config: Config) -> FeatureGroups:
         model = config.model
         categorical = [f.name for f in config.features if f.kind != "numeric"]
-        ids = tuple(model.personal_ids) if model.name == "ppnet" else ()
+        ids = tuple(model.personal_ids) if model.name in ("ppnet", "pepnet") else ()
         tower = tuple(n for n in categorical if model.personal_ids_in_tower or n not in ids)
         gate_ids = tuple(n for n in categorical if n in ids) if ids and model.gate_stop_gradient == "shared" else ()
-        return cls(tower, ids, gate_ids)
+        domain = tuple(model.domain_features) if model.name == "pepnet" else ()
+        return cls(tower, ids, gate_ids, domain)
 
 
 class TowerInputs(NamedTuple):
     """What the towers read: the tower's input ``[batch, d]``, the parts of the gates' input
-    (``[batch, g_i]`` each, none for the DNN), and the embedding rows looked up
-    (``[batch, fields, dim]`` per table group, for the L2 penalty)."""
+    (``[batch, g_i]`` each, none for the DNN), the embedding rows looked up (``[batch, fields,
+    dim]`` per table group, for the L2 penalty), and EPNet's gate on the shared embeddings
+    (``[batch, e]``, ``pepnet`` only)."""
 
     tower: tf.Tensor
     gate_parts: list[tf.Tensor]
     embedding_rows: list[tf.Tensor]
+    epnet_gate: tf.Tensor | None = None
 
 
 class ModelOutput(NamedTuple):
@@ -92,7 +98,7 @@ class RankingModel(tfrs.Model):
         super().__init__(**kwargs)
         self.config, self.stats = config, stats
         model = config.model
-        self.gated = model.name == "ppnet"
+        self.gated = model.name in ("ppnet", "pepnet")
         self.task_names = [config.data.label]  # one task, named by its label column
         self.groups = FeatureGroups.of(config)
         self.lookups = {
@@ -108,6 +114,13 @@ class RankingModel(tfrs.Model):
             group: self._tables(names, f"gate_embedding_{group}") for group, names in self.gate_fields.items()
         }
         self.gate_input = self._gate_input()
+        if self.groups.domain:  # only pepnet has these: the other models' checkpoints keep their layout
+            self.domain_fields = grouped([config.feature(n) for n in self.groups.domain])
+            self.domain_embeddings = {
+                group: self._tables(names, f"domain_embedding_{group}") for group, names in self.domain_fields.items()
+            }
+            shared_width = sum(config.feature(n).dim for n in self.groups.tower)
+            self.epnet = GateNNs([shared_width], model.gate_hidden, name="epnet")
         self.normalizer = numeric_normalizer(config.features, stats)
         rate = min(max(stats.positive_rate, 1e-6), 1 - 1e-6)
         self.tower = GatedTower(
@@ -155,11 +168,14 @@ class RankingModel(tfrs.Model):
         """Each group's rows ``[batch, fields, dim]``: its fields' indices stacked, one lookup."""
         return {group: table(tf.stack([index[n] for n in fields[group]], axis=1)) for group, table in tables.items()}
 
-    def tower_inputs(self, features: dict[str, tf.Tensor], index: dict[str, tf.Tensor] | None = None) -> TowerInputs:
+    def tower_inputs(
+        self, features: dict[str, tf.Tensor], index: dict[str, tf.Tensor] | None = None, training: bool = False
+    ) -> TowerInputs:
         """The towers' and gates' inputs from raw columns ``{name: [batch]}``.
 
         ``index`` (each categorical column's table rows) replaces the model's own lookups; the
-        export passes the same rows computed by a ``VocabularyIndex``."""
+        export passes the same rows computed by a ``VocabularyIndex``. Under ``pepnet`` EPNet
+        scales the shared embeddings first (``epnet_scaled``)."""
         index = index or {}
         index = {
             **{name: lookup(features[name]) for name, lookup in self.lookups.items() if name not in index},
@@ -168,9 +184,27 @@ class RankingModel(tfrs.Model):
         tower_rows = list(self._embed(self.embeddings, self.fields, index).values())
         id_rows = list(self._embed(self.gate_embeddings, self.gate_fields, index).values())
         numeric = [self.normalizer(features)] if self.normalizer else []
-        tower_input = tf.concat([flatten(rows) for rows in tower_rows] + numeric, axis=-1)
+        shared, epnet_gate, domain_rows = [flatten(rows) for rows in tower_rows], None, []
+        if self.groups.domain:
+            domain_rows = list(self._embed(self.domain_embeddings, self.domain_fields, index).values())
+            shared, epnet_gate = self.epnet_scaled(tf.concat(shared, axis=-1), domain_rows, training)
+        tower_input = tf.concat(shared + numeric, axis=-1)
         gate_parts = self.gate_input(tower_input, tower_rows, numeric, id_rows) if self.gate_input else []
-        return TowerInputs(tower_input, gate_parts, tower_rows + id_rows)
+        return TowerInputs(tower_input, gate_parts, tower_rows + id_rows + domain_rows, epnet_gate)
+
+    def epnet_scaled(
+        self, shared: tf.Tensor, domain_rows: list[tf.Tensor], training: bool
+    ) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """EPNet: ``[shared * gate]`` and the gate ``[batch, e]``, computed from the domain features'
+        own embeddings and ``stop_gradient`` of the shared embeddings ``[batch, e]``.
+
+        One multiplier per unit of the shared embeddings (not one per field): the finest scaling
+        the paper's element-wise product allows. The gate starts at 1, so an untrained ``pepnet``
+        is PPNet; the shared embeddings train through the towers only, not through their gate.
+        """
+        domain = tf.concat([flatten(rows) for rows in domain_rows], axis=-1)
+        (gate,) = self.epnet([domain, tf.stop_gradient(shared)], training=training)
+        return [shared * gate], gate
 
     def heads(self, inputs: TowerInputs, training: bool = False) -> ModelOutput:
         """The tower on the inputs (one task today; one tower per task is where multi-task grows):
@@ -181,7 +215,7 @@ class RankingModel(tfrs.Model):
 
     def forward(self, features: dict[str, tf.Tensor], training: bool = False) -> ModelOutput:
         """Logits and gate values by task, from raw columns ``{name: [batch]}``."""
-        return self.heads(self.tower_inputs(features), training=training)
+        return self.heads(self.tower_inputs(features, training=training), training=training)
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """Scores a batch of raw examples.
@@ -199,7 +233,7 @@ class RankingModel(tfrs.Model):
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         features, labels = inputs
-        tower_inputs = self.tower_inputs(features)
+        tower_inputs = self.tower_inputs(features, training=training)
         logits = self.heads(tower_inputs, training=training).logits[self.task_names[0]]
         per_example = self.task(labels[:, tf.newaxis], logits[:, tf.newaxis], training=training)
         used_rows = tower_inputs.embedding_rows

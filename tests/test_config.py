@@ -317,3 +317,26 @@ def test_override_unknown_key_is_rejected_at_validation() -> None:
 def test_override_unknown_section_is_rejected_at_validation() -> None:
     message = _error(load_config, DEFAULT_CONFIG, ["optim.lr=0.1"])
     assert "optim" in message
+
+
+@pytest.mark.parametrize(
+    "name, domain, stop_gradient, expected",
+    [
+        ("pepnet", [], "shared", "needs model.domain_features"),
+        ("pepnet", ["device"], "shared", "'device', which is not a declared feature"),
+        ("pepnet", ["follow_user_num"], "shared", "'follow_user_num' is numeric"),
+        ("pepnet", ["user_id"], "shared", "'user_id' is also a personal id"),
+        ("pepnet", ["tab", "tab"], "shared", "lists a feature twice"),
+        ("pepnet", ["tab"], "ids", 'needs gate_stop_gradient = "shared"'),
+        ("ppnet", ["tab"], "shared", 'model.domain_features is for model.name = "pepnet"'),
+    ],
+)
+def test_pepnet_domain_features_are_checked(raw: dict, name, domain, stop_gradient, expected) -> None:
+    raw["model"].update(name=name, domain_features=domain, gate_stop_gradient=stop_gradient)
+    message = _error(config_from_dict, raw)
+    assert expected in message and "\n" not in message
+
+
+def test_pepnet_with_a_declared_domain_loads(raw: dict) -> None:
+    raw["model"].update(name="pepnet", domain_features=["tab"])
+    assert config_from_dict(raw).model.domain_features == ["tab"]

@@ -139,3 +139,21 @@ def test_export_carries_weights_but_no_optimizer_state(trained_run):
     # Only the embedding tables: the tower's weights are graph constants, no optimizer slots.
     assert variables and all(n.startswith("embeddings/") for n in variables)
     assert not [n for n in names if "optimizer" in n]
+
+
+def test_pepnet_export_serves_the_model_and_its_epnet_gate(synthetic_dir, validation_batch, tmp_path):
+    from ppnet.train import train
+    from tests.helpers import small_config
+
+    run = tmp_path / "pepnet"
+    train(small_config("model.name=pepnet", 'model.domain_features=["tab"]', "train.epochs=1"), synthetic_dir, run)
+    loaded = tf.saved_model.load(str(run / "export" / "1"))
+    inputs = {k: tf.constant(v) for k, v in validation_batch.items()}
+    model = load_run(run)
+    served = loaded.signatures["serving_default"](**inputs)["probability"].numpy()
+    np.testing.assert_allclose(served, tf.sigmoid(model(inputs)).numpy(), rtol=1e-5, atol=1e-6)
+    gates = loaded.signatures["gates"](**inputs)
+    expected = model.tower_inputs(inputs).epnet_gate.numpy()
+    assert expected.shape == (300, model.tower.dense[0].kernel.shape[0] - len(model.stats.numeric))
+    np.testing.assert_allclose(gates["epnet_gate"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected, 1.0)  # a trained EPNet scales the shared embeddings

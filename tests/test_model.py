@@ -225,3 +225,29 @@ def test_every_optimizer_the_config_accepts_is_built():
     from ppnet.optimizers import OPTIMIZERS
 
     assert set(get_args(get_type_hints(TrainConfig)["optimizer"])) == set(OPTIMIZERS)
+
+
+def test_untrained_pepnet_is_ppnet_and_epnet_reads_the_shared_embeddings_under_stop_gradient(batch_and_stats):
+    (features, _), stats = batch_and_stats
+    pepnet = build_model(small_config("model.name=pepnet", 'model.domain_features=["tab"]'), stats)
+    ppnet = build_model(small_config(), stats)
+    for group, table in ppnet.embeddings.items():
+        table.set_weights(pepnet.embeddings[group].get_weights())
+    for group, table in ppnet.gate_embeddings.items():
+        table.set_weights(pepnet.gate_embeddings[group].get_weights())
+    ppnet.tower.set_weights(pepnet.tower.get_weights())
+    inputs = pepnet.tower_inputs(features)
+    assert np.all(inputs.epnet_gate.numpy() == 1.0)
+    np.testing.assert_allclose(pepnet(features).numpy(), ppnet(features).numpy(), rtol=1e-6, atol=1e-6)
+
+    scale = pepnet.epnet.scales[0]  # trained: the zero-initialised output layer would pass no gradient back
+    scale.set_weights([np.random.default_rng(0).normal(0, 0.3, w.shape) for w in scale.get_weights()])
+    tower_tables = [t.embeddings for t in pepnet.embeddings.values()]
+    domain_tables = [t.embeddings for t in pepnet.domain_embeddings.values()]
+    with tf.GradientTape() as tape:
+        gate = tf.reduce_sum(pepnet.tower_inputs(features, training=True).epnet_gate)
+    to_tower, to_domain = tape.gradient(
+        gate, [tower_tables, domain_tables], unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    assert all(not np.any(tf.convert_to_tensor(g).numpy()) for g in to_tower)
+    assert all(np.any(tf.convert_to_tensor(g).numpy()) for g in to_domain)
