@@ -1,4 +1,4 @@
-"""The ranking model: a ``tfrs.Model`` with a ``tasks.Ranking`` task, PPNet or the plain DNN.
+"""The ranking model: a ``tfrs.Model`` with a ``tasks.Ranking`` task: PPNet, PEPNet or the plain DNN.
 
 Built from a config and the training statistics only, so a run directory (config.json +
 stats.json + checkpoint) is enough to rebuild it for export.
@@ -70,7 +70,8 @@ class ModelOutput(NamedTuple):
 
 
 class RankingModel(tfrs.Model):
-    """PPNet (``model.name = "ppnet"``) or the same tower without gates (``"dnn"``).
+    """PPNet (``model.name = "ppnet"``), PPNet behind EPNet's domain gate (``"pepnet"``), or the
+    same tower without gates (``"dnn"``).
 
     ``call(features)`` maps a dict of raw columns (each ``[batch]``) to logits ``[batch]``.
     Gate inputs, by ``model.gate_stop_gradient``:
