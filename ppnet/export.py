@@ -54,8 +54,7 @@ class ServingModule(tf.Module):
 
         self.vocabulary_index = vocabulary_index(model.config.features, model.stats)
         # Tracked so that they are saved: the variables and layers the signatures read.
-        domain_tables = list(model.domain_embeddings.values()) if model.groups.domain else []
-        self.embeddings = [*model.embeddings.values(), *model.gate_embeddings.values(), *domain_tables]
+        self.embeddings = model.embedding_tables()
         if model.groups.domain:  # EPNet runs before the frozen towers, with its weights as variables
             self.epnet = model.epnet
         self.hashing = [lookup for name, lookup in model.lookups.items() if model.config.feature(name).kind == "hash"]

@@ -156,6 +156,11 @@ class RankingModel(tfrs.Model):
             [table_size(self.lookups[n]) for n in names], self.config.feature(names[0]).dim, name=layer_name
         )
 
+    def embedding_tables(self) -> list[GroupedEmbedding]:
+        """Every embedding table of the model: the tower's, the gates' own and EPNet's domain tables."""
+        domain = list(self.domain_embeddings.values()) if self.groups.domain else []
+        return [*self.embeddings.values(), *self.gate_embeddings.values(), *domain]
+
     def table_rows(self, name: str, gate: bool = False) -> tuple[tf.Variable, slice]:
         """The grouped variable holding feature ``name``'s table (the DNN's, or the gates' own) and its rows."""
         group = group_of(self.config.feature(name))

@@ -146,7 +146,7 @@ def train(
     if duties.input == "tfrecord":  # how each embedding table was split across the parameter servers
         metrics["table_shards"] = {
             layer.name: len(getattr(layer.embeddings, "variables", [layer.embeddings]))
-            for layer in [*model.embeddings.values(), *model.gate_embeddings.values()]
+            for layer in model.embedding_tables()
         }
     finish_run(work, out, metrics)
     return metrics

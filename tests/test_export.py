@@ -16,6 +16,8 @@ from ppnet.data.tfrecord import to_example
 from ppnet.errors import PPNetError
 from ppnet.export import export_model
 from ppnet.rundir import load_run
+from ppnet.train import train
+from tests.helpers import small_config
 
 RELOAD_SCRIPT = """
 import sys
@@ -142,9 +144,6 @@ def test_export_carries_weights_but_no_optimizer_state(trained_run):
 
 
 def test_pepnet_export_serves_the_model_and_its_epnet_gate(synthetic_dir, validation_batch, tmp_path):
-    from ppnet.train import train
-    from tests.helpers import small_config
-
     run = tmp_path / "pepnet"
     train(small_config("model.name=pepnet", 'model.domain_features=["tab"]', "train.epochs=1"), synthetic_dir, run)
     loaded = tf.saved_model.load(str(run / "export" / "1"))
