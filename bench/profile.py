@@ -76,7 +76,7 @@ def profile(config_path: str, data_path: str, overrides: list[str], steps: int, 
             make_dataset(
                 train_split,
                 kinds,
-                config.data.label,
+                config.target_columns,
                 config.train.batch_size,
                 config.data.shuffle_buffer,
                 config.train.seed,

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from ppnet.config import Config, load_config
-from ppnet.data.pipeline import make_dataset
+from ppnet.config import Config, Task, load_config
+from ppnet.data.pipeline import input_specs, make_dataset
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import Split, make_splits
-from ppnet.evaluate import model_predictor, score_split
+from ppnet.evaluate import score_split
 from ppnet.features import make_lookup, numeric_normalizer, table_size
 from ppnet.stats import Stats
 from ppnet.train import train
@@ -76,11 +76,16 @@ def train_logreg(config: Config, stats: Stats, splits: tuple[Split, Split], kind
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
     label, batch = config.data.label, config.train.batch_size
     model.fit(
-        make_dataset(splits[0], kinds, label, batch, config.data.shuffle_buffer, seed),
+        make_dataset(splits[0], kinds, [label], batch, config.data.shuffle_buffer, seed).map(
+            lambda features, targets: (features, targets[label])
+        ),
         epochs=min(2, config.train.epochs),
         verbose=0,
     )
-    return score_split(model_predictor(model, kinds), splits[1], kinds, label, config.data.user_column)
+    predict = tf.function(lambda features: tf.sigmoid(model(features)), input_signature=[input_specs(kinds)])
+    return score_split(
+        lambda features: {label: predict(features).numpy()}, splits[1], kinds, [Task(label)], config.data.user_column
+    )
 
 
 def variant_sets(config_path: Path, variant: str, overrides: list[str], seed: int) -> list[str]:

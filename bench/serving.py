@@ -64,10 +64,10 @@ class FrozenTower(tf.Module):
         self.serve = tf.function(serve, input_signature=[specs])
 
 
-def serving_rows(split: Split, kinds: dict[str, str], label: str, rows: int, out: Path) -> tuple[Path, Path]:
+def serving_rows(split: Split, kinds: dict[str, str], targets: list[str], rows: int, out: Path) -> tuple[Path, Path]:
     """The first ``rows`` validation rows (cycled if fewer) as serving inputs: columns in an .npz, and
     one serialized tf.Example per row in a TFRecord file (for ``serve_examples``)."""
-    features, _ = next(iter_batches(split, kinds, label, rows))
+    features, _ = next(iter_batches(split, kinds, targets, rows))
     columns = {
         name: np.resize(values.astype(str) if values.dtype == object else values, rows)
         for name, values in features.items()
@@ -94,7 +94,7 @@ def serving(
     export = run / json.loads((run / "metrics.json").read_text())["export"]
     _, valid_split = make_splits(config, data_path, None)
     kinds = input_kinds(config, list(valid_split.files))
-    rows, examples = serving_rows(valid_split, kinds, config.data.label, max(repeats), work / f"{run.name}-rows")
+    rows, examples = serving_rows(valid_split, kinds, config.target_columns, max(repeats), work / f"{run.name}-rows")
     columns = {name: tf.constant(values) for name, values in np.load(rows).items()}
     inputs = model.tower_inputs(columns)
     tower_inputs = [x.numpy() for x in [inputs.tower, *inputs.gate_parts]]

@@ -35,9 +35,10 @@ def flops_per_example(model: RankingModel, batch: int = FLOP_BATCH) -> dict[str,
     gates' input gradient of their ``stop_gradient`` part, see ``GateNNs``) is not counted.
     Embedding lookups, activations and element-wise products are not matmuls and are ignored.
     """
-    features, labels = dummy_batch(model.stats, rows=batch), tf.zeros([batch])
+    features = dummy_batch(model.stats, rows=batch)
+    labels = {column: tf.zeros([batch]) for column in model.config.target_columns}
 
-    def training_step(features: dict[str, tf.Tensor], labels: tf.Tensor) -> list:
+    def training_step(features: dict[str, tf.Tensor], labels: dict[str, tf.Tensor]) -> list:
         with tf.GradientTape() as tape:
             loss = model.compute_loss((features, labels), training=True)
             if model.losses:
@@ -100,13 +101,18 @@ def input_pipeline_rate(config: Config, data_path: str) -> float:
     train_split, _ = make_splits(config, data_path, None)
     kinds = input_kinds(config, list(train_split.files))
     dataset = make_dataset(
-        train_split, kinds, config.data.label, config.train.batch_size, config.data.shuffle_buffer, config.train.seed
+        train_split,
+        kinds,
+        config.target_columns,
+        config.train.batch_size,
+        config.data.shuffle_buffer,
+        config.train.seed,
     )
     batches = iter(dataset)
     next(batches)
     rows, start = 0, time.perf_counter()
-    for _, labels in batches:
-        rows += int(labels.shape[0])
+    for _, targets in batches:
+        rows += int(targets[config.data.label].shape[0])
     return rows / (time.perf_counter() - start)
 
 

@@ -5,8 +5,8 @@ read what an earlier one did in the same hook (``training_callbacks`` lists the 
 
 1. ``RunBackup`` restores a crash backup before anything else starts;
 2. ``ThroughputMeter`` stops its clock before the epoch is validated;
-3. ``ValidationScore`` adds ``val_auc`` to the epoch's logs;
-4. ``BestCheckpoint`` and 5. ``ResumableEarlyStopping`` read that ``val_auc``;
+3. ``ValidationScore`` adds ``val_score`` (and each task's metrics) to the epoch's logs;
+4. ``BestCheckpoint`` and 5. ``ResumableEarlyStopping`` read that ``val_score``;
 6. ``EpochBackup`` marks the epoch finished only once it is scored and saved;
 7. ``TerminateOnNaN`` and 8. ``TensorBoard`` only watch.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from ppnet.config import Task
 from ppnet.data.pipeline import EpochCursor
 from ppnet.data.split import Split
 from ppnet.evaluate import model_predictor, score_split
@@ -76,10 +77,10 @@ class EpochBackup(tf.keras.callbacks.Callback):
 
 
 class BestCheckpoint(tf.keras.callbacks.ModelCheckpoint):
-    """The best epoch's weights by ``val_auc``; an epoch must beat those finished before a resume."""
+    """The best epoch's weights by ``val_score``; an epoch must beat those finished before a resume."""
 
     def __init__(self, path: Path, finished_scores: Callable[[], list[float]]):
-        super().__init__(str(path), monitor="val_auc", mode="max", save_best_only=True, save_weights_only=True)
+        super().__init__(str(path), monitor="val_score", mode="max", save_best_only=True, save_weights_only=True)
         self.finished_scores = finished_scores
 
     def on_train_begin(self, logs=None):
@@ -88,10 +89,10 @@ class BestCheckpoint(tf.keras.callbacks.ModelCheckpoint):
 
 
 class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
-    """Early stopping on ``val_auc`` whose patience counts the epochs finished before a resume."""
+    """Early stopping on ``val_score`` whose patience counts the epochs finished before a resume."""
 
     def __init__(self, patience: int, finished_scores: Callable[[], list[float]]):
-        super().__init__(monitor="val_auc", mode="max", patience=patience)
+        super().__init__(monitor="val_score", mode="max", patience=patience)
         self.finished_scores = finished_scores
 
     def on_train_begin(self, logs=None):
@@ -103,37 +104,65 @@ class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
 
 
 class ValidationScore(tf.keras.callbacks.Callback):
-    """Exact validation metrics after every epoch: ``val_auc``, ``val_gauc``, ``val_logloss``.
+    """Exact validation metrics after every epoch, and ``val_score``, which selects the best epoch.
 
-    Scores the whole validation split in this process (in a cluster, every worker computes the
-    same numbers from the same weights), so model selection uses exact, global AUC rather than
-    Keras' bucketed, per-replica streaming estimate.
+    Logs ``val_auc``, ``val_gauc`` and ``val_logloss`` of the first task and, with several tasks,
+    ``val_<metric>_<task>`` of each. ``val_score`` follows ``select_by``: one task's AUC, or the
+    mean AUC over the tasks (``"mean"``). Scores the whole validation split in this process (in a
+    cluster, every worker computes the same numbers from the same weights), so model selection
+    uses exact, global AUC rather than Keras' bucketed, per-replica streaming estimate.
     """
 
-    def __init__(self, split: Split, kinds: dict[str, str], label: str, user_column: str, epochs_file: Path | None):
+    def __init__(
+        self,
+        split: Split,
+        kinds: dict[str, str],
+        tasks: list[Task],
+        user_column: str,
+        epochs_file: Path | None,
+        select_by: str = "mean",
+    ):
         super().__init__()
-        self.split, self.kinds, self.label, self.user_column = split, kinds, label, user_column
+        self.split, self.kinds, self.tasks, self.user_column = split, kinds, tasks, user_column
         self.epochs_file = epochs_file  # one JSON line per epoch; it survives crashes and resumes
+        self.select_by = select_by
         self.predict = None
 
     def on_train_begin(self, logs=None):
         self.predict = model_predictor(self.model, self.kinds)
 
     def on_epoch_end(self, epoch, logs=None):
-        result = score_split(self.predict, self.split, self.kinds, self.label, self.user_column)
-        scores = {f"val_{key}": result[key] for key in ("auc", "gauc", "logloss")}
+        result = score_split(self.predict, self.split, self.kinds, self.tasks, self.user_column)
+        scores = validation_logs(result, self.select_by)
         if logs is not None:
             logs.update(scores)
         if self.epochs_file is not None:
             with self.epochs_file.open("a") as file:
                 file.write(json.dumps({"epoch": epoch + 1, **scores}) + "\n")
-        log.info(
-            "epoch %d validation: auc %.4f gauc %.4f logloss %.4f",
-            epoch + 1,
-            result["auc"],
-            result["gauc"],
-            result["logloss"],
-        )
+        for task, report in result.get("tasks", {self.tasks[0].name: result}).items():
+            log.info(
+                "epoch %d validation %s: auc %.4f gauc %.4f logloss %.4f",
+                epoch + 1,
+                task,
+                report["auc"],
+                report["gauc"],
+                report["logloss"],
+            )
+
+
+def validation_logs(result: dict, select_by: str) -> dict[str, float]:
+    """An epoch's validation metrics as flat ``val_`` keys (Keras logs, TensorBoard, epochs.jsonl)."""
+    per_task = result.get("tasks", {})
+    scores = {f"val_{key}": result[key] for key in METRICS}
+    scores.update({f"val_{key}_{task}": report[key] for task, report in per_task.items() for key in METRICS})
+    if select_by == "mean" and per_task:
+        scores["val_score"] = float(sum(report["auc"] for report in per_task.values()) / len(per_task))
+    else:
+        scores["val_score"] = per_task[select_by]["auc"] if per_task else result["auc"]
+    return scores
+
+
+METRICS = ("auc", "gauc", "logloss")
 
 
 class ThroughputMeter(tf.keras.callbacks.Callback):
@@ -194,15 +223,15 @@ def training_callbacks(
     backup = None if backup_every is None else RunBackup(work / BACKUP, backup_every, cursor, steps_per_epoch)
 
     def finished_scores() -> list[float]:
-        """val_auc of the epochs a resumed run does not train again (an epoch scored but not backed
+        """val_score of the epochs a resumed run does not train again (an epoch scored but not backed
         up before a crash is trained and scored anew)."""
         finished = backup.finished_epochs if backup else 0
-        return [e["val_auc"] for e in epoch_scores(work) if e["epoch"] <= finished]
+        return [e["val_score"] for e in epoch_scores(work) if e["epoch"] <= finished]
 
     return [
         *([backup] if backup else []),  # first: restores the backup before the others start
         meter,  # its epoch ends before the validation below
-        validation,  # before the checkpoint and early-stopping callbacks, which read the val_auc it adds
+        validation,  # before the checkpoint and early-stopping callbacks, which read the val_score it adds
         BestCheckpoint(work / BEST_WEIGHTS, finished_scores),
         ResumableEarlyStopping(patience, finished_scores),
         *([EpochBackup(backup)] if backup else []),  # marks the epoch finished: after it is scored and saved

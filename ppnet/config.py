@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -37,8 +38,24 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class Task:
+    """One objective: a 0/1 label column (``name``), its loss ``weight`` and an optional ``mask``.
+
+    ``mask`` names a 0/1 column: the task's loss and metrics count only the rows where it is 1
+    (e.g. a conversion task that only exists after a click).
+    """
+
+    name: str
+    weight: float = 1.0
+    mask: str = ""
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    """Where the label is, how to split a single log into train/validation, and the shuffle."""
+    """Where the label is, how to split a single log into train/validation, and the shuffle.
+
+    ``label`` is the single-task shorthand: with ``[[tasks]]`` it is the first task's label.
+    """
 
     label: str = "is_click"
     user_column: str = "user_id"
@@ -51,7 +68,7 @@ class DataConfig:
 class ModelConfig:
     """The tower, the gates and their regularisation (see README, Configuration)."""
 
-    name: Literal["ppnet", "pepnet", "dnn"] = "ppnet"
+    name: Literal["ppnet", "pepnet", "dnn", "mmoe"] = "ppnet"
     personal_ids: list[str] = field(default_factory=lambda: ["user_id", "video_id", "author_id"])
     domain_features: list[str] = field(default_factory=list)  # EPNet's domain (pepnet), e.g. ["tab"]
     gate_stop_gradient: Literal["shared", "ids"] = "shared"
@@ -61,6 +78,7 @@ class ModelConfig:
     dropout: float = 0.0
     batch_norm: bool = False
     embedding_l2: float = 0.0
+    experts: int = 4  # mmoe: shared experts, each a ReLU MLP of hidden_units[:-1]
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     early_stopping_patience: int = 1
     backup_every_steps: int = 500
+    select_by: str = "mean"  # the best epoch: "mean" validation AUC over tasks, or one task's name
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,17 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tasks: list[Task] = field(default_factory=list)  # filled from data.label when not given
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks' label columns; the first is the primary task (``probability``, top-level metrics)."""
+        return [task.name for task in self.tasks]
+
+    @property
+    def target_columns(self) -> list[str]:
+        """Every column the loss reads: the labels, then the masks (see ``target_columns``)."""
+        return target_columns(self.tasks)
 
     def feature(self, name: str) -> Feature:
         """The feature called ``name`` (validated to exist)."""
@@ -91,6 +121,11 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def target_columns(tasks: list[Task]) -> list[str]:
+    """Every column the tasks' losses and metrics read: the labels, then the masks (each once)."""
+    return list(dict.fromkeys([*(task.name for task in tasks), *(task.mask for task in tasks if task.mask)]))
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -115,12 +150,15 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     features = raw.pop("features", None)
     if not isinstance(features, list) or not features:
         raise PPNetError(f"{source}: 'features' must be a non-empty list of [[features]] tables")
+    tasks = raw.pop("tasks", None)
     parsed = {
         "features": [_build(Feature, f, f"{source}: features[{i}]") for i, f in enumerate(features)],
         **{key: _build(cls, raw.pop(key, {}), f"{source}: [{key}]") for key, cls in _SECTIONS.items()},
     }
     if raw:
-        raise PPNetError(f"{source}: unknown key(s) {sorted(raw)}; expected features, {', '.join(_SECTIONS)}")
+        raise PPNetError(f"{source}: unknown key(s) {sorted(raw)}; expected features, tasks, {', '.join(_SECTIONS)}")
+    parsed["tasks"] = _tasks(tasks, parsed["data"], source)
+    parsed["data"] = dataclasses.replace(parsed["data"], label=parsed["tasks"][0].name)
     config = Config(**parsed)
     _check(config, source)
     return config
@@ -157,6 +195,22 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # it names the export's outputs and the metrics
+
+
+def _tasks(tables: Any, data: DataConfig, source: str) -> list[Task]:
+    """The ``[[tasks]]`` list, or the single task ``data.label`` (configs and runs from before tasks)."""
+    if tables is None:
+        return [Task(data.label)]
+    if not isinstance(tables, list) or not tables:
+        raise PPNetError(f"{source}: 'tasks' must be a non-empty list of [[tasks]] tables")
+    tasks = [_build(Task, t, f"{source}: tasks[{i}]") for i, t in enumerate(tables)]
+    if data.label not in (DataConfig.label, tasks[0].name):
+        raise PPNetError(
+            f"{source}: data.label = {data.label!r} but the first task is {tasks[0].name!r}; "
+            "with [[tasks]] leave data.label out"
+        )
+    return tasks
 
 
 def _build(cls: type, table: Any, where: str) -> Any:
@@ -221,6 +275,33 @@ def _check_domain(config: Config, source: str) -> None:
         raise PPNetError(f"{source}: model.domain_features lists a feature twice")
 
 
+def _check_tasks(config: Config, source: str) -> None:
+    """Task names usable as output names, unique, not features; masks and the selection rule valid."""
+    names = [f.name for f in config.features]
+    tasks = config.task_names
+    for i, task in enumerate(config.tasks):
+        where = f"{source}: tasks[{i}]" if len(tasks) > 1 else f"{source}: the label"
+        if task.name in names:
+            raise PPNetError(f"{where} {task.name!r} cannot also be a feature")
+        if len(tasks) > 1 and not TASK_NAME.fullmatch(task.name):
+            raise PPNetError(f"{where}.name {task.name!r}: use letters, digits and _ (it names the export's outputs)")
+        if task.weight <= 0:
+            raise PPNetError(f"{where}.weight must be > 0, got {task.weight}")
+        if task.mask in names:
+            raise PPNetError(
+                f"{where}.mask {task.mask!r} is a feature; a mask is a 0/1 column (another task's label may be)"
+            )
+        if task.mask == task.name:
+            raise PPNetError(f"{where}.mask is the task's own label")
+    dupes = sorted({n for n in tasks if tasks.count(n) > 1})
+    if dupes:
+        raise PPNetError(f"{source}: task(s) {dupes} listed more than once in [[tasks]]")
+    if config.train.select_by not in ("mean", *tasks):
+        raise PPNetError(
+            f'{source}: train.select_by must be "mean" or a task name {tasks}, got {config.train.select_by!r}'
+        )
+
+
 def _check(config: Config, source: str) -> None:
     """Cross-field rules that types alone cannot express."""
     names = [f.name for f in config.features]
@@ -234,8 +315,7 @@ def _check(config: Config, source: str) -> None:
             raise PPNetError(f"{source}: features.{f.name} is a hash feature; set bins >= 1")
         if f.kind == "vocab" and (f.min_count < 1 or f.num_oov < 1):
             raise PPNetError(f"{source}: features.{f.name}: min_count and num_oov must be >= 1")
-    if config.data.label in names:
-        raise PPNetError(f"{source}: the label {config.data.label!r} cannot also be a feature")
+    _check_tasks(config, source)
     model = config.model
     if not model.hidden_units or min(model.hidden_units) < 1:
         raise PPNetError(f"{source}: model.hidden_units must be a non-empty list of positive ints")
@@ -259,6 +339,8 @@ def _check(config: Config, source: str) -> None:
                 f"{source}: model.personal_ids_in_tower = false leaves the tower no input; "
                 "declare features besides the personalisation ids"
             )
+    if model.name == "mmoe" and (model.experts < 1 or len(model.hidden_units) < 2):
+        raise PPNetError(f"{source}: mmoe needs model.experts >= 1 and at least two model.hidden_units")
     if model.gate_hidden < 1:
         raise PPNetError(f"{source}: model.gate_hidden must be >= 1, got {model.gate_hidden}")
     if model.embedding_l2 < 0:

@@ -16,42 +16,78 @@ import pyarrow as pa
 import tensorflow as tf
 
 from ppnet import metrics
+from ppnet.config import Task, target_columns
 from ppnet.data.pipeline import input_specs
 from ppnet.data.schema import FLOAT, INT, check_user_column, column_kind, read_schema, resolve_files, to_arrays
 from ppnet.data.split import Split, check_labels
 from ppnet.errors import PPNetError
 
-Predictor = Callable[[dict[str, np.ndarray]], np.ndarray]
+Predictor = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # features → probabilities by task
 
 
 def predict_split(
-    predict: Predictor, split: Split, kinds: dict[str, str], label: str, user_column: str | None, batch_rows: int = 8192
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Stream ``split`` through ``predict``: (labels, probabilities, user ids or None)."""
-    columns = list(dict.fromkeys([*kinds, label, *([user_column] if user_column else [])]))
-    labels, scores, users = [], [], []
+    predict: Predictor,
+    split: Split,
+    kinds: dict[str, str],
+    tasks: list[Task],
+    user_column: str | None,
+    batch_rows: int = 8192,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+    """Stream ``split`` through ``predict``: (label and mask columns by name, probabilities by
+    task, user ids or None)."""
+    targets = target_columns(tasks)
+    columns = list(dict.fromkeys([*kinds, *targets, *([user_column] if user_column else [])]))
+    values: dict[str, list] = {name: [] for name in targets}
+    scores: dict[str, list] = {task.name: [] for task in tasks}
+    users = []
     for _file, batch in split.batches(columns, batch_rows):
-        labels.append(batch.column(label).cast(pa.float64()).to_numpy(zero_copy_only=False))
-        scores.append(np.asarray(predict(to_arrays(batch, kinds))).reshape(-1))
+        for name in targets:
+            values[name].append(batch.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False))
+        probabilities = predict(to_arrays(batch, kinds))
+        for task in tasks:
+            scores[task.name].append(np.asarray(probabilities[task.name]).reshape(-1))
         if user_column:
             users.append(batch.column(user_column).to_numpy(zero_copy_only=False))
-    if not labels:
+    if not values[targets[0]]:
         raise PPNetError(f"{split.description}: no rows to evaluate")
-    return np.concatenate(labels), np.concatenate(scores), np.concatenate(users) if users else None
+    joined = {name: np.concatenate(parts) for name, parts in values.items()}
+    return (
+        joined,
+        {name: np.concatenate(parts) for name, parts in scores.items()},
+        np.concatenate(users) if users else None,
+    )
 
 
-def score_split(predict: Predictor, split: Split, kinds: dict[str, str], label: str, user_column: str | None) -> dict:
-    """Metrics of ``predict`` on ``split`` (see ``metrics.report``)."""
-    labels, scores, users = predict_split(predict, split, kinds, label, user_column)
-    return metrics.report(labels, scores, users, split.description)
+def score_split(
+    predict: Predictor, split: Split, kinds: dict[str, str], tasks: list[Task], user_column: str | None
+) -> dict:
+    """Metrics of ``predict`` on ``split`` (see ``metrics.report``), a masked task's on the rows its
+    mask keeps: the first task's at the top level and, with several tasks, each task's under
+    ``tasks``."""
+    targets, scores, users = predict_split(predict, split, kinds, tasks, user_column)
+    reports = {}
+    for task in tasks:
+        keep = targets[task.mask] == 1 if task.mask else np.ones(len(scores[task.name]), bool)
+        source = f"{split.description} [{task.name}]" if len(tasks) > 1 else split.description
+        reports[task.name] = metrics.report(
+            targets[task.name][keep], scores[task.name][keep], users[keep] if users is not None else None, source
+        )
+    first = reports[tasks[0].name]
+    return {**first, "tasks": reports} if len(tasks) > 1 else first
 
 
 def model_predictor(model: tf.keras.Model, kinds: dict[str, str]) -> Predictor:
-    """numpy feature batch → probabilities, through one ``tf.function`` traced once for any batch size."""
+    """numpy feature batch → probabilities by task, through one ``tf.function`` traced once for any batch size."""
     predict = tf.function(
-        lambda features: tf.sigmoid(model(features, training=False)), input_signature=[input_specs(kinds)]
+        lambda features: {task: tf.sigmoid(logits) for task, logits in model.forward(features).logits.items()},
+        input_signature=[input_specs(kinds)],
     )
-    return lambda features: predict(features).numpy()
+    return lambda features: {task: values.numpy() for task, values in predict(features).items()}
+
+
+def export_tasks(meta: dict) -> list[Task]:
+    """The tasks an export was trained on (exports from before tasks record one ``label``)."""
+    return [Task(**task) for task in meta["tasks"]] if "tasks" in meta else [Task(meta["label"])]
 
 
 def load_export(model_dir: str | Path):
@@ -65,9 +101,12 @@ def load_export(model_dir: str | Path):
         )
     meta = json.loads(meta_path.read_text())
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    tasks = [task.name for task in export_tasks(meta)]
+    outputs = {task: f"probability_{task}" for task in tasks} if len(tasks) > 1 else {tasks[0]: "probability"}
 
-    def predict(features: dict[str, np.ndarray]) -> np.ndarray:
-        return serve(**{name: tf.constant(values) for name, values in features.items()})["probability"].numpy()
+    def predict(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = serve(**{name: tf.constant(values) for name, values in features.items()})
+        return {task: result[output].numpy() for task, output in outputs.items()}
 
     return predict, meta
 
@@ -75,14 +114,25 @@ def load_export(model_dir: str | Path):
 def evaluate_export(
     model_dir: str | Path, data_path: str | Path, label: str | None = None, user_column: str | None = None
 ) -> dict:
-    """Metrics of an exported model on parquet data (file, directory or glob)."""
+    """Metrics of an exported model on parquet data (file, directory or glob), per task.
+
+    ``label`` replaces the label column of a single-task export; a multi-task export reads each
+    task's own label (and mask) columns.
+    """
     predict, meta = load_export(model_dir)
-    label = label or meta["label"]
+    tasks = export_tasks(meta)
+    if label and len(tasks) > 1:
+        raise PPNetError(
+            f"--label {label}: {model_dir} has tasks {[t.name for t in tasks]}, each scored on its own label"
+        )
+    if label:
+        tasks = [Task(label)]
     user_column = user_column or meta["user_column"]
+    targets = target_columns(tasks)
     split = Split(tuple(resolve_files(data_path)), None, str(data_path))
     for file in split.files:
         schema = read_schema(file)
-        missing = [c for c in [*meta["inputs"], label, user_column] if c not in schema.names]
+        missing = [c for c in [*meta["inputs"], *targets, user_column] if c not in schema.names]
         if missing:
             raise PPNetError(f"{file}: column(s) {missing} missing (the model expects them)")
         check_user_column(file, schema, user_column)
@@ -92,5 +142,5 @@ def evaluate_export(
                 raise PPNetError(
                     f"{file}: column {name!r} has type {schema.field(name).type}; the model expects {kind}"
                 )
-    check_labels(split, label, need_both_classes=True)
-    return score_split(predict, split, meta["inputs"], label, user_column)
+    check_labels(split, tasks, need_both_classes=True)
+    return score_split(predict, split, meta["inputs"], tasks, user_column)

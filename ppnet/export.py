@@ -2,17 +2,20 @@
 
 The export needs TensorFlow alone (no ppnet, no TFRS, no legacy-Keras switch). Signatures:
 
-* ``serving_default``: one ``[batch]`` input per raw feature column → ``probability [batch]``;
-* ``serve_examples``: serialized ``tf.Example`` protos (``examples [batch]``) → ``probability``;
-* ``gates`` (PPNet only): the same raw inputs → ``gate_<i> [batch, width_i]``, each tower
-  layer's gate values, for analysis.
+* ``serving_default``: one ``[batch]`` input per raw feature column → ``probability [batch]``,
+  the first task's, and with several tasks ``probability_<task> [batch]`` for each;
+* ``serve_examples``: serialized ``tf.Example`` protos (``examples [batch]``) → the same outputs;
+* ``gates`` (PPNet and PEPNet): the same raw inputs → ``gate_<i> [batch, width_i]``, each tower
+  layer's gate values (``gate_<task>_<i>`` with several tasks), and PEPNet's ``epnet_gate``.
 
-``assets.extra/ppnet.json`` (ignored by TF Serving) records the ppnet version, the label and user
-columns and the input kinds, so ``ppnet evaluate`` can score parquet with nothing but the export.
+``assets.extra/ppnet.json`` (ignored by TF Serving) records the ppnet version, the tasks, the
+label and user columns and the input kinds, so ``ppnet evaluate`` can score parquet with nothing
+but the export.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +62,7 @@ class ServingModule(tf.Module):
             self.epnet = model.epnet
         self.hashing = [lookup for name, lookup in model.lookups.items() if model.config.feature(name).kind == "hash"]
 
-        task = model.task_names[0]
+        tasks = model.task_names
 
         def run(features) -> tuple[TowerInputs, ModelOutput]:
             index = self.vocabulary_index(features) if self.vocabulary_index else None
@@ -68,7 +71,9 @@ class ServingModule(tf.Module):
 
         @tf.function(input_signature=[specs])
         def serve(features):
-            return {"probability": tf.sigmoid(run(features)[1].logits[task])}
+            probabilities = {task: tf.sigmoid(logits) for task, logits in run(features)[1].logits.items()}
+            named = {f"probability_{task}": p for task, p in probabilities.items()} if len(tasks) > 1 else {}
+            return {"probability": probabilities[tasks[0]], **named}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         def serve_examples(examples):
@@ -77,7 +82,8 @@ class ServingModule(tf.Module):
         @tf.function(input_signature=[specs])
         def gates(features):
             inputs, output = run(features)
-            values = {f"gate_{i}": g for i, g in enumerate(output.gates[task])}
+            prefix = {task: f"gate_{task}_" if len(tasks) > 1 else "gate_" for task in tasks}
+            values = {f"{prefix[task]}{i}": g for task in tasks for i, g in enumerate(output.gates[task])}
             return values if inputs.epnet_gate is None else {**values, "epnet_gate": inputs.epnet_gate}
 
         self.serve, self.serve_examples = serve, serve_examples
@@ -138,6 +144,7 @@ def export_model(
                     "ppnet_version": ppnet.__version__,
                     "model": model.config.model.name,
                     "label": data.label,
+                    "tasks": [dataclasses.asdict(task) for task in model.config.tasks],
                     "user_column": data.user_column,
                     "inputs": model.stats.kinds,
                 },

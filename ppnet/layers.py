@@ -303,3 +303,45 @@ class StoppedIdFields(tf.keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "stopped": self.stopped}
+
+
+class MixtureOfExperts(tf.keras.layers.Layer):
+    """MMoE (Ma et al., KDD 2018), the multi-task baseline PEPNet's paper compares with: shared
+    expert MLPs, and per task a softmax gate over the experts that reads the same input.
+
+    Args:
+        experts: how many expert MLPs.
+        units: each expert's hidden widths (ReLU), in order.
+        tasks: how many tasks, i.e. mixtures.
+        **kwargs: passed to ``tf.keras.layers.Layer``.
+    """
+
+    def __init__(self, experts: int, units: list[int], tasks: int, **kwargs):
+        super().__init__(**kwargs)
+        self.experts, self.units, self.tasks = int(experts), [int(u) for u in units], int(tasks)
+        self.expert_layers = [
+            [tf.keras.layers.Dense(u, activation="relu", name=f"expert_{e}_{i}") for i, u in enumerate(self.units)]
+            for e in range(self.experts)
+        ]
+        self.gates = [tf.keras.layers.Dense(self.experts, activation="softmax", name=f"gate_{t}") for t in range(tasks)]
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> list[tf.Tensor]:
+        """Each task's mixture of the experts.
+
+        Args:
+            inputs: ``[batch, d]``, read by every expert and every gate.
+
+        Returns:
+            ``tasks`` tensors ``[batch, units[-1]]``: task ``t``'s gate-weighted sum of the experts.
+        """
+        outputs = []
+        for layers in self.expert_layers:
+            x = inputs
+            for layer in layers:
+                x = layer(x)
+            outputs.append(x)
+        experts = tf.stack(outputs, axis=1)  # [batch, experts, units[-1]]
+        return [tf.einsum("be,bed->bd", gate(inputs), experts) for gate in self.gates]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "experts": self.experts, "units": self.units, "tasks": self.tasks}

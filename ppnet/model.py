@@ -15,7 +15,15 @@ import tensorflow_recommenders as tfrs
 
 from ppnet.config import Config, Feature
 from ppnet.features import make_lookup, numeric_normalizer, table_size
-from ppnet.layers import GatedTower, GateNNs, GroupedEmbedding, StoppedIdFields, StoppedTowerInput, flatten
+from ppnet.layers import (
+    GatedTower,
+    GateNNs,
+    GroupedEmbedding,
+    MixtureOfExperts,
+    StoppedIdFields,
+    StoppedTowerInput,
+    flatten,
+)
 from ppnet.optimizers import OPTIMIZERS
 from ppnet.stats import Stats
 
@@ -100,7 +108,7 @@ class RankingModel(tfrs.Model):
         self.config, self.stats = config, stats
         model = config.model
         self.gated = model.name in ("ppnet", "pepnet")
-        self.task_names = [config.data.label]  # one task, named by its label column
+        self.task_names = config.task_names  # the label columns; the first is the primary task
         self.groups = FeatureGroups.of(config)
         self.lookups = {
             f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name))
@@ -123,24 +131,52 @@ class RankingModel(tfrs.Model):
             shared_width = sum(config.feature(n).dim for n in self.groups.tower)
             self.epnet = GateNNs([shared_width], model.gate_hidden, name="epnet")
         self.normalizer = numeric_normalizer(config.features, stats)
-        rate = min(max(stats.positive_rate, 1e-6), 1 - 1e-6)
-        self.tower = GatedTower(
-            model.hidden_units,
+        if model.name == "mmoe":
+            self.mmoe = MixtureOfExperts(model.experts, model.hidden_units[:-1], len(self.task_names), name="mmoe")
+        # The first task's tower and loss keep the single-task attribute names (checkpoints of runs
+        # from before tasks load); the other tasks' live in dicts, created only when there are some.
+        towers = [self._tower(task, f"tower_{task}" if i else "tower") for i, task in enumerate(self.task_names)]
+        rankings = [self._ranking(task) for task in self.task_names]
+        self.tower, self.task = towers[0], rankings[0]
+        if len(self.task_names) > 1:
+            self.task_towers = dict(zip(self.task_names[1:], towers[1:]))
+            self.task_rankings = dict(zip(self.task_names[1:], rankings[1:]))
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+
+    def _tower(self, task: str, name: str) -> GatedTower:
+        """``task``'s tower, its logit bias at the log-odds of the task's training rate. Under
+        ``mmoe`` it reads its mixture of experts and is the last hidden layer alone, ungated."""
+        model = self.config.model
+        rate = min(max(self.stats.rate(task), 1e-6), 1 - 1e-6)
+        return GatedTower(
+            model.hidden_units[-1:] if model.name == "mmoe" else model.hidden_units,
             gate_hidden=model.gate_hidden,
             gated=self.gated,
             dropout=model.dropout,
             batch_norm=model.batch_norm,
             output_bias=math.log(rate / (1 - rate)),
-            name="tower",
+            name=name,
         )
-        self.task = tfrs.tasks.Ranking(
+
+    def _ranking(self, task: str) -> tfrs.tasks.Ranking:
+        """``task``'s loss and streaming metrics (``auc``, ``logloss``; suffixed by the task when
+        there are several)."""
+        suffix = f"_{task}" if len(self.task_names) > 1 else ""
+        return tfrs.tasks.Ranking(
             loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
             metrics=[
-                tf.keras.metrics.AUC(from_logits=True, name="auc"),
-                tf.keras.metrics.BinaryCrossentropy(from_logits=True, name="logloss"),
+                tf.keras.metrics.AUC(from_logits=True, name=f"auc{suffix}"),
+                tf.keras.metrics.BinaryCrossentropy(from_logits=True, name=f"logloss{suffix}"),
             ],
         )
-        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+
+    def towers(self) -> dict[str, GatedTower]:
+        """Each task's tower, by task."""
+        return {self.task_names[0]: self.tower, **getattr(self, "task_towers", {})}
+
+    def rankings(self) -> dict[str, tfrs.tasks.Ranking]:
+        """Each task's ``tfrs.tasks.Ranking`` (loss and metrics), by task."""
+        return {self.task_names[0]: self.task, **getattr(self, "task_rankings", {})}
 
     def _gate_input(self) -> StoppedTowerInput | StoppedIdFields | None:
         """The layer that builds the gates' input, one per gate mode (none for the DNN)."""
@@ -213,11 +249,17 @@ class RankingModel(tfrs.Model):
         return [shared * gate], gate
 
     def heads(self, inputs: TowerInputs, training: bool = False) -> ModelOutput:
-        """The tower on the inputs (one task today; one tower per task is where multi-task grows):
-        logits and gate values by task."""
-        logits, gates = self.tower(inputs.tower, inputs.gate_parts or None, training=training, return_gates=True)
-        task = self.task_names[0]
-        return ModelOutput({task: logits}, {task: gates})
+        """Each task's tower on the inputs (under ``mmoe``, on the task's mixture of the experts):
+        logits and gate values by task. All towers read the same gate input."""
+        towers = self.towers()
+        if self.config.model.name == "mmoe":
+            tower_inputs = self.mmoe(inputs.tower, training=training)
+        else:
+            tower_inputs = [inputs.tower] * len(towers)
+        logits, gates = {}, {}
+        for (task, tower), x in zip(towers.items(), tower_inputs, strict=True):
+            logits[task], gates[task] = tower(x, inputs.gate_parts or None, training=training, return_gates=True)
+        return ModelOutput(logits, gates)
 
     def forward(self, features: dict[str, tf.Tensor], training: bool = False) -> ModelOutput:
         """Logits and gate values by task, from raw columns ``{name: [batch]}``."""
@@ -238,10 +280,29 @@ class RankingModel(tfrs.Model):
         return self.forward(features, training=training).logits[self.task_names[0]]
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-        features, labels = inputs
+        """The weighted sum of the tasks' per-example losses plus the embedding L2, averaged over
+        the global batch.
+
+        ``inputs`` is ``(features, targets)``, ``targets`` the label and mask columns by name. A
+        masked task's loss counts only the rows its mask keeps and is rescaled by ``rows / kept``
+        (per replica batch), so it is that task's mean loss over its rows, whatever its mask rate.
+        """
+        features, targets = inputs
         tower_inputs = self.tower_inputs(features, training=training)
-        logits = self.heads(tower_inputs, training=training).logits[self.task_names[0]]
-        per_example = self.task(labels[:, tf.newaxis], logits[:, tf.newaxis], training=training)
+        logits = self.heads(tower_inputs, training=training).logits
+        per_example = tf.zeros_like(logits[self.task_names[0]])
+        rankings = self.rankings()
+        for task in self.config.tasks:
+            mask = targets[task.mask] if task.mask else None
+            loss = rankings[task.name](
+                targets[task.name][:, tf.newaxis],
+                logits[task.name][:, tf.newaxis],
+                sample_weight=mask,
+                training=training,
+            )
+            if mask is not None:
+                loss *= tf.cast(tf.size(mask), loss.dtype) / tf.maximum(tf.reduce_sum(mask), 1.0)
+            per_example += task.weight * loss
         used_rows = tower_inputs.embedding_rows
         if self.config.model.embedding_l2 and used_rows:  # on the rows each example used: cheap, sparse gradients
             per_example += self.config.model.embedding_l2 * tf.add_n(

@@ -83,9 +83,11 @@ def prepare_run_dir(out: Path, config: Config, inputs: dict, fresh: bool) -> Pat
 
 
 def epoch_scores(work: Path) -> list[dict]:
-    """Every finished epoch's validation scores, across resumes."""
+    """Every finished epoch's validation scores, across resumes; ``val_score`` is what selects the
+    best epoch (``val_auc`` in runs from before ``train.select_by``)."""
     path = work / EPOCHS_FILE
     lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = [{"val_score": line["val_auc"], **line} for line in lines]
     return list({line["epoch"]: line for line in lines}.values())  # an epoch rerun after a crash: its last score
 
 

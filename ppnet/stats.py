@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,9 @@ class Stats:
     kinds: each feature's input kind (int64 / string / float32), i.e. the serving signature.
     vocabularies: vocab features' values, most frequent first, those seen >= min_count times.
     numeric: per numeric feature [mean, std] after the optional log1p.
-    rows: training rows; positive_rate: training CTR (initialises the logit bias).
+    rows: training rows; positive_rate: the first task's positive rate (the CTR);
+    positive_rates: each task's rate over the rows its mask keeps (each initialises its task's
+    logit bias; runs from before tasks have only ``positive_rate``).
     """
 
     kinds: dict[str, str]
@@ -37,6 +39,11 @@ class Stats:
     numeric: dict[str, list[float]]
     rows: int
     positive_rate: float
+    positive_rates: dict[str, float] = field(default_factory=dict)
+
+    def rate(self, task: str) -> float:
+        """``task``'s training positive rate (the single task's in runs from before tasks)."""
+        return self.positive_rates.get(task, self.positive_rate)
 
     def save(self, path: Path) -> None:
         write_text_atomic(path, json.dumps(asdict(self)))  # other workers read it as soon as it exists
@@ -60,11 +67,16 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
     numeric_features = [f for f in config.features if f.kind == "numeric"]
     counts = {f.name: Counter() for f in vocab_features}
     moments = {f.name: np.zeros(3) for f in numeric_features}  # n, mean, sum of squared deviations
-    rows = positives = 0
-    columns = [config.data.label, *(f.name for f in vocab_features + numeric_features)]
+    rows = 0
+    kept, positives = np.zeros(len(config.tasks)), np.zeros(len(config.tasks))  # per task, within its mask
+    columns = list(dict.fromkeys([*config.target_columns, *(f.name for f in vocab_features + numeric_features)]))
     for _, batch in split.batches(columns):
         rows += batch.num_rows
-        positives += pc.sum(batch.column(config.data.label).cast(pa.float64())).as_py() or 0
+        for i, task in enumerate(config.tasks):
+            labels = batch.column(task.name).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            mask = batch.column(task.mask).cast(pa.float64()).to_numpy(zero_copy_only=False) if task.mask else 1.0
+            kept[i] += np.sum(np.broadcast_to(mask, labels.shape))
+            positives[i] += np.sum(labels * mask)
         for f in vocab_features:
             column = batch.column(f.name)
             if pa.types.is_dictionary(column.type):
@@ -82,6 +94,7 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
                 moments[f.name] = _merge_moments(moments[f.name], values)
     if rows == 0:
         raise PPNetError(f"{split.description}: the training split has no rows")
+    rates = positives / np.maximum(kept, 1)
     vocabularies = {
         f.name: [
             value
@@ -101,7 +114,8 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
         vocabularies=vocabularies,
         numeric={name: _mean_std(m) for name, m in moments.items()},
         rows=rows,
-        positive_rate=positives / rows,
+        positive_rate=float(rates[0]),
+        positive_rates=dict(zip(config.task_names, map(float, rates))),
     )
 
 

@@ -103,10 +103,9 @@ def train(
     if duties.owns_run:
         check_replaceable(out, overwrite)
     train_split, valid_split = make_splits(config, data_path, valid_path)
-    label = config.data.label
     kinds = input_kinds(config, list(train_split.files) + list(valid_split.files))
-    train_rows = check_labels(train_split, label)
-    check_labels(valid_split, label, need_both_classes=True)
+    train_rows = check_labels(train_split, config.tasks)
+    check_labels(valid_split, config.tasks, need_both_classes=True)
     inputs = {"data": str(data_path), "valid": None if valid_path is None else str(valid_path)}
     work, stats = setup_run(config, train_split, kinds, out, inputs, duties, fresh)
     log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description, valid_split.description)
@@ -127,7 +126,7 @@ def train(
         return {}
     final = build_model(config, stats) if duties.streamed else model  # a plain local copy to score and export
     restore_best(final, work)
-    metrics = score_split(model_predictor(final, kinds), valid_split, kinds, label, config.data.user_column)
+    metrics = score_split(model_predictor(final, kinds), valid_split, kinds, config.tasks, config.data.user_column)
     export_dir = export_model(final, work / "export")
     epochs = epoch_scores(work)
     metrics.update(
@@ -136,7 +135,8 @@ def train(
             "train_rows": train_rows,
             "workers": duties.workers,
             "epochs_run": len(epochs),
-            "best_epoch": max(epochs, key=lambda e: e["val_auc"])["epoch"] if epochs else 0,
+            "best_epoch": max(epochs, key=lambda e: e["val_score"])["epoch"] if epochs else 0,
+            "select_by": config.train.select_by,
             "model": config.model.name,
             "gate_stop_gradient": config.model.gate_stop_gradient,
             "personal_ids_in_tower": config.model.personal_ids_in_tower,
@@ -183,7 +183,12 @@ def fit(
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
     steps = -(-train_rows // (config.train.batch_size * duties.workers))
     validation = ValidationScore(
-        valid_split, kinds, config.data.label, config.data.user_column, work / EPOCHS_FILE if duties.owns_run else None
+        valid_split,
+        kinds,
+        config.tasks,
+        config.data.user_column,
+        work / EPOCHS_FILE if duties.owns_run else None,
+        config.train.select_by,
     )
     callbacks = training_callbacks(
         work,
@@ -227,7 +232,7 @@ def make_input(
     server workers read their shard from TFRecord files the chief writes into the run directory.
     """
     options = {
-        "label": config.data.label,
+        "targets": config.target_columns,
         "batch_size": config.train.batch_size,
         "shuffle_buffer": config.data.shuffle_buffer,
         "seed": config.train.seed,
@@ -246,11 +251,17 @@ def make_input(
         shards = [
             str(p)
             for p in write_tfrecord_shards(
-                split, kinds, options["label"], options["batch_size"], duties.workers, work / SHARDS, config.train.seed
+                split,
+                kinds,
+                options["targets"],
+                options["batch_size"],
+                duties.workers,
+                work / SHARDS,
+                config.train.seed,
             )
         ]
         return tf.keras.utils.experimental.DatasetCreator(
-            lambda context: tfrecord_dataset(shards[context.input_pipeline_id], kinds, options["label"])
+            lambda context: tfrecord_dataset(shards[context.input_pipeline_id], kinds, options["targets"])
         )
     return strategy.distribute_datasets_from_function(
         lambda context: make_dataset(

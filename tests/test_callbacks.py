@@ -12,11 +12,12 @@ from ppnet.callbacks import (
     ValidationScore,
     training_callbacks,
 )
+from ppnet.config import Task
 from ppnet.data.pipeline import EpochCursor
 
 
 def callback_types(tmp_path, backup_every, per_step_logs: bool) -> list[type]:
-    validation = ValidationScore(split=None, kinds={}, label="label", user_column="user", epochs_file=None)
+    validation = ValidationScore(split=None, kinds={}, tasks=[Task("label")], user_column="user", epochs_file=None)
     callbacks = training_callbacks(
         tmp_path,
         patience=2,

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from ppnet.config import config_from_dict
+from ppnet.config import Task, config_from_dict
 from ppnet.data.pipeline import iter_batches, make_dataset
 from ppnet.data.schema import FLOAT, INT, NULL_INT_ID, NULL_STRING_ID, STRING, input_kinds, resolve_files
 from ppnet.data.split import Split, check_labels, make_splits
@@ -219,7 +219,7 @@ def test_zero_row_file(synthetic_dir: Path, tmp_path: Path) -> None:
     assert input_kinds(config, [empty])["user_id"] == INT  # the schema is fine
     assert str(empty) in _error(make_splits, config, empty, None)
     _, valid = make_splits(config, synthetic_dir, empty)
-    message = _error(check_labels, valid, config.data.label)
+    message = _error(check_labels, valid, config.tasks)
     assert str(empty) in message and "no rows" in message
 
 
@@ -258,17 +258,19 @@ def test_corrupt_data_pages_with_intact_footer(synthetic_dir: Path, tmp_path: Pa
     assert str(files[2]) in _error(make_splits, config, files[0].parent, None)
     split = Split(tuple(files), None, "log")
     kinds = input_kinds(config, files)
-    message = _error(lambda: list(iter_batches(split, kinds, config.data.label, 256)))
+    message = _error(lambda: list(iter_batches(split, kinds, config.target_columns, 256)))
     assert str(files[2]) in message and "cannot read" in message
 
 
 # --- check_labels -------------------------------------------------------------------------------
 
+CLICK = [Task("is_click")]
+
 
 def test_check_labels_counts_rows(synthetic_dir: Path) -> None:
     files = resolve_files(synthetic_dir)
     expected = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    assert check_labels(Split(tuple(files)), "is_click") == expected == 8000
+    assert check_labels(Split(tuple(files)), CLICK) == expected == 8000
 
 
 def test_check_labels_null(synthetic_dir: Path, tmp_path: Path) -> None:
@@ -280,7 +282,7 @@ def test_check_labels_null(synthetic_dir: Path, tmp_path: Path) -> None:
         return _replace_column(t, "is_click", pa.array(labels, pa.int64()))
 
     _rewrite(files[4], add_nulls)
-    message = _error(check_labels, Split(tuple(files)), "is_click")
+    message = _error(check_labels, Split(tuple(files)), CLICK)
     assert str(files[4]) in message and " 3 " in message and "'is_click'" in message
 
 
@@ -293,14 +295,14 @@ def test_check_labels_value_two(synthetic_dir: Path, tmp_path: Path) -> None:
         return _replace_column(t, "is_click", pa.array(labels, pa.int64()))
 
     _rewrite(files[6], add_twos)
-    message = _error(check_labels, Split(tuple(files)), "is_click")
+    message = _error(check_labels, Split(tuple(files)), CLICK)
     assert str(files[6]) in message and " 2 " in message and str(files[5]) not in message
 
 
 def test_check_labels_nan_and_fractional_floats(tmp_path: Path) -> None:
     file = tmp_path / "f.parquet"
     pq.write_table(pa.table({"is_click": [0.0, 1.0, float("nan"), 0.5, 1.0]}), file)
-    message = _error(check_labels, Split((file,)), "is_click")
+    message = _error(check_labels, Split((file,)), CLICK)
     assert str(file) in message and " 2 " in message
 
 
@@ -308,13 +310,13 @@ def test_check_labels_float_and_bool_labels_are_fine(tmp_path: Path) -> None:
     floats, bools = tmp_path / "f.parquet", tmp_path / "b.parquet"
     pq.write_table(pa.table({"is_click": [0.0, 1.0, 1.0]}), floats)
     pq.write_table(pa.table({"is_click": [True, False]}), bools)
-    assert check_labels(Split((floats, bools)), "is_click") == 5
+    assert check_labels(Split((floats, bools)), CLICK) == 5
 
 
 def test_check_labels_string_label(tmp_path: Path) -> None:
     file = tmp_path / "s.parquet"
     pq.write_table(pa.table({"is_click": ["0", "1", "yes"]}), file)
-    message = _error(check_labels, Split((file,)), "is_click")
+    message = _error(check_labels, Split((file,)), CLICK)
     assert str(file) in message and "'is_click'" in message
 
 
@@ -331,7 +333,7 @@ def test_split_by_last_date(synthetic_dir: Path) -> None:
     assert set(valid_dates) == {everything.max()}
     assert (valid_dates == everything.max()).sum() == (everything == everything.max()).sum()
     assert train_dates.max() < everything.max()
-    assert check_labels(train, "is_click") == train_dates.size
+    assert check_labels(train, CLICK) == train_dates.size
     assert str(everything.max()) in valid.description
 
 
@@ -408,7 +410,8 @@ KINDS = {"id": INT, "cat": STRING, "x": FLOAT}
 
 
 def _epoch(split, batch_size=64, shuffle_buffer=500, seed=0):
-    return list(iter_batches(split, KINDS, "is_click", batch_size, shuffle_buffer, seed))
+    """(features, labels) batches of ``is_click`` alone."""
+    return [(f, t["is_click"]) for f, t in iter_batches(split, KINDS, ["is_click"], batch_size, shuffle_buffer, seed)]
 
 
 @pytest.mark.parametrize("batch_size,shuffle_buffer", [(64, 500), (64, 0), (100, 100), (1000, 64), (7, 10_000)])
@@ -482,7 +485,7 @@ def test_null_handling(tmp_path: Path) -> None:
         "num": FLOAT,
         "int_num": FLOAT,
     }
-    [(features, labels)] = list(iter_batches(Split((file,)), kinds, "is_click", 8))
+    [(features, targets)] = list(iter_batches(Split((file,)), kinds, ["is_click"], 8))
     assert features["int_id"].tolist() == [5, NULL_INT_ID, 7, NULL_INT_ID] and NULL_INT_ID == -1
     assert features["int_id"].dtype == np.int64 and features["small_int"].dtype == np.int64
     assert features["small_int"].tolist() == [1, -1, 3, 4]
@@ -494,7 +497,7 @@ def test_null_handling(tmp_path: Path) -> None:
     assert features["num"].dtype == np.float32 and features["int_num"].dtype == np.float32
     np.testing.assert_array_equal(features["num"], np.array([1.5, np.nan, np.nan, 2.0], np.float32))
     np.testing.assert_array_equal(features["int_num"], np.array([np.nan, 2, 3, np.nan], np.float32))
-    assert labels.tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert targets["is_click"].tolist() == [0.0, 1.0, 0.0, 1.0]
 
 
 # --- make_dataset -------------------------------------------------------------------------------
@@ -506,14 +509,15 @@ def test_make_dataset_dtypes_and_epochs(synthetic_dir: Path) -> None:
     config = small_config()
     train, _ = make_splits(config, synthetic_dir, None)
     kinds = input_kinds(config, list(train.files))
-    rows = check_labels(train, "is_click")
-    dataset = make_dataset(train, kinds, "is_click", 512, shuffle_buffer=2048, seed=5)
+    rows = check_labels(train, config.tasks)
+    dataset = make_dataset(train, kinds, ["is_click"], 512, shuffle_buffer=2048, seed=5)
     expected = {INT: tf.int64, STRING: tf.string, FLOAT: tf.float32}
 
     def epoch():
         users, total = [], 0
-        for features, labels in dataset:
-            assert set(features) == set(kinds)
+        for features, targets in dataset:
+            labels = targets["is_click"]
+            assert set(features) == set(kinds) and set(targets) == {"is_click"}
             for name, kind in kinds.items():
                 assert features[name].dtype == expected[kind], name
                 assert features[name].shape == labels.shape

@@ -18,8 +18,8 @@ def batch_and_stats(synthetic_dir):
     train_split, _ = make_splits(config, synthetic_dir, None)
     kinds = input_kinds(config, list(train_split.files))
     stats = compute_stats(config, train_split, kinds)
-    features, labels = next(iter_batches(train_split, kinds, "is_click", 64))
-    return ({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels)), stats
+    features, targets = next(iter_batches(train_split, kinds, ["is_click"], 64))
+    return ({k: tf.constant(v) for k, v in features.items()}, {"is_click": tf.constant(targets["is_click"])}), stats
 
 
 def randomize_gate_outputs(model):
@@ -121,7 +121,7 @@ def test_loss_is_mean_cross_entropy_plus_embedding_l2(batch_and_stats):
     (features, labels), stats = batch_and_stats
     plain = build_model(small_config("model.embedding_l2=0.0"), stats)
     logits = plain(features)
-    expected = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits))
+    expected = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels["is_click"], logits))
     assert float(plain.compute_loss((features, labels))) == pytest.approx(float(expected), rel=1e-5)
     regularised = build_model(small_config("model.embedding_l2=0.1"), stats)
     regularised.set_weights(plain.get_weights())
@@ -181,8 +181,8 @@ def test_a_model_without_categorical_features_trains_with_embedding_l2(synthetic
     train_split, _ = make_splits(config, synthetic_dir, None)
     kinds = input_kinds(config, list(train_split.files))
     model = build_model(config, compute_stats(config, train_split, kinds))
-    features, labels = next(iter_batches(train_split, kinds, "is_click", 32))
-    loss = model.compute_loss(({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels)))
+    features, targets = next(iter_batches(train_split, kinds, ["is_click"], 32))
+    loss = model.compute_loss(({k: tf.constant(v) for k, v in features.items()}, targets))
     assert np.isfinite(float(loss)) and not model.embeddings
 
 

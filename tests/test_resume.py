@@ -161,6 +161,15 @@ def test_early_stopping_counts_the_epochs_before_a_resume():
 
 
 def test_an_epoch_scored_twice_counts_once_with_its_last_score(tmp_path):
-    lines = [{"epoch": 1, "val_auc": 0.6}, {"epoch": 2, "val_auc": 0.61}, {"epoch": 2, "val_auc": 0.62}]
+    lines = [
+        {"epoch": 1, "val_auc": 0.6, "val_score": 0.5},
+        {"epoch": 2, "val_auc": 0.61, "val_score": 0.51},
+        {"epoch": 2, "val_auc": 0.62, "val_score": 0.52},
+    ]
     (tmp_path / EPOCHS_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert epoch_scores(tmp_path) == [lines[0], lines[2]]
+
+
+def test_epochs_from_before_select_by_are_scored_by_their_auc(tmp_path):
+    (tmp_path / EPOCHS_FILE).write_text(json.dumps({"epoch": 1, "val_auc": 0.6}) + "\n")
+    assert epoch_scores(tmp_path) == [{"epoch": 1, "val_auc": 0.6, "val_score": 0.6}]

@@ -1,8 +1,9 @@
 """Training batches: the block shuffler over a split's streamed rows and the ``tf.data`` pipeline.
 
-``iter_batches`` yields numpy (features, labels) batches, shuffled block-wise with a bounded
-buffer; ``make_dataset`` wraps it as a ``tf.data.Dataset`` with a new shuffle order every epoch,
-and ``EpochCursor`` says where the next pass starts so a resumed run replays the same order.
+``iter_batches`` yields numpy (features, targets) batches (targets: the tasks' labels and masks),
+shuffled block-wise with a bounded buffer; ``make_dataset`` wraps it as a ``tf.data.Dataset`` with
+a new shuffle order every epoch, and ``EpochCursor`` says where the next pass starts so a resumed
+run replays the same order.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ def _take(arrays: dict[str, np.ndarray], index: np.ndarray | slice) -> dict[str,
 
 
 def iter_batches(
-    split: Split, kinds: dict[str, str], label: str, batch_size: int, shuffle_buffer: int = 0, seed: int = 0
-) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """(features, labels) numpy batches; with ``shuffle_buffer`` rows shuffled block-wise.
+    split: Split, kinds: dict[str, str], targets: list[str], batch_size: int, shuffle_buffer: int = 0, seed: int = 0
+) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """(features, targets) numpy batches, ``targets`` the float32 label and mask columns by name;
+    with ``shuffle_buffer`` rows shuffled block-wise.
 
     Shuffling fills a buffer of ``shuffle_buffer`` rows from files visited in a seeded random
     order, permutes it and emits whole batches, carrying the remainder into the next buffer.
@@ -36,17 +38,18 @@ def iter_batches(
     if shuffle_buffer:
         rng.shuffle(files)
     source = replace(split, files=tuple(files))
-    columns = [*kinds, label]
+    columns = list(dict.fromkeys([*kinds, *targets]))
     read_rows = max(batch_size, min(shuffle_buffer or batch_size, 65536))
     pending: list[dict[str, np.ndarray]] = []
+    order = rng if shuffle_buffer else None
     for _, batch in source.batches(columns, read_rows):
         arrays = to_arrays(batch, kinds)
-        arrays[label] = batch.column(label).cast(pa.float32()).to_numpy(zero_copy_only=False)
+        arrays.update({t: batch.column(t).cast(pa.float32()).to_numpy(zero_copy_only=False) for t in targets})
         pending.append(arrays)
-        if sum(len(p[label]) for p in pending) >= max(shuffle_buffer, batch_size):
-            pending = yield from _emit_block(pending, label, batch_size, rng if shuffle_buffer else None, last=False)
+        if sum(len(p[targets[0]]) for p in pending) >= max(shuffle_buffer, batch_size):
+            pending = yield from _emit_block(pending, targets, batch_size, order, last=False)
     if pending:
-        yield from _emit_block(pending, label, batch_size, rng if shuffle_buffer else None, last=True)
+        yield from _emit_block(pending, targets, batch_size, order, last=True)
 
 
 def _merge(pieces: list[dict[str, np.ndarray]], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
@@ -63,16 +66,20 @@ def _merge(pieces: list[dict[str, np.ndarray]], rng: np.random.Generator | None)
 
 
 def _emit_block(
-    pending: list[dict[str, np.ndarray]], label: str, batch_size: int, rng: np.random.Generator | None, last: bool
+    pending: list[dict[str, np.ndarray]],
+    targets: list[str],
+    batch_size: int,
+    rng: np.random.Generator | None,
+    last: bool,
 ):
     """Yield the buffered rows (permuted with ``rng``) as batches; return the rows that do not fill
     a whole batch, to carry into the next buffer (``last``: emit them as a final short batch)."""
     block = _merge(pending, rng)
-    rows = len(block[label])
+    rows = len(block[targets[0]])
     full = rows if last else rows - rows % batch_size
     for start in range(0, full, batch_size):
         out = _take(block, slice(start, start + batch_size))
-        yield out, out.pop(label)
+        yield out, {t: out.pop(t) for t in targets}
     # A copy, not a view: a view would keep this whole block alive while the next one fills.
     return [{name: column[full:].copy() for name, column in block.items()}] if full < rows else []
 
@@ -81,6 +88,11 @@ def input_specs(kinds: dict[str, str]) -> dict:
     """One ``[batch]`` ``tf.TensorSpec`` per raw input column: the model's and the export's signature."""
     dtypes = {INT: tf.int64, STRING: tf.string, FLOAT: tf.float32}
     return {name: tf.TensorSpec([None], dtypes[kind], name=name) for name, kind in kinds.items()}
+
+
+def target_specs(targets: list[str]) -> dict:
+    """One ``[batch]`` float32 ``tf.TensorSpec`` per label or mask column."""
+    return {name: tf.TensorSpec([None], tf.float32, name=name) for name in targets}
 
 
 class EpochCursor:
@@ -107,7 +119,7 @@ class EpochCursor:
 def make_dataset(
     split: Split,
     kinds: dict[str, str],
-    label: str,
+    targets: list[str],
     batch_size: int,
     shuffle_buffer: int = 0,
     seed: int = 0,
@@ -115,18 +127,18 @@ def make_dataset(
     rows: int | None = None,
     repeat: bool = False,
 ):
-    """A ``tf.data.Dataset`` of (features, labels) batches; a new shuffle order every epoch.
+    """A ``tf.data.Dataset`` of (features, targets) batches; a new shuffle order every epoch.
 
     With ``rows`` (the split's row count) the dataset declares its number of batches, which gives
     Keras a complete progress bar and lets ``BackupAndRestore`` resume mid-epoch. ``repeat``
     streams pass after pass (each reshuffled), for a fixed number of steps per epoch.
     """
     cursor = cursor or EpochCursor()
-    signature = (input_specs(kinds), tf.TensorSpec([None], tf.float32, name=label))
+    signature = (input_specs(kinds), target_specs(targets))
 
     def generate():
         epoch, skip = cursor.take()
-        batches = iter_batches(split, kinds, label, batch_size, shuffle_buffer, seed + epoch)
+        batches = iter_batches(split, kinds, targets, batch_size, shuffle_buffer, seed + epoch)
         yield from itertools.islice(batches, skip, None)
 
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)

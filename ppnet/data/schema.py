@@ -61,16 +61,17 @@ def input_kinds(config: Config, files: list[Path]) -> dict[str, str]:
     kinds: dict[str, str] = {}
     for file in files:
         schema = read_schema(file)
-        for column in [config.data.label, config.data.user_column, *(f.name for f in config.features)]:
+        for column in [*config.target_columns, config.data.user_column, *(f.name for f in config.features)]:
             if column not in schema.names:
                 raise PPNetError(f"{file}: column {column!r} is missing (the config expects it)")
         check_user_column(file, schema, config.data.user_column)
-        label_kind = column_kind(schema.field(config.data.label).type)
-        if label_kind not in (INT, FLOAT):
-            raise PPNetError(
-                f"{file}: label column {config.data.label!r} has type "
-                f"{schema.field(config.data.label).type}; expected 0/1 integers or floats"
-            )
+        for column in config.target_columns:
+            if column_kind(schema.field(column).type) not in (INT, FLOAT):
+                role = "label" if column in config.task_names else "mask"
+                raise PPNetError(
+                    f"{file}: {role} column {column!r} has type {schema.field(column).type}; "
+                    "expected 0/1 integers or floats"
+                )
         for feature in config.features:
             kind = column_kind(schema.field(feature.name).type)
             expected = (INT, FLOAT) if feature.kind == "numeric" else (INT, STRING)

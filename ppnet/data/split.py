@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
-from ppnet.config import Config
+from ppnet.config import Config, Task, target_columns
 from ppnet.data.schema import FLOAT, INT, column_kind, one_line, read_schema, resolve_files
 from ppnet.errors import PPNetError
 
@@ -133,33 +133,46 @@ def _comparable(arrow_type: pa.DataType) -> str:
     return "date" if pa.types.is_date(arrow_type) else str(arrow_type)
 
 
-def check_labels(split: Split, label: str, need_both_classes: bool = False) -> int:
-    """Count rows, failing on null or non-0/1 labels with the file and the number of bad rows.
+def check_labels(split: Split, tasks: list[Task], need_both_classes: bool = False) -> int:
+    """Count rows, failing on null or non-0/1 labels and masks with the file and the number of bad rows.
 
-    ``need_both_classes`` (validation and evaluation data): all-click or all-non-click data has
-    no AUC, which is reported before any training or scoring rather than as a NaN at the end.
+    ``need_both_classes`` (validation and evaluation data): a task whose kept rows (mask 1) are all
+    positive or all negative has no AUC, which is reported before any training or scoring rather
+    than as a NaN at the end.
     """
-    rows: dict[Path, list[int]] = {}
-    positives = 0
-    for file, batch in split.batches([label]):
-        column = batch.column(0)
-        if column_kind(column.type) not in (INT, FLOAT):
-            raise PPNetError(f"{file}: label column {label!r} has type {column.type}; expected 0/1 integers or floats")
-        values = column.drop_null().cast(pa.float64())
-        bad = column.null_count + (pc.sum(pc.invert(pc.is_in(values, pa.array([0.0, 1.0])))).as_py() or 0)
-        counts = rows.setdefault(file, [0, 0])
-        counts[0] += batch.num_rows
-        counts[1] += bad
-        positives += pc.sum(pc.equal(values, 1.0)).as_py() or 0
-    for file, (_, bad) in rows.items():
-        if bad:
-            raise PPNetError(f"{file}: label column {label!r} has {bad} null or non-0/1 value(s); expected 0 or 1")
-    total = sum(n for n, _ in rows.values())
+    columns = target_columns(tasks)
+    rows: dict[Path, int] = {}
+    kept, positives = [0] * len(tasks), [0] * len(tasks)
+    for file, batch in split.batches(columns):
+        values = {
+            name: _zero_one(file, batch, name, "mask" if name not in [t.name for t in tasks] else "label")
+            for name in columns
+        }
+        rows[file] = rows.get(file, 0) + batch.num_rows
+        for i, task in enumerate(tasks):
+            mask = values[task.mask] if task.mask else pa.array([True] * batch.num_rows)
+            kept[i] += pc.sum(mask.cast(pa.int64())).as_py() or 0
+            positives[i] += pc.sum(pc.and_(mask, values[task.name])).as_py() or 0
+    total = sum(rows.values())
     if total == 0:
         raise PPNetError(f"{split.description}: no rows")
-    if need_both_classes and positives in (0, total):
-        raise PPNetError(
-            f"{split.description}: every {label!r} is {int(positives > 0)} ({total} rows); AUC is "
-            "undefined with a single class, use data with both clicks and non-clicks"
-        )
+    for task, n, p in zip(tasks, kept, positives):
+        if need_both_classes and p in (0, n):
+            where = f" of the {n} rows where {task.mask!r} is 1" if task.mask else f" ({n} rows)"
+            raise PPNetError(
+                f"{split.description}: every {task.name!r}{where} is {int(p > 0)}; AUC is undefined with a "
+                "single class, use data with both positives and negatives"
+            )
     return total
+
+
+def _zero_one(file: Path, batch: pa.RecordBatch, name: str, role: str) -> pa.Array:
+    """Column ``name`` of ``batch`` as booleans, failing unless every value is 0 or 1."""
+    column = batch.column(name)
+    if column_kind(column.type) not in (INT, FLOAT):
+        raise PPNetError(f"{file}: {role} column {name!r} has type {column.type}; expected 0/1 integers or floats")
+    values = column.cast(pa.float64())
+    bad = column.null_count + (pc.sum(pc.invert(pc.is_in(values.drop_null(), pa.array([0.0, 1.0])))).as_py() or 0)
+    if bad:
+        raise PPNetError(f"{file}: {role} column {name!r} has {bad} null or non-0/1 value(s); expected 0 or 1")
+    return pc.equal(values, 1.0)

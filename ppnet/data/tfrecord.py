@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from ppnet.data.pipeline import input_specs, iter_batches
+from ppnet.data.pipeline import input_specs, iter_batches, target_specs
 from ppnet.data.split import Split
 
 
 def write_tfrecord_shards(
-    split: Split, kinds: dict[str, str], label: str, batch_size: int, count: int, directory: Path, seed: int = 0
+    split: Split, kinds: dict[str, str], targets: list[str], batch_size: int, count: int, directory: Path, seed: int = 0
 ) -> list[Path]:
     """Each of ``count`` workers' shards of ``split`` as a TFRecord file of whole, shuffled batches.
 
@@ -29,10 +29,10 @@ def write_tfrecord_shards(
     for index in range(count):
         paths.append(directory / f"shard-{index:05d}-of-{count:05d}.tfrecord")
         with tf.io.TFRecordWriter(str(paths[-1])) as writer:
-            for features, labels in iter_batches(
-                split.shard(index, count), kinds, label, batch_size, shuffle_buffer=65536, seed=seed + index
+            for features, target_values in iter_batches(
+                split.shard(index, count), kinds, targets, batch_size, shuffle_buffer=65536, seed=seed + index
             ):
-                writer.write(to_example({**features, label: labels}).SerializeToString())
+                writer.write(to_example({**features, **target_values}).SerializeToString())
     return paths
 
 
@@ -52,14 +52,14 @@ def to_example(columns: dict[str, np.ndarray]):
     return tf.train.Example(features=tf.train.Features(feature={k: feature(v) for k, v in columns.items()}))
 
 
-def tfrecord_dataset(path: str, kinds: dict[str, str], label: str):
-    """Endless (features, labels) batches from a shard written by ``write_tfrecord_shards``; pure TF."""
-    specs = {**input_specs(kinds), label: tf.TensorSpec([None], tf.float32)}
+def tfrecord_dataset(path: str, kinds: dict[str, str], targets: list[str]):
+    """Endless (features, targets) batches from a shard written by ``write_tfrecord_shards``; pure TF."""
+    specs = {**input_specs(kinds), **target_specs(targets)}
     parse = {name: tf.io.FixedLenSequenceFeature([], spec.dtype, allow_missing=True) for name, spec in specs.items()}
 
     def split_label(record):
         columns = tf.io.parse_single_example(record, parse)
-        return columns, columns.pop(label)
+        return {name: columns[name] for name in kinds}, {name: columns[name] for name in targets}
 
     return (
         tf.data.TFRecordDataset(path)
