@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import small_config
+from tests.helpers import multitask_config, small_config
 
 
 @pytest.fixture(scope="session")
@@ -29,4 +29,14 @@ def trained_run(synthetic_dir, tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("runs") / "ppnet"
     train(small_config(), str(synthetic_dir), run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def multitask_run(synthetic_dir, tmp_path_factory) -> Path:
+    """A finished pepnet run on three tasks (is_click, long_view, is_like)."""
+    from ppnet.train import train
+
+    run = tmp_path_factory.mktemp("runs") / "pepnet"
+    train(multitask_config(), str(synthetic_dir), run)
     return run

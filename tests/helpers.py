@@ -5,6 +5,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "ppnet" / "configs" / "default.toml"
+MULTITASK_CONFIG = REPO / "ppnet" / "configs" / "multitask.toml"  # pepnet on click, long_view, like
 KUAIRAND = REPO.parent / "shared" / "data" / "kuairand-pure"
 # Small enough to train in seconds, big enough that every vocabulary has values.
 SMALL_OVERRIDES = [
@@ -22,3 +23,10 @@ def small_config(*extra: str):
     from ppnet.config import load_config
 
     return load_config(DEFAULT_CONFIG, [*SMALL_OVERRIDES, *extra])
+
+
+def multitask_config(*extra: str):
+    """The multi-task config (pepnet on the synthetic log's three labels) shrunk like ``small_config``."""
+    from ppnet.config import load_config
+
+    return load_config(MULTITASK_CONFIG, [*SMALL_OVERRIDES, *extra])

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ppnet.cli import main
-from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
+from tests.helpers import DEFAULT_CONFIG, MULTITASK_CONFIG, SMALL_OVERRIDES
 
 
 def _fail(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
@@ -104,6 +104,26 @@ def test_train_bad_labels_in_valid_file(capsys, synthetic_dir: Path, tmp_path: P
     pq.write_table(table.set_column(table.schema.get_field_index("is_click"), "is_click", labels), valid)
     message = _train(capsys, DEFAULT_CONFIG, synthetic_dir, tmp_path / "run", "--valid", valid)
     assert str(valid) in message and " 3 " in message
+
+
+def test_train_a_task_label_missing_in_one_file(capsys, synthetic_dir: Path, tmp_path: Path) -> None:
+    files = _copy_log(synthetic_dir, tmp_path)
+    pq.write_table(pq.read_table(files[5]).drop_columns(["long_view"]), files[5])
+    message = _train(capsys, MULTITASK_CONFIG, files[0].parent, tmp_path / "run")
+    assert str(files[5]) in message and "'long_view'" in message
+
+
+def test_train_a_mask_that_is_not_zero_or_one(capsys, synthetic_dir: Path, tmp_path: Path) -> None:
+    files = _copy_log(synthetic_dir, tmp_path)
+    for i, file in enumerate(files):  # a 0/1 column "seen", with five 3s in one file
+        table = pq.read_table(file)
+        seen = np.ones(table.num_rows, dtype=np.int64)
+        seen[:5] = 3 if i == 2 else 1
+        pq.write_table(table.append_column("seen", pa.array(seen)), file)
+    config = tmp_path / "masked.toml"
+    config.write_text(MULTITASK_CONFIG.read_text().replace('name = "is_like"\n', 'name = "is_like"\nmask = "seen"\n'))
+    message = _train(capsys, config, files[0].parent, tmp_path / "run")
+    assert str(files[2]) in message and "mask column 'seen' has 5 " in message and "0 or 1" in message
 
 
 def test_train_out_exists(capsys, synthetic_dir: Path, tmp_path: Path) -> None:

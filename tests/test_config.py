@@ -340,3 +340,49 @@ def test_pepnet_domain_features_are_checked(raw: dict, name, domain, stop_gradie
 def test_pepnet_with_a_declared_domain_loads(raw: dict) -> None:
     raw["model"].update(name="pepnet", domain_features=["tab"])
     assert config_from_dict(raw).model.domain_features == ["tab"]
+
+
+# --- tasks --------------------------------------------------------------------------------------
+
+
+def test_without_tasks_the_label_is_the_one_task_and_a_saved_config_reads_back(raw: dict) -> None:
+    config = config_from_dict(raw)
+    assert [(t.name, t.weight, t.mask) for t in config.tasks] == [("is_click", 1.0, "")]
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_tasks_set_the_label_and_round_trip(raw: dict) -> None:
+    raw["data"].pop("label")
+    raw["tasks"] = [{"name": "long_view"}, {"name": "is_like", "weight": 2, "mask": "is_click"}]
+    config = config_from_dict(raw)
+    assert config.data.label == "long_view" and config.task_names == ["long_view", "is_like"]
+    assert config.target_columns == ["long_view", "is_like", "is_click"]
+    assert config_from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    "tasks, sets, expected",
+    [
+        ([{"name": "a"}, {"name": "a"}], {}, "['a'] listed more than once"),
+        ([{"name": "a"}, {"name": "tab"}], {}, "tasks[1] 'tab' cannot also be a feature"),
+        ([{"name": "a"}, {"name": "b", "mask": "hour"}], {}, "tasks[1].mask 'hour' is a feature"),
+        ([{"name": "a"}, {"name": "b", "mask": "b"}], {}, "tasks[1].mask is the task's own label"),
+        ([{"name": "a"}, {"name": "b", "weight": 0}], {}, "tasks[1].weight must be > 0"),
+        ([{"name": "a"}, {"name": "b c"}], {}, "tasks[1].name 'b c'"),
+        ([{"name": "a"}, {"nam": "b"}], {}, "tasks[1]: unknown key(s) ['nam']"),
+        ([], {}, "non-empty list of [[tasks]]"),
+        ([{"name": "a"}, {"name": "b"}], {"train": {"select_by": "c"}}, "train.select_by"),
+        ([{"name": "a"}], {"data": {"label": "b"}}, "data.label = 'b' but the first task is 'a'"),
+    ],
+)
+def test_bad_tasks(raw: dict, tasks: list, sets: dict, expected: str) -> None:
+    raw["data"].pop("label")
+    raw["tasks"] = tasks
+    for section, values in sets.items():
+        raw.setdefault(section, {}).update(values)
+    assert expected in _error(config_from_dict, raw)
+
+
+def test_mmoe_needs_experts_and_two_layers(raw: dict) -> None:
+    raw["model"].update({"name": "mmoe", "hidden_units": [64]})
+    assert "mmoe" in _error(config_from_dict, raw)

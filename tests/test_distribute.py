@@ -12,7 +12,7 @@ import pytest
 from ppnet import distribute
 from ppnet.data.split import Split
 from ppnet.errors import PPNetError
-from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
+from tests.helpers import MULTITASK_CONFIG, SMALL_OVERRIDES
 
 
 def row_ids(split):
@@ -48,10 +48,11 @@ def test_role_comes_from_tf_config(monkeypatch):
 
 
 def launch_local(data, run, cluster: list[str], sets: list[str]) -> subprocess.CompletedProcess:
-    """``ppnet launch-local`` with the small test config and ``sets``, its output captured."""
+    """``ppnet launch-local`` with the small multi-task config (pepnet on three tasks: it exercises
+    the most parts) and ``sets``, its output captured."""
     overrides = [arg for item in [*SMALL_OVERRIDES, *sets] for arg in ("--set", item)]
     command = [sys.executable, "-m", "ppnet.cli", "launch-local", *cluster, "--timeout", "500", "--"]
-    train_args = ["--config", str(DEFAULT_CONFIG), "--data", str(data), "--out", str(run), *overrides]
+    train_args = ["--config", str(MULTITASK_CONFIG), "--data", str(data), "--out", str(run), *overrides]
     return subprocess.run([*command, *train_args], capture_output=True, text=True, timeout=600)
 
 
@@ -70,12 +71,14 @@ def test_two_worker_multi_worker_mirrored_run_reports_global_metrics(synthetic_d
     result = launch_local(synthetic_dir, run, ["--workers", "2"], ["train.epochs=2"])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["workers"] == 2 and 0.5 < metrics["auc"] <= 1.0
+    assert metrics["workers"] == 2 and all(0.5 < task["auc"] <= 1.0 for task in metrics["tasks"].values())
     # Epoch logs are global metric values: an AUC summed over 2 replicas would exceed 1.
-    logged = [float(v) for v in re.findall(r" - auc: ([0-9.]+)", result.stdout)]
+    logged = [float(v) for v in re.findall(r" - auc_long_view: ([0-9.]+)", result.stdout)]
     assert len(logged) == 2 and all(0.4 < v <= 1.0 for v in logged)
-    val_logged = [float(v) for v in re.findall(r"val_auc: ([0-9.]+)", result.stdout)]
-    assert max(val_logged) == pytest.approx(metrics["auc"], abs=1e-4)  # exported best epoch == best logged
+    val_logged = [float(v) for v in re.findall(r"val_auc_long_view: ([0-9.]+)", result.stdout)]
+    scores = [float(v) for v in re.findall(r"val_score: ([0-9.]+)", result.stdout)]
+    best = val_logged[scores.index(max(scores))]
+    assert best == pytest.approx(metrics["tasks"]["long_view"]["auc"], abs=1e-4)  # exported epoch == best logged
     assert_tensorflow_alone_loads_the_export(run)
 
 
@@ -85,9 +88,9 @@ def test_parameter_server_run_partitions_tables_and_exports(synthetic_dir, tmp_p
     result = launch_local(synthetic_dir, run, ["--workers", "2", "--ps", "2"], extra)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["workers"] == 2 and 0.5 < metrics["auc"] <= 1.0
+    assert metrics["workers"] == 2 and all(0.5 < task["auc"] <= 1.0 for task in metrics["tasks"].values())
     shards = metrics["table_shards"]
     assert shards["embedding_dim16"] == 2 and shards["gate_embedding_dim16"] == 2  # split over both servers
-    assert shards["embedding_dim4"] == 1  # small tables stay whole
+    assert shards["embedding_dim4"] == 1 and shards["domain_embedding_dim4"] == 1  # small tables stay whole
     assert not (run / "shards").exists()  # the workers' TFRecord input shards are scratch
     assert_tensorflow_alone_loads_the_export(run)

@@ -4,7 +4,14 @@ separate ones, equivalence with the plain DNN, grouped tables equal separate one
 import numpy as np
 import tensorflow as tf
 
-from ppnet.layers import GatedTower, GateNNs, GroupedEmbedding, StoppedIdFields, StoppedTowerInput
+from ppnet.layers import (
+    GatedTower,
+    GateNNs,
+    GroupedEmbedding,
+    MixtureOfExperts,
+    StoppedIdFields,
+    StoppedTowerInput,
+)
 
 
 def test_untrained_gates_are_exactly_one():
@@ -147,3 +154,23 @@ def test_gate_input_layers_stop_exactly_the_gradient_of_their_mode():
             assert len(parts) == 1
             np.testing.assert_array_equal(grads[0].numpy()[:, :, 0], np.tile([1.0, 0.0, 1.0], (4, 1)))
             assert not np.any(grads[1]) and np.all(grads[2].numpy() == 1.0) and not np.any(grads[3])
+
+
+def test_mixture_of_experts_gives_each_task_a_convex_mix_of_the_same_experts():
+    layer = MixtureOfExperts(experts=3, units=[8, 4], tasks=2, name="m")
+    assert MixtureOfExperts.from_config(layer.get_config()).get_config() == layer.get_config()
+    x = tf.random.normal([5, 6], seed=1)
+    mixes = layer(x)
+    assert [m.shape for m in mixes] == [(5, 4), (5, 4)]
+    experts = []
+    for layers in layer.expert_layers:
+        h = x
+        for dense in layers:
+            h = dense(h)
+        experts.append(h)
+    for gate, mix in zip(layer.gates, mixes):
+        weights = gate(x)
+        np.testing.assert_allclose(tf.reduce_sum(weights, axis=-1).numpy(), 1.0, rtol=1e-6)
+        expected = sum(weights[:, e : e + 1] * experts[e] for e in range(3))
+        np.testing.assert_allclose(mix.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(mixes[0].numpy(), mixes[1].numpy())  # each task has its own gate

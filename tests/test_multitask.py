@@ -1,0 +1,189 @@
+"""Several tasks: per-task towers, losses, masks and metrics, the selection rule, and the export's
+named outputs (``probability_<task>``) served by TensorFlow alone."""
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+
+import numpy as np
+import pyarrow.dataset as pds
+import pytest
+import tensorflow as tf
+
+from ppnet.config import config_from_dict
+from ppnet.data.pipeline import iter_batches
+from ppnet.data.schema import input_kinds, to_arrays
+from ppnet.data.split import Split, make_splits
+from ppnet.errors import PPNetError
+from ppnet.evaluate import evaluate_export, model_predictor, score_split
+from ppnet.model import build_model
+from ppnet.rundir import EPOCHS_FILE, load_run
+from ppnet.stats import compute_stats
+from tests.helpers import MULTITASK_CONFIG, SMALL_OVERRIDES, multitask_config
+
+TASKS = ["is_click", "long_view", "is_like"]
+
+RELOAD_SCRIPT = """
+import sys
+sys.modules["ppnet"] = None  # the export must serve without ppnet
+import numpy as np, tensorflow as tf
+export, inputs, output = sys.argv[1:4]
+arrays = dict(np.load(inputs, allow_pickle=True))
+signatures = tf.saved_model.load(export).signatures
+served = signatures["serving_default"](**{k: tf.constant(v) for k, v in arrays.items()})
+gates = signatures["gates"](**{k: tf.constant(v) for k, v in arrays.items()})
+np.savez(output, **{k: v.numpy() for k, v in {**served, **gates}.items()})
+"""
+
+
+def with_tasks(tasks: list[dict], *sets: str):
+    """The multi-task config with ``tasks`` as its ``[[tasks]]`` (shrunk like the test config)."""
+    from ppnet.config import apply_override
+
+    raw = tomllib.loads(MULTITASK_CONFIG.read_text())
+    raw["tasks"] = tasks
+    for item in [*SMALL_OVERRIDES, *sets]:
+        apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def split_and_stats(synthetic_dir):
+    config = multitask_config()
+    train_split, valid_split = make_splits(config, synthetic_dir, None)
+    kinds = input_kinds(config, list(train_split.files))
+    return train_split, valid_split, kinds
+
+
+def batch(split, kinds, targets, rows=256):
+    features, values = next(iter_batches(split, kinds, targets, rows))
+    return {k: tf.constant(v) for k, v in features.items()}, {k: tf.constant(v) for k, v in values.items()}
+
+
+def test_the_run_scores_every_task_and_picks_the_epoch_by_their_mean_auc(multitask_run):
+    metrics = json.loads((multitask_run / "metrics.json").read_text())
+    assert list(metrics["tasks"]) == TASKS and metrics["select_by"] == "mean"
+    assert metrics["auc"] == metrics["tasks"]["is_click"]["auc"]  # the first task is the primary one
+    assert all(0.5 < metrics["tasks"][t]["auc"] <= 1.0 for t in TASKS)
+    epochs = [json.loads(line) for line in (multitask_run / EPOCHS_FILE).read_text().splitlines()]
+    assert len(epochs) == 2
+    for epoch in epochs:
+        assert epoch["val_score"] == pytest.approx(np.mean([epoch[f"val_auc_{t}"] for t in TASKS]))
+        assert {f"val_{m}_{t}" for m in ("auc", "gauc", "logloss") for t in TASKS} <= set(epoch)
+    assert metrics["best_epoch"] == max(epochs, key=lambda e: e["val_score"])["epoch"]
+    best = next(e for e in epochs if e["epoch"] == metrics["best_epoch"])
+    assert metrics["tasks"]["long_view"]["auc"] == pytest.approx(best["val_auc_long_view"], abs=1e-6)
+
+
+def test_export_names_every_task_and_serves_the_model_without_ppnet(multitask_run, synthetic_dir, tmp_path):
+    kinds = json.loads((multitask_run / "stats.json").read_text())["kinds"]
+    _, rows = next(Split((sorted(synthetic_dir.glob("*.parquet"))[-1],)).batches(list(kinds), 300))
+    arrays = to_arrays(rows, kinds)
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    export = multitask_run / "export" / "1"
+    command = [sys.executable, "-c", RELOAD_SCRIPT, str(export), str(tmp_path / "inputs.npz"), str(tmp_path / "o.npz")]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    served = dict(np.load(tmp_path / "o.npz"))
+    model = load_run(multitask_run)
+    output = model.forward({k: tf.constant(v) for k, v in arrays.items()})
+    for task in TASKS:
+        expected = tf.sigmoid(output.logits[task]).numpy()
+        np.testing.assert_allclose(served[f"probability_{task}"], expected, rtol=1e-5, atol=1e-6)
+        layers = len(model.config.model.hidden_units) + 1
+        assert [f"gate_{task}_{i}" in served for i in range(layers)] == [True] * layers
+    np.testing.assert_array_equal(served["probability"], served["probability_is_click"])
+    assert "epnet_gate" in served
+    assert not np.allclose(served["probability_is_click"], served["probability_long_view"])
+
+
+def test_evaluate_reports_each_task_and_refuses_a_single_label(multitask_run, synthetic_dir):
+    export = multitask_run / "export" / "1"
+    valid = sorted(synthetic_dir.glob("*.parquet"))[-1]  # the run's validation day
+    result = evaluate_export(export, valid)
+    trained = json.loads((multitask_run / "metrics.json").read_text())
+    assert list(result["tasks"]) == TASKS
+    for task in TASKS:
+        assert result["tasks"][task]["auc"] == pytest.approx(trained["tasks"][task]["auc"], abs=1e-4)
+    with pytest.raises(PPNetError, match="each scored on its own label"):
+        evaluate_export(export, valid, label="is_click")
+
+
+def test_untrained_pepnet_is_the_multi_task_dnn(split_and_stats):
+    """EPNet's and every tower's gates start at 1: with the dnn's weights, pepnet computes the dnn."""
+    train_split, _, kinds = split_and_stats
+    config = multitask_config()
+    stats = compute_stats(config, train_split, kinds)
+    pepnet = build_model(config, stats)
+    dnn = build_model(multitask_config("model.name=dnn", "model.domain_features=[]"), stats)
+    for group, table in dnn.embeddings.items():
+        pepnet.embeddings[group].set_weights(table.get_weights())
+    for task, tower in dnn.towers().items():
+        for mine, theirs in zip(pepnet.towers()[task].dense, tower.dense, strict=True):
+            mine.set_weights(theirs.get_weights())
+    features, _ = batch(train_split, kinds, TASKS)
+    ours, theirs = pepnet.forward(features).logits, dnn.forward(features).logits
+    for task in TASKS:
+        np.testing.assert_allclose(ours[task].numpy(), theirs[task].numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(ours["is_click"].numpy(), ours["long_view"].numpy())  # towers of their own
+
+
+@pytest.mark.parametrize("name", ["ppnet", "pepnet", "dnn", "mmoe"])
+def test_every_model_trains_one_tower_per_task(split_and_stats, name):
+    train_split, _, kinds = split_and_stats
+    sets = [f"model.name={name}", *([] if name == "pepnet" else ["model.domain_features=[]"])]
+    config = multitask_config(*sets)
+    model = build_model(config, compute_stats(config, train_split, kinds))
+    features, targets = batch(train_split, kinds, TASKS)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss((features, targets), training=True)
+    assert np.isfinite(float(loss))
+    towers = model.towers()
+    gradients = tape.gradient(loss, [tower.dense[-1].kernel for tower in towers.values()])
+    for task, gradient in zip(towers, gradients, strict=True):
+        assert gradient is not None and float(tf.reduce_sum(tf.abs(gradient))) > 0, task
+    assert list(model.forward(features).logits) == TASKS
+
+
+def test_task_weights_weigh_the_losses(split_and_stats):
+    train_split, _, kinds = split_and_stats
+    tasks = [{"name": "is_click"}, {"name": "long_view", "weight": 3.0}]
+    config = with_tasks(tasks, "model.name=dnn", "model.domain_features=[]", "model.embedding_l2=0")
+    features, targets = batch(train_split, kinds, ["is_click", "long_view"])
+    model = build_model(config, compute_stats(config, train_split, kinds))
+    logits = model.forward(features).logits
+    expected = sum(
+        float(t.get("weight", 1.0))
+        * float(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(targets[t["name"]], logits[t["name"]])))
+        for t in tasks
+    )
+    assert float(model.compute_loss((features, targets))) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_masked_task_learns_and_is_scored_only_where_its_mask_is_one(split_and_stats):
+    train_split, valid_split, kinds = split_and_stats
+    config = with_tasks(
+        [{"name": "is_click"}, {"name": "is_like", "mask": "is_click"}], "model.name=dnn", "model.domain_features=[]"
+    )
+    stats = compute_stats(config, train_split, kinds)
+    rows = pds.dataset(list(train_split.files)).to_table(columns=["is_click", "is_like"], filter=train_split.filter)
+    clicks, likes = rows["is_click"].to_numpy(), rows["is_like"].to_numpy()
+    assert stats.rate("is_like") == pytest.approx(likes[clicks == 1].mean())  # its logit bias: likes per click
+    model = build_model(config, stats)
+    features, targets = batch(train_split, kinds, config.target_columns)
+    loss = float(model.compute_loss((features, targets)))
+    mask = targets["is_click"].numpy() == 1
+    assert 0 < mask.sum() < mask.size
+    flipped = targets["is_like"].numpy().copy()
+    flipped[~mask] = 1 - flipped[~mask]  # labels the mask hides
+    hidden = float(model.compute_loss((features, {**targets, "is_like": tf.constant(flipped)})))
+    assert hidden == pytest.approx(loss, rel=1e-6)
+    flipped = targets["is_like"].numpy().copy()
+    flipped[mask] = 1 - flipped[mask]
+    seen = float(model.compute_loss((features, {**targets, "is_like": tf.constant(flipped)})))
+    assert seen != pytest.approx(loss, rel=1e-3)
+    result = score_split(model_predictor(model, kinds), valid_split, kinds, config.tasks, config.data.user_column)
+    assert result["tasks"]["is_like"]["rows"] == round(result["tasks"]["is_click"]["observed_ctr"] * result["rows"])
