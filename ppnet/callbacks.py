@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from ppnet.config import Task
@@ -139,7 +140,7 @@ class ValidationScore(tf.keras.callbacks.Callback):
         if self.epochs_file is not None:
             with self.epochs_file.open("a") as file:
                 file.write(json.dumps({"epoch": epoch + 1, **scores}) + "\n")
-        for task, report in result.get("tasks", {self.tasks[0].name: result}).items():
+        for task, report in result["tasks"].items():
             log.info(
                 "epoch %d validation %s: auc %.4f gauc %.4f logloss %.4f",
                 epoch + 1,
@@ -152,13 +153,14 @@ class ValidationScore(tf.keras.callbacks.Callback):
 
 def validation_logs(result: dict, select_by: str) -> dict[str, float]:
     """An epoch's validation metrics as flat ``val_`` keys (Keras logs, TensorBoard, epochs.jsonl)."""
-    per_task = result.get("tasks", {})
+    per_task = result["tasks"]
     scores = {f"val_{key}": result[key] for key in METRICS}
-    scores.update({f"val_{key}_{task}": report[key] for task, report in per_task.items() for key in METRICS})
-    if select_by == "mean" and per_task:
-        scores["val_score"] = float(sum(report["auc"] for report in per_task.values()) / len(per_task))
+    if len(per_task) > 1:
+        scores.update({f"val_{key}_{task}": report[key] for task, report in per_task.items() for key in METRICS})
+    if select_by == "mean":
+        scores["val_score"] = float(np.mean([report["auc"] for report in per_task.values()]))
     else:
-        scores["val_score"] = per_task[select_by]["auc"] if per_task else result["auc"]
+        scores["val_score"] = per_task[select_by]["auc"]
     return scores
 
 

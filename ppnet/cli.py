@@ -153,7 +153,9 @@ def run_launch_local(args: argparse.Namespace) -> None:
         raise PPNetError(f"launch-local: the cluster failed (exit status {status}); see the workers' output above")
 
 
-def run_evaluate(args: argparse.Namespace) -> dict:
+def run_evaluate(args: argparse.Namespace) -> None:
+    """Prints the metrics as a table, one row per task; ``--json`` writes them nested by task."""
+    from ppnet import metrics
     from ppnet.evaluate import evaluate_export
     from ppnet.files import write_text_atomic
 
@@ -164,7 +166,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     result = evaluate_export(args.model, args.data, label=args.label, user_column=args.user_column)
     if args.json:
         write_text_atomic(Path(args.json), json.dumps(result, indent=2))
-    return result
+    print(f"{args.data}:\n{metrics.table(result)}")
 
 
 def run_export(args: argparse.Namespace) -> dict:

@@ -62,8 +62,8 @@ def score_split(
     predict: Predictor, split: Split, kinds: dict[str, str], tasks: list[Task], user_column: str | None
 ) -> dict:
     """Metrics of ``predict`` on ``split`` (see ``metrics.report``), a masked task's on the rows its
-    mask keeps: the first task's at the top level and, with several tasks, each task's under
-    ``tasks``."""
+    mask keeps: each task's under ``tasks``, and the first task's also at the top level (where
+    single-task readers find them)."""
     targets, scores, users = predict_split(predict, split, kinds, tasks, user_column)
     reports = {}
     for task in tasks:
@@ -72,8 +72,7 @@ def score_split(
         reports[task.name] = metrics.report(
             targets[task.name][keep], scores[task.name][keep], users[keep] if users is not None else None, source
         )
-    first = reports[tasks[0].name]
-    return {**first, "tasks": reports} if len(tasks) > 1 else first
+    return {**reports[tasks[0].name], "tasks": reports}
 
 
 def model_predictor(model: tf.keras.Model, kinds: dict[str, str]) -> Predictor:

@@ -74,3 +74,13 @@ def report(labels: np.ndarray, probabilities: np.ndarray, users: np.ndarray | No
         "mean_prediction": float(np.mean(probabilities)),
         "observed_ctr": float(np.mean(labels)),
     }
+
+
+TABLE_COLUMNS = ("auc", "gauc", "logloss", "rows", "mean_prediction", "observed_ctr")
+
+
+def table(result: dict) -> str:
+    """A result's per-task metrics as a text table, one row per task (what ``ppnet evaluate`` prints)."""
+    frame = pd.DataFrame(result["tasks"]).T[list(TABLE_COLUMNS)]
+    frame.index.name = "task"
+    return frame.to_string(formatters={"rows": "{:.0f}".format}, float_format="{:.4f}".format)

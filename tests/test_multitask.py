@@ -187,3 +187,31 @@ def test_a_masked_task_learns_and_is_scored_only_where_its_mask_is_one(split_and
     assert seen != pytest.approx(loss, rel=1e-3)
     result = score_split(model_predictor(model, kinds), valid_split, kinds, config.tasks, config.data.user_column)
     assert result["tasks"]["is_like"]["rows"] == round(result["tasks"]["is_click"]["observed_ctr"] * result["rows"])
+
+
+def test_ppnet_evaluate_prints_one_row_per_task_and_nests_the_json(multitask_run, synthetic_dir, tmp_path, capsys):
+    from ppnet.cli import main
+
+    valid = sorted(synthetic_dir.glob("*.parquet"))[-1]
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(multitask_run / "export" / "1"),
+                "--data",
+                str(valid),
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert lines[1].split() == ["auc", "gauc", "logloss", "rows", "mean_prediction", "observed_ctr"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[3:]}
+    assert list(rows) == TASKS
+    for task in TASKS:
+        assert float(rows[task][0]) == pytest.approx(written["tasks"][task]["auc"], abs=5e-5)
