@@ -145,6 +145,7 @@ def export_model(
                     "model": model.config.model.name,
                     "label": data.label,
                     "tasks": [dataclasses.asdict(task) for task in model.config.tasks],
+                    "domain_features": model.config.model.domain_features,
                     "user_column": data.user_column,
                     "inputs": model.stats.kinds,
                 },

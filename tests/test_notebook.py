@@ -67,11 +67,12 @@ def test_committed_notebook_is_clean():
     assert any("parameters" in c.metadata.get("tags", []) for c in code)
 
 
-def test_notebook_runs_on_ppnet_and_dnn_exports(trained_run, dnn_run, synthetic_dir, tmp_path, monkeypatch):
+def run_notebook(tmp_path, monkeypatch, data: Path, export: Path, compare: Path | None = None) -> list:
+    """Execute the notebook on ``export`` (and ``compare``) in a kernel of this venv; its code cells."""
     monkeypatch.setenv("JUPYTER_PATH", str(kernelspec_for_this_python(tmp_path / "jupyter")))
-    monkeypatch.setenv("PPNET_EXPORT", str(trained_run / "export" / "1"))
-    monkeypatch.setenv("PPNET_DNN_EXPORT", str(dnn_run / "export" / "1"))
-    monkeypatch.setenv("PPNET_DATA", str(synthetic_dir / "part-20220608.parquet"))
+    monkeypatch.setenv("PPNET_EXPORT", str(export))
+    monkeypatch.setenv("PPNET_DNN_EXPORT", str(compare or ""))
+    monkeypatch.setenv("PPNET_DATA", str(data))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     # The kernel starts in notebooks/: without this it imports whichever ppnet the venv has installed.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -86,6 +87,12 @@ def test_notebook_runs_on_ppnet_and_dnn_exports(trained_run, dnn_run, synthetic_
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     assert f"KERNEL_PYTHON {sys.executable}" in cell_text(code[-1])
+    return code
+
+
+def test_notebook_runs_on_ppnet_and_dnn_exports(trained_run, dnn_run, synthetic_dir, tmp_path, monkeypatch):
+    valid = synthetic_dir / "part-20220608.parquet"
+    code = run_notebook(tmp_path, monkeypatch, valid, trained_run / "export" / "1", dnn_run / "export" / "1")
 
     # Metrics table: one column per model, AUC better than chance for both.
     table = next(cell_text(c) for c in code if "observed_ctr" in cell_text(c))
@@ -104,3 +111,20 @@ def test_notebook_runs_on_ppnet_and_dnn_exports(trained_run, dnn_run, synthetic_
     assert "ppnet: gate values on" in text and "gate_0" in text
     assert "dnn: no `gates` signature" in text
     assert images(gates) >= 1
+
+
+def test_notebook_shows_each_task_and_the_epnet_gate_by_domain(multitask_run, synthetic_dir, tmp_path, monkeypatch):
+    code = run_notebook(tmp_path, monkeypatch, synthetic_dir / "part-20220608.parquet", multitask_run / "export" / "1")
+    table = next(cell_text(c) for c in code if "observed_ctr" in cell_text(c))
+    header = next(line for line in table.splitlines() if "pepnet" in line)
+    assert header.split() == ["pepnet/is_click", "pepnet/long_view", "pepnet/is_like"]
+    roc = next(c for c in code if "roc_curve(" in c.source)
+    assert images(roc) >= 1
+    gates = cell_text(next(c for c in code if 'signatures["gates"]' in c.source))
+    assert all(f"gate_{task}_0" in gates for task in ("is_click", "long_view", "is_like"))
+    domain = next(c for c in code if "epnet_gate" in c.source and "by_domain" in c.source)
+    text = cell_text(domain)
+    assert "pepnet: EPNet gate by tab" in text and "mean |gate - 1|" in text and images(domain) == 1
+    rows = [line.split() for line in text.splitlines() if line.split() and line.split()[0].isdigit()]
+    scored = int(re.search(r"EPNet gate by tab on (\d+) rows", text).group(1))
+    assert len(rows) >= 3 and sum(int(row[1]) for row in rows) == scored  # every scored row in one domain
