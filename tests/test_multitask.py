@@ -215,3 +215,13 @@ def test_ppnet_evaluate_prints_one_row_per_task_and_nests_the_json(multitask_run
     assert list(rows) == TASKS
     for task in TASKS:
         assert float(rows[task][0]) == pytest.approx(written["tasks"][task]["auc"], abs=5e-5)
+
+
+def test_tensorboard_has_every_task_validation_metrics(multitask_run):
+    tags = {
+        value.tag
+        for path in (multitask_run / "logs" / "validation").iterdir()
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+    }
+    assert {f"epoch_{m}_{t}" for m in ("auc", "gauc", "logloss") for t in TASKS} | {"epoch_score"} <= tags
