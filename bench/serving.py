@@ -54,12 +54,13 @@ class FrozenTower(tf.Module):
 
     def __init__(self, model: RankingModel, inputs: list[np.ndarray]):
         super().__init__()
-        heads, task = frozen_heads(model), model.task_names[0]
+        heads = frozen_heads(model)
         specs = {f"x{i}": tf.TensorSpec([None, x.shape[1]], tf.float32, name=f"x{i}") for i, x in enumerate(inputs)}
 
         def serve(xs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             tower, *gate_parts = xs.values()
-            return {"logit": heads(TowerInputs(tower, gate_parts, [])).logits[task]}
+            logits = heads(TowerInputs(tower, gate_parts, [])).logits  # every task's tower, as the export runs
+            return {f"logit_{task}": logit for task, logit in logits.items()}
 
         self.serve = tf.function(serve, input_signature=[specs])
 
@@ -139,3 +140,28 @@ def serving(
     for floor_name in floors:
         shutil.rmtree(work / floor_name)
     return {"export_bytes": directory_bytes(export), **figures["1"], "onednn_off": figures["0"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m bench.serving --run RUN_DIR --data PATH``: the serving measures of any finished
+    run's export (e.g. a multi-task ``pepnet``), as ``make bench`` takes them for its PPNet run."""
+    import argparse
+    import tempfile
+
+    from ppnet.rundir import load_run
+
+    cli = argparse.ArgumentParser(prog="python -m bench.serving", description=main.__doc__.splitlines()[0])
+    cli.add_argument("--run", required=True, help="a finished run directory (metrics.json, export/)")
+    cli.add_argument("--data", required=True, help="the log it was trained on (validation rows are served)")
+    cli.add_argument("--smoke", action="store_true", help="few repeats")
+    args = cli.parse_args(argv)
+    model = load_run(args.run)
+    with tempfile.TemporaryDirectory() as work:
+        repeats = SMOKE_SERVING_REPEATS if args.smoke else SERVING_REPEATS
+        figures = serving(Path(args.run), model, model.config, args.data, repeats, Path(work))
+    print(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
