@@ -171,9 +171,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 def run_export(args: argparse.Namespace) -> dict:
     from ppnet.export import export_model
+    from ppnet.files import exclusive_lock
     from ppnet.rundir import load_run
 
-    path = export_model(load_run(args.run), args.out, version=args.version, overwrite=args.overwrite)
+    with exclusive_lock(Path(args.out), "the export base"):  # versions are allocated one export at a time
+        path = export_model(load_run(args.run), args.out, version=args.version, overwrite=args.overwrite)
     return {"export": str(path)}
 
 

@@ -1,12 +1,14 @@
 """Atomic outputs: a directory or file appears complete under its name, or not at all.
 
 TF Serving loads any new version directory it sees, and users rerun commands after crashes;
-so every output is written under a temporary name beside its target and renamed into place.
+so every output is written under a temporary name beside its target and renamed into place. Two
+processes never write one output at once: each holds ``exclusive_lock`` on it while it works.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
@@ -55,3 +57,39 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def lock_file(target: Path) -> Path:
+    """The lock file of ``target`` (a run directory or an export base): hidden, beside it."""
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``target``'s lock file for the block, or fail at once naming
+    the process that holds it.
+
+    The kernel releases a ``flock`` when its holder exits, however it exits (``kill -9``
+    included), so a lock left by a dead process is simply taken over; the file only records the
+    holder's PID for the message. It stays in place after the block: deleting it could let a
+    third process lock a new file while a second one waits on the old.
+    """
+    path = lock_file(Path(target))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise PPNetError(f"{target}: cannot create {what} there ({err.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise PPNetError(
+                f"{target}: {what} is in use by process {holder} (lock {path}); wait for it to end or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

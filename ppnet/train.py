@@ -25,6 +25,7 @@ from ppnet.data.tfrecord import tfrecord_dataset, write_tfrecord_shards
 from ppnet.errors import PPNetError
 from ppnet.evaluate import model_predictor, score_split
 from ppnet.export import export_model
+from ppnet.files import exclusive_lock
 from ppnet.model import build_model
 from ppnet.rundir import (
     BACKUP,
@@ -100,8 +101,17 @@ def train(
         distribute.serve(role)
         return {}
     duties = Duties.of(role, config)
-    if duties.owns_run:
+    if not duties.owns_run:
+        return run(config, data_path, out, valid_path, fresh, strategy, duties)
+    with exclusive_lock(out, "the run directory"):  # one process per run, for the whole run
         check_replaceable(out, overwrite)
+        return run(config, data_path, out, valid_path, fresh, strategy, duties)
+
+
+def run(
+    config: Config, data_path: str, out: Path, valid_path: str | None, fresh: bool, strategy: str, duties: Duties
+) -> dict:
+    """``train``'s steps, once this process knows its duties (and, if it owns the run, holds its lock)."""
     train_split, valid_split = make_splits(config, data_path, valid_path)
     kinds = input_kinds(config, list(train_split.files) + list(valid_split.files))
     train_rows = check_labels(train_split, config.tasks)
