@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,13 +131,14 @@ def serve(role: Role) -> None:
     ).join()
 
 
-def wait_for_file(path: Path, timeout: float = 3600.0) -> Path:
-    """Block until the chief has written ``path`` (workers wait for its statistics)."""
+def wait_for_file(path: Path, ready: Callable[[Path], bool] | None = None, timeout: float = 3600.0) -> Path:
+    """Block until the chief has written ``path`` (workers wait for its statistics) and, with
+    ``ready``, until ``ready(path)`` holds (they are this run's, not an earlier one's)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (path.exists() and (ready is None or ready(path))):
         if time.monotonic() > deadline:
             raise PPNetError(
-                f"{path}: the chief did not write it within {timeout:.0f}s; is worker 0 running "
+                f"{path}: the chief did not write it for this run within {timeout:.0f}s; is worker 0 running "
                 "and is the run directory on a filesystem shared by all workers?"
             )
         time.sleep(0.2)

@@ -9,7 +9,7 @@ has ended, ``RUN_DIR.partial/fitted`` makes a rerun only score and export.
 Layout::
 
     config.json   the resolved config (overrides applied)
-    run.json      config and data paths: a rerun resumes only the same run
+    run.json      config, data paths and fingerprint, ppnet version: a rerun resumes only the same run
     stats.json    vocabularies, numeric mean/std, input kinds
     epochs.jsonl  exact validation metrics of every epoch (across resumes)
     checkpoints/  best epoch's weights (by validation AUC)
@@ -23,10 +23,12 @@ input) and ``fitted`` (training ended).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 
@@ -61,25 +63,87 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
         raise PPNetError(f"{out}: not a ppnet run directory (no config.json); --overwrite only replaces runs")
 
 
+def run_identity(config: Config, inputs: dict) -> dict:
+    """What a resumed run must share with the interrupted one: config, data (paths and
+    ``fingerprint``) and ppnet version. Its hash names the run in ``stats.json`` (``run_id``)."""
+    return {"config": config.to_dict(), "inputs": inputs, "ppnet": ppnet.__version__}
+
+
+def run_id(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def prepare_run_dir(out: Path, config: Config, inputs: dict, fresh: bool) -> Path:
     """The working directory ``out.partial``: resumed if it holds the same config, data and ppnet
-    version, else new."""
+    version, else new (with ``fresh``) or refused, saying what changed."""
     work = partial_dir(out)
-    identity = json.dumps({"config": config.to_dict(), "inputs": inputs, "ppnet": ppnet.__version__}, sort_keys=True)
+    identity = run_identity(config, inputs)
     saved = work / "run.json"
     if work.exists() and not fresh:
-        if saved.exists() and saved.read_text() == identity:
+        change = identity_change(_read_identity(saved), identity)
+        if change is None:
             log.info("resuming the interrupted run in %s", work)
             return work
         raise PPNetError(
-            f"{work}: an interrupted run with a different config, data or ppnet version is "
-            "there; rerun the same command to resume, or pass --fresh to start over"
+            f"{work}: an interrupted run is there but {change}; rerun the same command on the same "
+            "data to resume it, or pass --fresh to start over"
         )
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     save_config(config, work / "config.json")
-    write_text_atomic(saved, identity)
+    write_text_atomic(saved, json.dumps(identity, sort_keys=True))
     return work
+
+
+def _read_identity(path: Path) -> dict:
+    """A saved ``run.json``, or ``{}`` when it is missing or torn (then nothing matches)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def identity_change(saved: dict, current: dict) -> str | None:
+    """How ``current`` differs from the interrupted run's ``saved`` identity, in words, or None."""
+    if not saved:
+        return "its run.json is missing or unreadable"
+    if saved.get("ppnet") != current["ppnet"]:
+        return f"it was written by ppnet {saved.get('ppnet')}, this is {current['ppnet']}"
+    if saved.get("config") != current["config"]:
+        keys = changed_keys(saved.get("config", {}), current["config"])
+        return f"its config differs in {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+    old, new = saved.get("inputs", {}), current["inputs"]
+    for key in ("data", "valid"):
+        if old.get(key) != new[key]:
+            return f"it read --{key} {old.get(key)}, this run reads {new[key]}"
+    before = {f["path"]: f for f in old.get("files", [])}
+    after = {f["path"]: f for f in new["files"]}
+    for path in after.keys() - before.keys():
+        return f"the data has a new file {path}"
+    for path in before.keys() - after.keys():
+        return f"the data no longer has {path}"
+    for path, file in after.items():
+        changes = [
+            f"{k}: {before[path][k]} then, {file[k]} now"
+            for k in ("rows", "bytes", "mtime_ns")
+            if before[path][k] != file[k]
+        ]
+        if changes:
+            return f"{path} changed since ({'; '.join(changes)})"
+    return None
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys where two JSON-like values differ (``features[3].dim``, ``model.name``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            key
+            for name in sorted(old.keys() | new.keys())
+            for key in changed_keys(old.get(name), new.get(name), f"{prefix}.{name}" if prefix else name)
+        ]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [key for i, (a, b) in enumerate(zip(old, new)) for key in changed_keys(a, b, f"{prefix}[{i}]")]
+    return [] if old == new else [prefix or "(all)"]
 
 
 def epoch_scores(work: Path) -> list[dict]:

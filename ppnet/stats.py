@@ -40,6 +40,7 @@ class Stats:
     rows: int
     positive_rate: float
     positive_rates: dict[str, float] = field(default_factory=dict)
+    run: str = ""  # the run these statistics belong to (``rundir.run_id``): workers check it
 
     def rate(self, task: str) -> float:
         """``task``'s training positive rate (the single task's in runs from before tasks)."""

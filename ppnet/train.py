@@ -19,7 +19,7 @@ from ppnet import distribute
 from ppnet.callbacks import ThroughputMeter, ValidationScore, training_callbacks
 from ppnet.config import Config
 from ppnet.data.pipeline import EpochCursor, make_dataset
-from ppnet.data.schema import input_kinds
+from ppnet.data.schema import fingerprint, input_kinds
 from ppnet.data.split import Split, check_labels, make_splits
 from ppnet.data.tfrecord import tfrecord_dataset, write_tfrecord_shards
 from ppnet.errors import PPNetError
@@ -38,6 +38,8 @@ from ppnet.rundir import (
     partial_dir,
     prepare_run_dir,
     restore_best,
+    run_id,
+    run_identity,
 )
 from ppnet.stats import Stats, compute_stats
 
@@ -116,7 +118,11 @@ def run(
     kinds = input_kinds(config, list(train_split.files) + list(valid_split.files))
     train_rows = check_labels(train_split, config.tasks)
     check_labels(valid_split, config.tasks, need_both_classes=True)
-    inputs = {"data": str(data_path), "valid": None if valid_path is None else str(valid_path)}
+    inputs = {
+        "data": str(data_path),
+        "valid": None if valid_path is None else str(valid_path),
+        "files": fingerprint([*train_split.files, *valid_split.files]),
+    }
     work, stats = setup_run(config, train_split, kinds, out, inputs, duties, fresh)
     log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description, valid_split.description)
 
@@ -166,10 +172,12 @@ def setup_run(
     config: Config, train_split: Split, kinds: dict[str, str], out: Path, inputs: dict, duties: Duties, fresh: bool
 ) -> tuple[Path, Stats]:
     """The chief computes the statistics and prepares the run directory; other workers wait for them."""
+    run = run_id(run_identity(config, inputs))
     if not duties.owns_run:
         work = partial_dir(out)
-        return work, Stats.load(distribute.wait_for_file(work / "stats.json"))
+        return work, Stats.load(distribute.wait_for_file(work / "stats.json", lambda p: Stats.load(p).run == run))
     stats = compute_stats(config, train_split, kinds)
+    stats.run = run
     work = prepare_run_dir(out, config, inputs, fresh)
     stats.save(work / "stats.json")
     return work, stats

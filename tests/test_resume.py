@@ -10,10 +10,13 @@ import time
 
 import pytest
 
+from ppnet import distribute
 from ppnet.callbacks import ResumableEarlyStopping
-from ppnet.rundir import EPOCHS_FILE, epoch_scores
+from ppnet.data.schema import fingerprint
+from ppnet.errors import PPNetError
+from ppnet.rundir import EPOCHS_FILE, changed_keys, epoch_scores, prepare_run_dir
 from ppnet.synthetic import write_synthetic
-from tests.helpers import DEFAULT_CONFIG
+from tests.helpers import DEFAULT_CONFIG, small_config
 
 BACKUP_EVERY = 20
 SETTINGS = [
@@ -86,7 +89,7 @@ def test_resume_with_a_different_config_is_refused_and_fresh_starts_over(log_dir
     partial.mkdir()
     (partial / "config.json").write_text(json.dumps({"features": []}))
     refused = subprocess.run(train_command(log_dir, tmp_path / "run"), capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "different config" in refused.stderr and "--fresh" in refused.stderr
+    assert refused.returncode == 2 and "run.json is missing" in refused.stderr and "--fresh" in refused.stderr
     assert "Traceback" not in refused.stderr
     fresh = subprocess.run(
         train_command(log_dir, tmp_path / "run", "--fresh", "--set", "train.epochs=1"),
@@ -173,3 +176,61 @@ def test_an_epoch_scored_twice_counts_once_with_its_last_score(tmp_path):
 def test_epochs_from_before_select_by_are_scored_by_their_auc(tmp_path):
     (tmp_path / EPOCHS_FILE).write_text(json.dumps({"epoch": 1, "val_auc": 0.6}) + "\n")
     assert epoch_scores(tmp_path) == [{"epoch": 1, "val_auc": 0.6, "val_score": 0.6}]
+
+
+# --- what a resume must share with the interrupted run ------------------------------------------
+
+
+def _identity_inputs(files):
+    return {"data": "log", "valid": None, "files": fingerprint(files)}
+
+
+def test_a_resume_on_changed_data_is_refused_saying_what_changed(synthetic_dir, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shutil.copytree(synthetic_dir, tmp_path / "log")
+    files = sorted((tmp_path / "log").glob("*.parquet"))
+    config = small_config()
+    work = prepare_run_dir(tmp_path / "run", config, _identity_inputs(files), fresh=False)
+    assert prepare_run_dir(tmp_path / "run", config, _identity_inputs(files), fresh=False) == work
+    rows = pq.read_metadata(files[3]).num_rows
+    pq.write_table(pq.read_table(files[3]).slice(1), files[3])  # one row fewer
+    with pytest.raises(PPNetError) as refused:
+        prepare_run_dir(tmp_path / "run", config, _identity_inputs(files), fresh=False)
+    assert f"{files[3]} changed since (rows: {rows} then, {rows - 1} now; bytes: " in str(refused.value)
+    assert "--fresh" in str(refused.value)
+    extra = tmp_path / "log" / "part-20220609.parquet"
+    shutil.copyfile(files[0], extra)
+    with pytest.raises(PPNetError, match=f"the data has a new file {extra}"):
+        prepare_run_dir(tmp_path / "run", config, _identity_inputs([*files, extra]), fresh=False)
+    with pytest.raises(PPNetError, match=r"config differs in model\.hidden_units, train\.epochs"):
+        prepare_run_dir(
+            tmp_path / "run",
+            small_config("model.hidden_units=[8]", "train.epochs=5"),
+            _identity_inputs(files),
+            fresh=False,
+        )
+    fresh = prepare_run_dir(tmp_path / "run", config, _identity_inputs([*files, extra]), fresh=True)
+    assert json.loads((fresh / "run.json").read_text())["inputs"]["files"][-1]["path"] == str(extra)
+
+
+def test_changed_keys_names_every_difference():
+    old = {"model": {"name": "ppnet", "units": [1, 2]}, "features": [{"dim": 4}, {"dim": 8}]}
+    new = {"model": {"name": "dnn", "units": [1, 3]}, "features": [{"dim": 4}, {"dim": 16}], "tasks": []}
+    assert changed_keys(old, new) == ["features[1].dim", "model.name", "model.units[1]", "tasks"]
+    assert changed_keys(old, old) == []
+
+
+def test_a_worker_waits_for_this_runs_statistics_not_an_earlier_runs(tmp_path):
+    import threading
+
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"run": "earlier"}))
+    later = threading.Timer(0.5, lambda: stats.write_text(json.dumps({"run": "this"})))
+    later.start()
+    ready = distribute.wait_for_file(stats, lambda p: json.loads(p.read_text())["run"] == "this", timeout=30)
+    assert json.loads(ready.read_text())["run"] == "this"
+    with pytest.raises(PPNetError, match="did not write it for this run"):
+        distribute.wait_for_file(stats, lambda p: False, timeout=0.3)

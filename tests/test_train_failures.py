@@ -71,9 +71,9 @@ def test_interrupted_run_of_another_ppnet_version_is_not_resumed(tmp_path, monke
     import ppnet
     from ppnet.rundir import prepare_run_dir
 
-    config, inputs = small_config(), {"is_click": "int64"}
+    config, inputs = small_config(), {"data": "log", "valid": None, "files": []}
     work = prepare_run_dir(tmp_path / "run", config, inputs, fresh=False)
     assert prepare_run_dir(tmp_path / "run", config, inputs, fresh=False) == work  # same version: resumed
     monkeypatch.setattr(ppnet, "__version__", "0.0.1")
-    with pytest.raises(PPNetError, match=r"different config, data or ppnet version"):
+    with pytest.raises(PPNetError, match=r"written by ppnet .* this is 0\.0\.1; .* --fresh"):
         prepare_run_dir(tmp_path / "run", config, inputs, fresh=False)

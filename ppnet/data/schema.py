@@ -103,6 +103,19 @@ def read_schema(file: Path) -> pa.Schema:
         raise PPNetError(f"{file}: not a readable parquet file ({one_line(err)})") from None
 
 
+def fingerprint(files: list[Path]) -> list[dict]:
+    """What identifies the input: each file's path, size, modification time and row count (from
+    its parquet footer: cheap at any size). A resumed run compares it with its own."""
+    found = []
+    for file in dict.fromkeys(files):
+        try:
+            stat, rows = file.stat(), pq.ParquetFile(file).metadata.num_rows
+        except (pa.ArrowException, OSError) as err:
+            raise PPNetError(f"{file}: not a readable parquet file ({one_line(err)})") from None
+        found.append({"path": str(file), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "rows": rows})
+    return found
+
+
 def one_line(err: BaseException) -> str:
     """An arrow error message on one line (arrow's messages often span several)."""
     return " ".join(str(err).split())
