@@ -115,6 +115,28 @@ def test_resolve_dir_is_recursive_sorted_and_parquet_only(tmp_path: Path) -> Non
     )
 
 
+def test_resolve_dir_skips_hidden_and_temporary_names_and_follows_linked_directories(tmp_path: Path) -> None:
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for path in [
+        data / "a.parquet",
+        data / ".b.parquet",
+        data / "_c.parquet",
+        data / ".data.tmp-123" / "d.parquet",  # an interrupted write's temporary directory
+        data / "_temporary" / "e.parquet",
+        data / "day" / "f.parquet",
+        elsewhere / "g.parquet",
+    ]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"x": [1]}), path)
+    (data / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (data / "day" / "loop").symlink_to(data, target_is_directory=True)  # visited once, no endless walk
+    assert [p.relative_to(data).as_posix() for p in resolve_files(data)] == [
+        "a.parquet",
+        "day/f.parquet",
+        "linked/g.parquet",
+    ]
+
+
 def test_resolve_dir(synthetic_dir: Path) -> None:
     files = resolve_files(synthetic_dir)
     assert len(files) == 8 and files == sorted(files)
@@ -375,6 +397,17 @@ def test_split_column_with_nulls(synthetic_dir: Path, tmp_path: Path) -> None:
     )
     message = _error(make_splits, small_config(), files[0].parent, None)
     assert str(files[2]) in message and "'date'" in message and "5 null" in message
+
+
+def test_split_column_with_nan_is_refused_not_dropped(synthetic_dir: Path, tmp_path: Path) -> None:
+    _, files = _copy_log(synthetic_dir, tmp_path)
+    for file in files:  # a float split column, NaN in 3 rows of one file
+        _rewrite(file, lambda t: _replace_column(t, "date", pc.cast(t["date"], pa.float64())))
+    dates = pq.read_table(files[4])["date"].to_numpy().copy()
+    dates[[0, 7, 9]] = np.nan
+    _rewrite(files[4], lambda t: _replace_column(t, "date", pa.array(dates)))
+    message = _error(make_splits, small_config(), files[0].parent, None)
+    assert str(files[4]) in message and "3 null or NaN" in message
 
 
 def test_split_column_type_differs_between_files(synthetic_dir: Path, tmp_path: Path) -> None:

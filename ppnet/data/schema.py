@@ -9,6 +9,7 @@ only; ``to_arrays`` converts the record batches that ``split.Split.batches`` str
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,17 @@ NULL_STRING_ID = ""  # nulls in string id columns
 
 
 def resolve_files(path: str | Path) -> list[Path]:
-    """A parquet file, a directory of them (recursive) or a glob → sorted list of files."""
+    """A parquet file, a directory of them (recursive) or a glob → sorted list of files.
+
+    Under a directory, names starting with ``.`` or ``_`` are skipped, files and directories alike
+    (temporary and marker files: ``.NAME.tmp-PID`` of an interrupted write, ``_SUCCESS``,
+    ``_temporary``; pyarrow's datasets skip the same), and symlinked directories are followed
+    (each real directory once).
+    """
     text = str(path)
     p = Path(text)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*.parquet") if f.is_file())
+        files = sorted(parquet_files_under(p))
     elif p.is_file():
         files = [p]
     else:
@@ -37,6 +44,23 @@ def resolve_files(path: str | Path) -> list[Path]:
     if not files:
         raise PPNetError(f"{text}: no parquet files found (expected a .parquet file, a directory of them, or a glob)")
     return files
+
+
+def parquet_files_under(directory: Path) -> list[Path]:
+    """Every ``*.parquet`` file under ``directory`` (see ``resolve_files`` for what is skipped)."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a symlink loop, or a directory linked twice
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(HIDDEN)]
+        files += [Path(root, n) for n in names if n.endswith(".parquet") and not n.startswith(HIDDEN)]
+    return [f for f in files if f.is_file()]
+
+
+HIDDEN = (".", "_")
 
 
 def column_kind(arrow_type: pa.DataType) -> str | None:

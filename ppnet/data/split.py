@@ -95,9 +95,10 @@ def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> t
             split_values = pq.read_table(file, columns=[column]).column(0)
         except (pa.ArrowException, OSError) as err:
             raise PPNetError(f"{file}: cannot read column {column!r} ({one_line(err)})") from None
-        if split_values.null_count:  # such rows would belong to neither split
+        nan = pc.sum(pc.is_nan(split_values)).as_py() or 0 if pa.types.is_floating(split_values.type) else 0
+        if split_values.null_count or nan:  # such rows would belong to neither split
             raise PPNetError(
-                f"{file}: split column {column!r} has {split_values.null_count} null value(s); "
+                f"{file}: split column {column!r} has {split_values.null_count + nan} null or NaN value(s); "
                 "every row needs one to go to training or validation"
             )
         first = first or (file, split_values.type)
