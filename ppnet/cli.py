@@ -157,12 +157,14 @@ def run_evaluate(args: argparse.Namespace) -> None:
     """Prints the metrics as a table, one row per task; ``--json`` writes them nested by task."""
     from ppnet import metrics
     from ppnet.evaluate import evaluate_export
-    from ppnet.files import write_text_atomic
+    from ppnet.files import check_output_path, write_text_atomic
 
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise PPNetError(f"--json {args.json}: its directory does not exist")
     if args.json and Path(args.json).is_dir():
         raise PPNetError(f"--json {args.json}: is a directory; expected a file name, e.g. {args.json}/metrics.json")
+    if args.json:
+        check_output_path(Path(args.json), "metrics file", directory=False)
     result = evaluate_export(args.model, args.data, label=args.label, user_column=args.user_column)
     if args.json:
         write_text_atomic(Path(args.json), json.dumps(result, indent=2))
@@ -174,7 +176,7 @@ def run_export(args: argparse.Namespace) -> dict:
     from ppnet.files import exclusive_lock
     from ppnet.rundir import load_run
 
-    with exclusive_lock(Path(args.out), "the export base"):  # versions are allocated one export at a time
+    with exclusive_lock(Path(args.out), "export base"):  # versions are allocated one export at a time
         path = export_model(load_run(args.run), args.out, version=args.version, overwrite=args.overwrite)
     return {"export": str(path)}
 

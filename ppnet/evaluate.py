@@ -89,11 +89,16 @@ def export_tasks(meta: dict) -> list[Task]:
     return [Task(**task) for task in meta["tasks"]] if "tasks" in meta else [Task(meta["label"])]
 
 
+def is_export(directory: Path) -> bool:
+    """A SavedModel version directory written by ppnet: the graph and ppnet's metadata."""
+    return (directory / "saved_model.pb").is_file() and (directory / "assets.extra" / "ppnet.json").is_file()
+
+
 def load_export(model_dir: str | Path):
     """(predictor, export metadata) of a SavedModel written by ``ppnet``; TensorFlow only."""
     model_dir = Path(model_dir)
     meta_path = model_dir / "assets.extra" / "ppnet.json"
-    if not (model_dir / "saved_model.pb").exists() or not meta_path.exists():
+    if not is_export(model_dir):
         raise PPNetError(
             f"{model_dir}: not a ppnet SavedModel export (expected saved_model.pb and "
             "assets.extra/ppnet.json; pass a version directory such as EXPORT_BASE/1)"

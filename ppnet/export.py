@@ -24,6 +24,7 @@ import tensorflow as tf
 
 import ppnet
 from ppnet.data.pipeline import input_specs
+from ppnet.evaluate import is_export
 from ppnet.features import vocabulary_index
 from ppnet.files import atomic_directory
 from ppnet.model import ModelOutput, RankingModel, TowerInputs, build_model, dummy_batch
@@ -132,7 +133,7 @@ def export_model(
     target = export_base / str(version)
     serving = build_model(model.config, model.stats, compile=False)  # weights only: no optimizer state
     serving.set_weights(model.get_weights())
-    with atomic_directory(target, overwrite, what="export version") as tmp:
+    with atomic_directory(target, overwrite, "export version", ours=is_export) as tmp:
         module = ServingModule(serving)
         tf.saved_model.save(module, str(tmp), signatures=module.signature_map())
         extra = tmp / "assets.extra"

@@ -11,22 +11,26 @@ import contextlib
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ppnet.errors import PPNetError
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path, overwrite: bool = False, what: str = "output") -> Iterator[Path]:
+def atomic_directory(target: Path, overwrite: bool, what: str, ours: Callable[[Path], bool]) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``target`` when the block succeeds.
 
-    An existing ``target`` is refused unless ``overwrite``; it is swapped out only after the new
-    directory is complete. On any failure the temporary directory is removed.
+    An existing ``target`` is refused unless ``overwrite`` and ``ours(target)`` (it is a ``what``
+    ppnet wrote: ``--overwrite`` never deletes anyone else's directory); it is swapped out only
+    after the new directory is complete. On any failure the temporary directory is removed.
     """
     target = Path(target)
+    check_output_path(target, what)
     if target.exists() and not overwrite:
         raise PPNetError(f"{target}: {what} already exists; pass --overwrite to replace it")
+    if target.exists() and not ours(target):
+        raise PPNetError(f"{target}: ppnet did not write this {what}; --overwrite only replaces ppnet's own")
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -36,6 +40,24 @@ def atomic_directory(target: Path, overwrite: bool = False, what: str = "output"
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_path(path: Path, what: str, directory: bool = True) -> None:
+    """Fail before any work, with one line, if ``path`` cannot become the ``what`` (a directory, or
+    a file with ``directory=False``): no name (``.``), a symbolic link, a file where a directory
+    goes (or the reverse), under a file, or in a directory this process cannot write."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise PPNetError(f"{path}: not a name for a new {what}; name one, e.g. runs/my-run")
+    if path.is_symlink():
+        raise PPNetError(f"{path}: is a symbolic link (to {os.readlink(path)}); give the {what} a path of its own")
+    if path.exists() and path.is_dir() != directory:
+        raise PPNetError(f"{path}: is a {'file' if directory else 'directory'}; expected a {what}")
+    ancestor = next(p for p in path.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise PPNetError(f"{path}: lies under {ancestor}, which is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PPNetError(f"{path}: cannot write in {ancestor} (permission denied)")
 
 
 def replace_directory(complete: Path, target: Path) -> None:
@@ -74,22 +96,30 @@ def exclusive_lock(target: Path, what: str) -> Iterator[None]:
     holder's PID for the message. It stays in place after the block: deleting it could let a
     third process lock a new file while a second one waits on the old.
     """
+    check_output_path(Path(target), what)
     path = lock_file(Path(target))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise PPNetError(f"{target}: cannot create {what} there ({err.strerror})") from None
+        raise PPNetError(f"{target}: cannot create the {what}'s lock there ({err.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise PPNetError(
-                f"{target}: {what} is in use by process {holder} (lock {path}); wait for it to end or stop it"
+                f"{target}: the {what} is in use by process {holder} (lock {path}); wait for it to end or stop it"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+PREPARED = "_ppnet.json"  # marks a directory ``ppnet prepare`` wrote (``_``: never read as data)
+
+
+def prepared_by_ppnet(directory: Path) -> bool:
+    return (directory / PREPARED).is_file()

@@ -16,6 +16,7 @@ the click, so every older column is the same for a seed as before they existed.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ppnet.files import atomic_directory
+from ppnet.files import PREPARED, atomic_directory, prepared_by_ppnet
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,11 @@ def write_synthetic(out: str | Path, rows: int = 300_000, seed: int = 0, overwri
     """Write the synthetic log to ``out/part-<date>.parquet`` atomically; return a summary."""
     out = Path(out)
     table = generate(rows=rows, seed=seed)
-    with atomic_directory(out, overwrite) as tmp:
+    with atomic_directory(out, overwrite, "prepared log", ours=prepared_by_ppnet) as tmp:
         dates = table.column("date").to_numpy()
         for date in np.unique(dates):
             pq.write_table(table.filter(pa.array(dates == date)), tmp / f"part-{date}.parquet")
+        (tmp / PREPARED).write_text(json.dumps({"prepared_by": "ppnet prepare synthetic", "rows": rows, "seed": seed}))
     ctr = float(np.mean(table.column("is_click").to_numpy()))
     log.info("wrote %d synthetic rows (CTR %.3f) to %s", table.num_rows, ctr, out)
-    return {"rows": table.num_rows, "ctr": ctr, "files": sorted(p.name for p in out.iterdir())}
+    return {"rows": table.num_rows, "ctr": ctr, "files": sorted(p.name for p in out.glob("*.parquet"))}

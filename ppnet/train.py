@@ -105,7 +105,7 @@ def train(
     duties = Duties.of(role, config)
     if not duties.owns_run:
         return run(config, data_path, out, valid_path, fresh, strategy, duties)
-    with exclusive_lock(out, "the run directory"):  # one process per run, for the whole run
+    with exclusive_lock(out, "run directory"):  # one process per run, for the whole run
         check_replaceable(out, overwrite)
         return run(config, data_path, out, valid_path, fresh, strategy, duties)
 

@@ -37,7 +37,8 @@ def test_real_slice_one_file_per_date_with_all_rows(real: tuple[dict, Path]) -> 
     expected = pd.read_csv(LOG_CSV, usecols=["date"])["date"].value_counts().sort_index()
     assert report["rows"] == int(expected.sum()) == 154071
     assert report["dates"] == [*list(range(20220425, 20220431)), 20220501, 20220502, 20220503]
-    assert sorted(p.name for p in out.iterdir()) == report["files"] == [f"part-{d}.parquet" for d in report["dates"]]
+    assert sorted(p.name for p in out.iterdir()) == ["_ppnet.json", *report["files"]]  # the files and the marker
+    assert report["files"] == [f"part-{d}.parquet" for d in report["dates"]]
     got = {d: pq.ParquetFile(out / f"part-{d}.parquet").metadata.num_rows for d in report["dates"]}
     assert got == expected.to_dict()
     assert report["missing_videos"] == report["missing_users"] == report["dropped_rows"] == 0
@@ -196,14 +197,21 @@ def test_bad_value_fails_without_leaving_files(tiny: dict[str, Path]) -> None:
     assert not tiny["out"].exists() and _leftovers(tiny["out"]) == []
 
 
-def test_existing_output_needs_overwrite(tiny: dict[str, Path]) -> None:
+def test_existing_output_needs_overwrite_and_only_ppnets_own_is_replaced(tiny: dict[str, Path]) -> None:
     tiny["out"].mkdir()
     (tiny["out"] / "stale.parquet").write_text("old")
     with pytest.raises(PPNetError, match="--overwrite"):
         _run(tiny)
-    assert (tiny["out"] / "stale.parquet").exists()
+    with pytest.raises(PPNetError, match="ppnet did not write this prepared log"):
+        _run(tiny, overwrite=True)
+    assert [p.name for p in tiny["out"].iterdir()] == ["stale.parquet"]
+    (tiny["out"] / "stale.parquet").unlink()
+    tiny["out"].rmdir()
+    first = _run(tiny)
+    with pytest.raises(PPNetError, match="--overwrite"):
+        _run(tiny)
     report = _run(tiny, overwrite=True)
-    assert sorted(p.name for p in tiny["out"].iterdir()) == report["files"]
+    assert sorted(p.name for p in tiny["out"].glob("*.parquet")) == report["files"] == first["files"]
     assert _leftovers(tiny["out"]) == []
 
 

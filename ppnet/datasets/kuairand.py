@@ -18,6 +18,7 @@ null ids to OOV); ``missing_video="drop"`` drops the rows without a video instea
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ppnet.data.schema import one_line
 from ppnet.errors import PPNetError
-from ppnet.files import atomic_directory
+from ppnet.files import PREPARED, atomic_directory, prepared_by_ppnet
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,11 @@ def prepare_kuairand(
     user_table = _read_side_table(Path(users), USER_REQUIRED, USER_KEY)
     video_table = _read_side_table(Path(videos), VIDEO_REQUIRED, VIDEO_KEY)
     schema = _output_schema(user_table, video_table, Path(users), Path(videos))
-    with atomic_directory(out, overwrite) as tmp:
+    with atomic_directory(out, overwrite, "prepared log", ours=prepared_by_ppnet) as tmp:
         report = _convert([Path(p) for p in logs], user_table, video_table, schema, tmp, missing_video, block_size)
+        (tmp / PREPARED).write_text(
+            json.dumps({"prepared_by": "ppnet prepare kuairand", "logs": [str(p) for p in logs]})
+        )
     log.info(
         "kuairand: %d rows, %d files (%s..%s) → %s; missing videos %d, missing users %d, dropped %d",
         report["rows"],
