@@ -103,7 +103,10 @@ def load_export(model_dir: str | Path):
             f"{model_dir}: not a ppnet SavedModel export (expected saved_model.pb and "
             "assets.extra/ppnet.json; pass a version directory such as EXPORT_BASE/1)"
         )
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise PPNetError(f"{meta_path}: cannot read the export's metadata ({err}); the export is damaged") from None
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     tasks = [task.name for task in export_tasks(meta)]
     outputs = {task: f"probability_{task}" for task in tasks} if len(tasks) > 1 else {tasks[0]: "probability"}

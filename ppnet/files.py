@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ def atomic_directory(target: Path, overwrite: bool, what: str, ours: Callable[[P
         raise PPNetError(f"{target}: {what} already exists; pass --overwrite to replace it")
     if target.exists() and not ours(target):
         raise PPNetError(f"{target}: ppnet did not write this {what}; --overwrite only replaces ppnet's own")
+    remove_leftovers(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -40,6 +42,29 @@ def atomic_directory(target: Path, overwrite: bool, what: str, ours: Callable[[P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_leftovers(target: Path) -> None:
+    """Remove what a killed ppnet process left beside ``target``: its ``.NAME.tmp-PID`` (an
+    unfinished output) and ``.NAME.old-PID`` (a replaced one), when process PID is gone. A live
+    process's are its work in progress and stay; data reading skips them either way."""
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
+        stem, _, pid = path.name.rpartition("-")
+        if stem.endswith((".tmp", ".old")) and pid.isdigit() and not process_alive(int(pid)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def check_output_path(path: Path, what: str, directory: bool = True) -> None:

@@ -35,7 +35,7 @@ import tensorflow as tf
 import ppnet
 from ppnet.config import Config, config_from_dict, save_config
 from ppnet.errors import PPNetError
-from ppnet.files import replace_directory, write_text_atomic
+from ppnet.files import remove_leftovers, replace_directory, write_text_atomic
 from ppnet.model import RankingModel, build_model
 from ppnet.stats import Stats
 
@@ -77,12 +77,14 @@ def prepare_run_dir(out: Path, config: Config, inputs: dict, fresh: bool) -> Pat
     """The working directory ``out.partial``: resumed if it holds the same config, data and ppnet
     version, else new (with ``fresh``) or refused, saying what changed."""
     work = partial_dir(out)
+    remove_leftovers(out)  # a killed earlier run's half-replaced directory
     identity = run_identity(config, inputs)
     saved = work / "run.json"
     if work.exists() and not fresh:
         change = identity_change(_read_identity(saved), identity)
         if change is None:
             log.info("resuming the interrupted run in %s", work)
+            drop_torn_line(work / EPOCHS_FILE)
             return work
         raise PPNetError(
             f"{work}: an interrupted run is there but {change}; rerun the same command on the same "
@@ -93,6 +95,14 @@ def prepare_run_dir(out: Path, config: Config, inputs: dict, fresh: bool) -> Pat
     save_config(config, work / "config.json")
     write_text_atomic(saved, json.dumps(identity, sort_keys=True))
     return work
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON file ppnet wrote, or a one-line error if it is unreadable or damaged."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise PPNetError(f"{path}: cannot read {what} ({err}); the file is damaged") from None
 
 
 def _read_identity(path: Path) -> dict:
@@ -146,11 +156,30 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix or "(all)"]
 
 
+def drop_torn_line(path: Path) -> None:
+    """Cut an append-only log back to its last whole line (a crash while appending leaves a line
+    without its newline, which the next append would run into)."""
+    if path.exists():
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            log.warning("%s: dropping its torn last line", path)
+            write_text_atomic(path, text[: text.rfind("\n") + 1])
+
+
 def epoch_scores(work: Path) -> list[dict]:
     """Every finished epoch's validation scores, across resumes; ``val_score`` is what selects the
     best epoch (``val_auc`` in runs from before ``train.select_by``)."""
     path = work / EPOCHS_FILE
-    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = []
+    text = path.read_text().splitlines() if path.exists() else []
+    for number, line in enumerate(text, 1):
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            if number == len(text):  # torn by a crash while appending: that epoch is scored again
+                log.warning("%s: dropping its torn last line", path)
+                break
+            raise PPNetError(f"{path}: line {number} is not JSON; the run directory is damaged") from None
     lines = [{"val_score": line["val_auc"], **line} for line in lines]
     return list({line["epoch"]: line for line in lines}.values())  # an epoch rerun after a crash: its last score
 
@@ -171,7 +200,7 @@ def load_run(run_dir: str | Path) -> RankingModel:
     config_path = run_dir / "config.json"
     if not config_path.exists():
         raise PPNetError(f"{run_dir}: not a run directory (no config.json)")
-    config = config_from_dict(json.loads(config_path.read_text()), source=str(config_path))
+    config = config_from_dict(read_json(config_path, "the run's config"), source=str(config_path))
     model = build_model(config, Stats.load(run_dir / "stats.json"), compile=False)
     if not (run_dir / "checkpoints").exists():
         raise PPNetError(f"{run_dir}: no checkpoints/ (the run did not finish an epoch)")

@@ -121,10 +121,15 @@ def check_user_column(file: Path, schema: pa.Schema, column: str) -> None:
 
 
 def read_schema(file: Path) -> pa.Schema:
+    """The file's schema; a column name used twice is refused (which column would be meant?)."""
     try:
-        return pq.read_schema(file)
+        schema = pq.read_schema(file)
     except (pa.ArrowException, OSError) as err:
         raise PPNetError(f"{file}: not a readable parquet file ({one_line(err)})") from None
+    twice = sorted({name for name in schema.names if schema.names.count(name) > 1})
+    if twice:
+        raise PPNetError(f"{file}: column name(s) {twice} appear more than once; expected unique column names")
+    return schema
 
 
 def fingerprint(files: list[Path]) -> list[dict]:
