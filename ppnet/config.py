@@ -92,6 +92,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     early_stopping_patience: int = 1
     backup_every_steps: int = 500
+    memory_limit_gib: float = 0.0  # the weights with their optimizer slots must fit; 0: this machine's memory
     select_by: str = "mean"  # the best epoch: "mean" validation AUC over tasks, or one task's name
 
 
@@ -196,6 +197,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # it names the export's outputs and the metrics
+# A feature names the export's inputs and TensorFlow ops: TensorFlow's op-name characters, no "/".
+FEATURE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
 def _tasks(tables: Any, data: DataConfig, source: str) -> list[Task]:
@@ -309,6 +312,11 @@ def _check(config: Config, source: str) -> None:
     if dupes:
         raise PPNetError(f"{source}: feature(s) {dupes} declared more than once")
     for f in config.features:
+        if not FEATURE_NAME.fullmatch(f.name):
+            raise PPNetError(
+                f"{source}: feature name {f.name!r}: TensorFlow names the export's inputs after it; use ASCII "
+                "letters, digits, _ . - (not first: _ . -); rename the column"
+            )
         if f.dim < 1:
             raise PPNetError(f"{source}: features.{f.name}.dim must be >= 1, got {f.dim}")
         if f.kind == "hash" and f.bins < 1:
@@ -358,6 +366,8 @@ def _check(config: Config, source: str) -> None:
     for key in ("early_stopping_patience", "backup_every_steps"):
         if getattr(train, key) < 0:
             raise PPNetError(f"{source}: train.{key} must be >= 0, got {getattr(train, key)}")
+    if train.memory_limit_gib < 0:
+        raise PPNetError(f"{source}: train.memory_limit_gib must be >= 0 (0: this machine's memory)")
     if not 0 <= train.seed < 2**32:  # TensorFlow's seed range
         raise PPNetError(f"{source}: train.seed must be in [0, 2**32), got {train.seed}")
     if config.data.valid_last < 1:

@@ -6,6 +6,7 @@ stats.json + checkpoint) is enough to rebuild it for export.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -14,7 +15,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from ppnet.config import Config, Feature
-from ppnet.features import make_lookup, numeric_normalizer, table_size
+from ppnet.features import make_lookup, numeric_normalizer, table_size, vocabulary_values
 from ppnet.layers import (
     GatedTower,
     GateNNs,
@@ -328,6 +329,55 @@ class RankingModel(tfrs.Model):
         replicas (global AUC and loss under ``tf.distribute``) instead of summing per-replica values,
         which it does for TFRS's extra ``loss`` / ``regularization_loss`` entries."""
         return {metric.name: metric.result() for metric in self.metrics}
+
+
+OPTIMIZER_SLOTS = {"adam": 2, "lazy_adam": 2, "adagrad": 1, "sgd": 0}
+
+
+def weight_bytes(config: Config, stats: Stats) -> dict[str, int]:
+    """Bytes the model's weights will take with their optimizer slots, by the config key that sets
+    them (``features.NAME`` per table, ``model.hidden_units`` for the dense layers), computed from
+    the config and the statistics alone: a model too large for the machine is refused before it is
+    built. Dense layers also count their gradient; embedding gradients are sparse."""
+    groups = FeatureGroups.of(config)
+    slots = OPTIMIZER_SLOTS[config.train.optimizer]
+
+    def rows(name: str) -> int:
+        feature, kind = config.feature(name), stats.kinds[name]
+        if feature.kind == "hash":
+            return feature.bins
+        return len(vocabulary_values(kind, stats.vocabularies[name])) + feature.num_oov
+
+    tables: dict[str, int] = {}
+    for name in [*groups.tower, *groups.gate_ids, *groups.domain]:  # a feature may have two tables
+        key = f"features.{name}"
+        tables[key] = tables.get(key, 0) + rows(name) * config.feature(name).dim * 4 * (1 + slots)
+    width = sum(config.feature(n).dim for n in groups.tower) + sum(f.kind == "numeric" for f in config.features)
+    return {**tables, "model.hidden_units": dense_weights(config, width) * 4 * (2 + slots)}
+
+
+def dense_weights(config: Config, width: int) -> int:
+    """The dense layers' weights of every tower, gate and expert, for a tower input ``width`` wide."""
+    model, groups = config.model, FeatureGroups.of(config)
+
+    def mlp(units: list[int], inputs: int) -> int:
+        return sum(a * b + b for a, b in itertools.pairwise([inputs, *units]))
+
+    def gates(inputs: int, widths: list[int]) -> int:
+        hidden = model.gate_hidden * len(widths)
+        return (inputs + 1) * hidden + (model.gate_hidden + 1) * sum(widths)
+
+    tasks = len(config.tasks)
+    if model.name == "mmoe":
+        experts = model.experts * mlp(model.hidden_units[:-1], width) + tasks * (width + 1) * model.experts
+        return experts + tasks * mlp([model.hidden_units[-1], 1], model.hidden_units[-2])
+    towers = tasks * mlp([*model.hidden_units, 1], width)
+    if model.name == "dnn":
+        return towers
+    gate_input = width + sum(config.feature(n).dim for n in groups.gate_ids)
+    shared = sum(config.feature(n).dim for n in groups.tower)  # what EPNet scales: the embeddings, not numerics
+    epnet = gates(shared + sum(config.feature(n).dim for n in groups.domain), [shared]) if groups.domain else 0
+    return towers + tasks * gates(gate_input, [width, *model.hidden_units]) + epnet
 
 
 def build_model(config: Config, stats: Stats, compile: bool = True) -> RankingModel:

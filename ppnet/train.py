@@ -8,6 +8,7 @@ does in a cluster (``Duties``, once) and runs the steps in order.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ppnet.errors import PPNetError
 from ppnet.evaluate import model_predictor, score_split
 from ppnet.export import export_model
 from ppnet.files import exclusive_lock
-from ppnet.model import build_model
+from ppnet.model import build_model, weight_bytes
 from ppnet.rundir import (
     BACKUP,
     EPOCHS_FILE,
@@ -177,10 +178,27 @@ def setup_run(
         work = partial_dir(out)
         return work, Stats.load(distribute.wait_for_file(work / "stats.json", lambda p: Stats.load(p).run == run))
     stats = compute_stats(config, train_split, kinds)
+    check_memory(config, stats)  # before the model is built and before the run directory exists
     stats.run = run
     work = prepare_run_dir(out, config, inputs, fresh)
     stats.save(work / "stats.json")
     return work, stats
+
+
+def check_memory(config: Config, stats: Stats) -> None:
+    """Refuse, with the key to change, a model whose weights and optimizer slots alone would not
+    fit ``train.memory_limit_gib`` (default: this machine's memory): it would otherwise grow until
+    the machine ran out, long after the run started."""
+    parts = weight_bytes(config, stats)
+    limit = config.train.memory_limit_gib * 2**30 or os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if sum(parts.values()) > limit:
+        key = max(parts, key=parts.get)
+        raise PPNetError(
+            f"the model needs about {sum(parts.values()) / 2**30:.1f} GiB for its weights and optimizer state "
+            f"({key}: {parts[key] / 2**30:.1f} GiB), more than {limit / 2**30:.1f} GiB "
+            f"({'train.memory_limit_gib' if config.train.memory_limit_gib else 'this machine'}); "
+            f"make {key} smaller or raise train.memory_limit_gib"
+        )
 
 
 def fit(

@@ -126,6 +126,26 @@ def test_train_a_mask_that_is_not_zero_or_one(capsys, synthetic_dir: Path, tmp_p
     assert str(files[2]) in message and "mask column 'seen' has 5 " in message and "0 or 1" in message
 
 
+def test_train_a_model_too_large_for_the_machine_is_refused_before_it_is_built(capsys, synthetic_dir, tmp_path):
+    message = _train(capsys, DEFAULT_CONFIG, synthetic_dir, tmp_path / "run", "--set", "model.hidden_units=[200000000]")
+    assert "model.hidden_units" in message and "this machine" in message
+    hashed = ["--set", "features.user_id.kind=hash", "--set", "features.user_id.bins=20000000"]
+    message = _train(
+        capsys, DEFAULT_CONFIG, synthetic_dir, tmp_path / "run", *hashed, "--set", "train.memory_limit_gib=1"
+    )
+    assert "features.user_id" in message and "train.memory_limit_gib" in message
+
+
+@pytest.mark.parametrize("name", ["video type", "video/type", "_video_type", "vidéo_type"])
+def test_train_a_feature_name_tensorflow_cannot_use_is_refused_when_the_config_is_read(
+    capsys, synthetic_dir: Path, tmp_path: Path, name: str
+) -> None:
+    config = tmp_path / "names.toml"
+    config.write_text(DEFAULT_CONFIG.read_text().replace('name = "video_type"', f'name = "{name}"'))
+    message = _train(capsys, config, synthetic_dir, tmp_path / "run")
+    assert str(config) in message and repr(name) in message and "rename the column" in message
+
+
 def test_train_out_exists(capsys, synthetic_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()

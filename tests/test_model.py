@@ -7,9 +7,9 @@ import tensorflow as tf
 from ppnet.data.pipeline import iter_batches
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import make_splits
-from ppnet.model import FeatureGroups, build_model
-from ppnet.stats import compute_stats
-from tests.helpers import small_config
+from ppnet.model import OPTIMIZER_SLOTS, FeatureGroups, build_model, weight_bytes
+from ppnet.stats import Stats, compute_stats
+from tests.helpers import multitask_config, small_config
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +251,35 @@ def test_untrained_pepnet_is_ppnet_and_epnet_reads_the_shared_embeddings_under_s
     )
     assert all(not np.any(tf.convert_to_tensor(g).numpy()) for g in to_tower)
     assert all(np.any(tf.convert_to_tensor(g).numpy()) for g in to_domain)
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [],
+        ["model.gate_stop_gradient=ids"],
+        ["model.personal_ids_in_tower=false"],
+        ["model.name=dnn"],
+        ["model.name=pepnet", 'model.domain_features=["tab"]', "train.optimizer=adagrad"],
+        ["model.name=mmoe", "model.experts=3", "train.optimizer=sgd"],
+        ["features.user_id.kind=hash", "features.user_id.bins=1000"],
+        ["multitask"],  # pepnet, three towers
+        ["multitask", "model.name=mmoe", "model.domain_features=[]"],
+    ],
+)
+def test_weight_bytes_counts_the_built_models_weights(batch_and_stats, sets):
+    """The estimate that refuses oversized models before they are built is the built model's size."""
+    _, stats = batch_and_stats
+    config = multitask_config(*sets[1:]) if sets[:1] == ["multitask"] else small_config(*sets)
+    if config.feature("user_id").kind == "hash":  # hashing has no vocabulary pass
+        stats = Stats(
+            **{**vars(stats), "vocabularies": {k: v for k, v in stats.vocabularies.items() if k != "user_id"}}
+        )
+    model = build_model(config, stats, compile=False)
+    parts = weight_bytes(config, stats)
+    factor = 1 + OPTIMIZER_SLOTS[config.train.optimizer]
+    tables = {id(layer.embeddings) for layer in model.embedding_tables()}
+    table_weights = sum(int(np.prod(v.shape)) for layer in model.embedding_tables() for v in [layer.embeddings])
+    dense_weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables if id(v) not in tables)
+    assert sum(v for k, v in parts.items() if k.startswith("features.")) == table_weights * 4 * factor
+    assert parts["model.hidden_units"] == dense_weights * 4 * (factor + 1)

@@ -92,7 +92,7 @@ def input_specs(kinds: dict[str, str]) -> dict:
 
 def target_specs(targets: list[str]) -> dict:
     """One ``[batch]`` float32 ``tf.TensorSpec`` per label or mask column."""
-    return {name: tf.TensorSpec([None], tf.float32, name=name) for name in targets}
+    return {name: tf.TensorSpec([None], tf.float32) for name in targets}  # unnamed: any column name works
 
 
 class EpochCursor:
