@@ -112,3 +112,17 @@ def test_overwrite_replaces_only_what_ppnet_wrote(trained_run, tmp_path, capsys)
     assert main(["export", "--run", str(trained_run), "--out", str(base), "--version", "1", "--overwrite"]) == 2
     assert "ppnet did not write this export version" in capsys.readouterr().err
     assert [p.name for p in (base / "1").iterdir()] == ["model.bin"]
+
+
+def test_two_exports_into_one_base_get_two_versions_or_one_clear_refusal(trained_run, tmp_path):
+    base = tmp_path / "exports"
+    command = [sys.executable, "-m", "ppnet.cli", "export", "--run", str(trained_run), "--out", str(base)]
+    both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in both]
+    versions = sorted(p.name for p in base.iterdir())
+    assert sorted(code for code, _ in results) in ([0, 0], [0, 2])
+    if [code for code, _ in results].count(0) == 2:
+        assert versions == ["1", "2"]
+    else:
+        refused = next(err for code, err in results if code == 2).strip().splitlines()[-1]
+        assert "the export base is in use by process" in refused and versions == ["1"]
