@@ -26,11 +26,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ppnet: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ppnet: interrupted", file=sys.stderr)
+        print(f"ppnet: interrupted{interrupted_hint(args)}", file=sys.stderr)
         return 130
     if result is not None:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """What an interrupted training leaves and how to go on (other commands leave nothing)."""
+    if args.handler is not run_train:
+        return ""
+    partial = Path(args.out).with_name(Path(args.out).name + ".partial")
+    if not partial.exists():
+        return ""
+    return f"; the partial run is kept in {partial}: rerun the same command to resume it, or add --fresh to start over"
 
 
 def parser() -> argparse.ArgumentParser:

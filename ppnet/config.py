@@ -80,6 +80,11 @@ class ModelConfig:
     embedding_l2: float = 0.0
     experts: int = 4  # mmoe: shared experts, each a ReLU MLP of hidden_units[:-1]
 
+    @property
+    def gated(self) -> bool:
+        """PPNet's gates personalise the towers (``ppnet`` and ``pepnet``; not ``dnn`` or ``mmoe``)."""
+        return self.name in ("ppnet", "pepnet")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -332,7 +337,7 @@ def _check(config: Config, source: str) -> None:
             raise PPNetError(f"{source}: model.personal_ids names {pid!r}, which is not a declared feature")
         if config.feature(pid).kind == "numeric":
             raise PPNetError(f"{source}: model.personal_ids: {pid!r} is numeric; ids must be vocab or hash")
-    gated = model.name in ("ppnet", "pepnet")
+    gated = model.gated
     if gated and not model.personal_ids:
         raise PPNetError(f"{source}: model.personal_ids is empty; PPNet needs at least one id for its gates")
     _check_domain(config, source)

@@ -51,7 +51,7 @@ class FeatureGroups:
     def of(cls, config: Config) -> FeatureGroups:
         model = config.model
         categorical = [f.name for f in config.features if f.kind != "numeric"]
-        ids = tuple(model.personal_ids) if model.name in ("ppnet", "pepnet") else ()
+        ids = tuple(model.personal_ids) if model.gated else ()
         tower = tuple(n for n in categorical if model.personal_ids_in_tower or n not in ids)
         gate_ids = tuple(n for n in categorical if n in ids) if ids and model.gate_stop_gradient == "shared" else ()
         domain = tuple(model.domain_features) if model.name == "pepnet" else ()
@@ -108,7 +108,7 @@ class RankingModel(tfrs.Model):
         super().__init__(**kwargs)
         self.config, self.stats = config, stats
         model = config.model
-        self.gated = model.name in ("ppnet", "pepnet")
+        self.gated = model.gated
         self.task_names = config.task_names  # the label columns; the first is the primary task
         self.groups = FeatureGroups.of(config)
         self.lookups = {

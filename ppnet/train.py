@@ -155,8 +155,7 @@ def run(
             "best_epoch": max(epochs, key=lambda e: e["val_score"])["epoch"] if epochs else 0,
             "select_by": config.train.select_by,
             "model": config.model.name,
-            "gate_stop_gradient": config.model.gate_stop_gradient,
-            "personal_ids_in_tower": config.model.personal_ids_in_tower,
+            **gate_settings(config),
             "export": str(Path("export") / export_dir.name),
         }
     )
@@ -166,7 +165,18 @@ def run(
             for layer in model.embedding_tables()
         }
     finish_run(work, out, metrics)
+    log.info("run directory: %s (export %s)", out, out / metrics["export"])
     return metrics
+
+
+def gate_settings(config: Config) -> dict:
+    """The gate settings a run used, for ``metrics.json``: none for the models without gates."""
+    if not config.model.gated:
+        return {}
+    return {
+        "gate_stop_gradient": config.model.gate_stop_gradient,
+        "personal_ids_in_tower": config.model.personal_ids_in_tower,
+    }
 
 
 def setup_run(

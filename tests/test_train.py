@@ -73,3 +73,31 @@ def test_hashed_ids_with_a_million_buckets_train_with_lazy_adam(synthetic_dir, t
 def test_duties_follow_the_cluster_role(role, backup_every_steps, expected):
     duties = Duties.of(role, small_config(f"train.backup_every_steps={backup_every_steps}"))
     assert (duties.owns_run, duties.input, duties.backup_every, duties.per_step_logs, duties.workers) == expected
+
+
+def test_metrics_record_gate_settings_only_for_gated_models(trained_run):
+    from ppnet.train import gate_settings
+
+    assert json.loads((trained_run / "metrics.json").read_text())["gate_stop_gradient"] == "shared"
+    assert gate_settings(small_config("model.name=dnn")) == {} == gate_settings(small_config("model.name=mmoe"))
+    assert set(gate_settings(small_config("model.name=pepnet", 'model.domain_features=["tab"]'))) == {
+        "gate_stop_gradient",
+        "personal_ids_in_tower",
+    }
+
+
+def test_an_interrupted_training_says_where_the_partial_run_is_and_how_to_go_on(tmp_path, capsys, monkeypatch):
+    from ppnet import cli
+
+    def interrupted(args):
+        (tmp_path / "run.partial").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_train", interrupted)
+    argv = ["train", "--config", str(DEFAULT_CONFIG), "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ppnet: interrupted; the partial run is kept in {tmp_path / 'run.partial'}: "
+        "rerun the same command to resume it, or add --fresh to start over"
+    )
