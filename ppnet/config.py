@@ -6,6 +6,7 @@ personalisation id that is not a feature) is reported here, by key, before any d
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -145,9 +146,24 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise PPNetError(f"{path}: cannot read the config file ({err})") from None
     except tomllib.TOMLDecodeError as err:
         raise PPNetError(f"{path}: not valid TOML: {err}") from None
+    changed = copy.deepcopy(raw)
     for item in overrides:
-        apply_override(raw, item)
-    return config_from_dict(raw, source=str(path))
+        apply_override(changed, item)
+    try:
+        return config_from_dict(changed, source=str(path))
+    except PPNetError:
+        if not overrides or not _valid(raw):
+            raise
+    # The file alone is valid, so an override made it invalid: the error names the overrides.
+    return config_from_dict(changed, source=f"--set {' '.join(overrides)}")
+
+
+def _valid(raw: dict[str, Any]) -> bool:
+    try:
+        config_from_dict(copy.deepcopy(raw))
+    except PPNetError:
+        return False
+    return True
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:

@@ -386,3 +386,16 @@ def test_bad_tasks(raw: dict, tasks: list, sets: dict, expected: str) -> None:
 def test_mmoe_needs_experts_and_two_layers(raw: dict) -> None:
     raw["model"].update({"name": "mmoe", "hidden_units": [64]})
     assert "mmoe" in _error(config_from_dict, raw)
+
+
+def test_a_bad_override_is_blamed_on_the_override_not_the_file() -> None:
+    message = _error(load_config, DEFAULT_CONFIG, ["train.epochs=3", "model.dropout=2"])
+    assert message.startswith("--set train.epochs=3 model.dropout=2: model.dropout must be in [0, 1)")
+    assert str(DEFAULT_CONFIG) not in message
+
+
+def test_a_bad_file_is_blamed_on_the_file_even_with_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(DEFAULT_CONFIG.read_text().replace("dropout = 0.1", "dropout = 5.0"))
+    assert _error(load_config, config, ["train.epochs=1"]).startswith(f"{config}: model.dropout")
+    assert load_config(config, ["model.dropout=0.2"]).model.dropout == 0.2  # an override may fix the file
