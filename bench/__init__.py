@@ -18,11 +18,16 @@ with ``--synthetic`` also the embedded synthetic log) and measures on each log:
   overhead (a one-input multiply, and a trivial model taking the export's own column inputs) and
   the floor of the model's own arithmetic (its tower and gates alone, frozen as in the export, fed
   their input tensors); with TF's default oneDNN kernels and without (``TF_ENABLE_ONEDNN_OPTS=0``).
+* the multi-task leaderboard (``bench.multitask``), where the log's config has a multi-task config
+  beside it (``kuairand_multitask.toml``, ``multitask.toml``): per task, the single-task PPNet trained
+  on that label alone against the multi-task ``dnn``, ``mmoe``, ``ppnet`` and ``pepnet``, over the
+  same seeds (mean and std of auc, gauc, logloss), and each model's training examples/sec, run last
+  so nothing else of the bench trains meanwhile. ``--only multitask`` runs this section alone.
 
 Machine, versions, config and every figure go to ``bench/results/<timestamp>.json`` (``--results``)
 and markdown tables are printed (``bench.report``). Scratch files live in ``bench/tmp/`` and are
 removed after a successful run. ``--smoke`` runs all of it on a tiny synthetic log with a tiny
-model in well under a minute.
+model in about a minute (its multi-task leaderboard trains seven tiny models).
 
 ``python -m bench.profile`` (``make profile``) is the other measurement tool: where a training
 step's and a one-row request's time goes, by TensorFlow op type.

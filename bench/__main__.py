@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import bench
-from bench import harness, quality, report, serving, speed
+from bench import harness, multitask, quality, report, serving, speed
 from ppnet.config import load_config
 from ppnet.errors import PPNetError
 from ppnet.rundir import load_run
@@ -36,11 +36,10 @@ def bench_log(
     The first PPNet seed trains alone in a ``ppnet train`` subprocess: its quality, its throughput
     and its peak RSS. The 4x-log subprocess then runs side by side with the other quality runs
     (trained in process; their speed is not reported, and RSS is per process); speed and serving
-    are measured after both, on the first run's model.
+    are measured after both, on the first run's model; the multi-task leaderboard last.
     """
     start = time.perf_counter()
-    overrides = [*(SMOKE_OVERRIDES if args.smoke else []), *args.set]
-    seeds = [load_config(config_path, overrides).train.seed + i for i in range(1 if args.smoke else args.seeds)]
+    overrides, seeds = log_overrides(args), log_seeds(config_path, args)
     first_sets = quality.variant_sets(config_path, "ppnet", overrides, seeds[0])
     first_run = work / "runs" / f"{name}-ppnet-s{seeds[0]}"
     # The peak again, just before the run whose throughput is reported: the best of both is the
@@ -66,7 +65,7 @@ def bench_log(
     config = load_config(config_path, first_sets)
     model = load_run(first_run)
     repeats = serving.SMOKE_SERVING_REPEATS if args.smoke else serving.SERVING_REPEATS
-    return {
+    measured = {
         "data": data_path,
         "config_path": str(config_path),
         "overrides": overrides,
@@ -79,8 +78,48 @@ def bench_log(
         "memory": speed.memory(rss_1x, first, run_4x),
         "speed": speed.speed(model, config, data_path, first["examples_per_sec"], peak_flops),
         "serving": serving.serving(first_run, model, config, data_path, repeats, work),
+    }
+    # Last, when nothing else of the bench is running: the leaderboard compares its models' speeds.
+    measured["multitask"] = multitask_section(name, data_path, config_path, args, seeds, work)
+    return {**measured, "seconds": time.perf_counter() - start}
+
+
+def multitask_only(name: str, data_path: str, config_path: Path, args: argparse.Namespace, work: Path) -> dict:
+    """``--only multitask``: the multi-task leaderboard of one log alone, without the hour of the rest."""
+    start = time.perf_counter()
+    overrides, seeds = log_overrides(args), log_seeds(config_path, args)
+    return {
+        "data": data_path,
+        "config_path": str(config_path),
+        "overrides": overrides,
+        "seeds": seeds,
+        "multitask": multitask_section(name, data_path, config_path, args, seeds, work),
         "seconds": time.perf_counter() - start,
     }
+
+
+def multitask_section(
+    name: str, data_path: str, config_path: Path, args: argparse.Namespace, seeds: list[int], work: Path
+) -> dict | None:
+    """The leaderboard on the multi-task config beside the log's, on the same seeds; ``None`` when
+    the log's config has no multi-task config beside it (``multitask.MULTITASK_CONFIGS``)."""
+    multi_path = multitask.multitask_config(config_path)
+    if multi_path is None:
+        return None
+    overrides = log_overrides(args, multitask.SMOKE_OVERRIDES)
+    return multitask.leaderboard(name, data_path, config_path, multi_path, overrides, seeds, work)
+
+
+def log_overrides(args: argparse.Namespace, smoke: list[str] | None = None) -> list[str]:
+    """The config overrides of a log's runs: the smoke run's tiny model (and a section's own
+    ``smoke`` additions), then the user's."""
+    return [*((SMOKE_OVERRIDES + (smoke or [])) if args.smoke else []), *args.set]
+
+
+def log_seeds(config_path: Path, args: argparse.Namespace) -> list[int]:
+    """The training seeds: the config's seed and the next ones, one for a smoke run."""
+    first = load_config(config_path, log_overrides(args)).train.seed
+    return [first + i for i in range(1 if args.smoke else args.seeds)]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -102,6 +141,11 @@ def parser() -> argparse.ArgumentParser:
         help=f"tiny synthetic log ({harness.SMOKE_ROWS} rows), tiny model, 1 seed; "
         "ignores --data/--kuairand/--synthetic",
     )
+    cli.add_argument(
+        "--only",
+        choices=["multitask"],
+        help="run one section alone: multitask = the multi-task leaderboard (bench/multitask.py)",
+    )
     cli.add_argument("--results", default=str(harness.RESULTS), help="directory for the JSON (default: bench/results)")
     return cli
 
@@ -121,6 +165,9 @@ def main(argv: list[str] | None = None) -> Path:
     }
     result["logs"] = {}
     for name, path, config in harness.prepare_data(args, work):
+        if args.only == "multitask":
+            result["logs"][name] = multitask_only(name, path, config, args, work)
+            continue
         result["logs"][name] = bench_log(name, path, config, args, result["machine"]["matmul_peak_flops_per_sec"], work)
         # The best peak so far (each log re-measures it) is the machine's, for the next log and the report.
         result["machine"]["matmul_peak_flops_per_sec"] = result["logs"][name]["speed"]["matmul_peak_flops_per_sec"]

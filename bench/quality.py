@@ -114,13 +114,14 @@ def logreg_runs(data_path: str, config_path: Path, overrides: list[str], seeds: 
     return [{"variant": LOGREG, "seed": seed, **train_logreg(config, stats, splits, kinds, seed)} for seed in seeds]
 
 
-def summarise(runs: list[dict]) -> dict:
-    """Per variant: per-seed auc/gauc/logloss and their mean and (population) std."""
+def summarise(runs: list[dict], keys: tuple[str, ...] = QUALITY_KEYS) -> dict:
+    """Per variant (in the order they ran): per-seed ``keys`` (auc/gauc/logloss unless told) and
+    their mean and (population) std."""
     summary: dict[str, dict] = {}
     for variant in dict.fromkeys(run["variant"] for run in runs):
         chosen = [run for run in runs if run["variant"] == variant]
-        summary[variant] = {"runs": [{key: run[key] for key in ("seed", *QUALITY_KEYS)} for run in chosen]}
-        for key in QUALITY_KEYS:
+        summary[variant] = {"runs": [{key: run[key] for key in ("seed", *keys)} for run in chosen]}
+        for key in keys:
             values = np.array([run[key] for run in chosen], dtype=np.float64)
             summary[variant][key] = {"mean": float(values.mean()), "std": float(values.std())}
     return summary

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench import multitask
 from bench.quality import QUALITY_KEYS
 
 SERVED = {
@@ -34,14 +35,11 @@ def markdown(result: dict) -> str:
         f"matmul peak {result['machine']['matmul_peak_flops_per_sec'] / 1e9:.1f} GFLOP/s",
     ]
     for name, log in result["logs"].items():
-        lines += [
-            "",
-            f"## {name} ({log['data']})",
-            *quality_table(log["quality"]),
-            *speed_table(log["speed"]),
-            *memory_table(log["memory"]),
-            *serving_table(log["serving"]),
-        ]
+        lines += ["", f"## {name} ({log['data']})"]
+        # A section run alone (``--only``) leaves the others out; a log without a multi-task config has None.
+        for key, table in SECTIONS.items():
+            if log.get(key) is not None:
+                lines += table(log[key])
     return "\n".join(lines)
 
 
@@ -50,11 +48,38 @@ def heading(title: str, *columns: str) -> list[str]:
     return ["", f"### {title}", "", f"| {' | '.join(columns)} |", "|" + " --- |" * len(columns)]
 
 
+def spread(figures: dict, digits: int = 4) -> str:
+    """``mean ± std`` of a summarised figure (``quality.summarise``)."""
+    return f"{figures['mean']:.{digits}f} ± {figures['std']:.{digits}f}"
+
+
+def quality_cells(summary: dict) -> str:
+    """auc, gauc and logloss as table cells, each ``mean ± std``."""
+    return " | ".join(spread(summary[key]) for key in QUALITY_KEYS)
+
+
 def quality_table(scores: dict) -> Iterator[str]:
     yield from heading("Quality (validation, mean ± std over seeds)", "model", "auc", "gauc", "logloss")
     for variant, summary in scores.items():
-        cells = [f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in QUALITY_KEYS]
-        yield f"| {variant} | {' | '.join(cells)} |"
+        yield f"| {variant} | {quality_cells(summary)} |"
+
+
+def multitask_table(board: dict) -> Iterator[str]:
+    """The leaderboard: one row per task and model, then each model's training speed.
+
+    The speeds are comparable with each other only: they come from one run of the bench, its models
+    interleaved seed by seed, on whatever else the machine was doing meanwhile.
+    """
+    seeds = len(board["seeds"])
+    title = f"Multi-task leaderboard (validation, mean ± std over {seeds} seed{'s' * (seeds > 1)})"
+    yield from heading(title, "task", "model", "auc", "gauc", "logloss")
+    for task, models in board["quality"].items():
+        for model, summary in models.items():
+            yield f"| {task} | {model} | {quality_cells(summary)} |"
+    yield from heading("Multi-task training speed (this run only)", "model", "examples/sec", f"x {multitask.SINGLE}")
+    for model, figures in board["speed"].items():
+        ratio = "" if figures["vs_single_task"] is None else f"{figures['vs_single_task']:.2f}"
+        yield f"| {model} | {spread(figures[multitask.SPEED_KEY], 0)} | {ratio} |"
 
 
 def speed_table(figures: dict) -> Iterator[str]:
@@ -89,3 +114,13 @@ def serving_table(figures: dict) -> Iterator[str]:
                 yield (
                     f"| {label}{kernels} | {batch} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} | {t['rows_per_sec']:,.0f} |"
                 )
+
+
+# Each log's sections, in the order of the report, by their key in the log's result.
+SECTIONS = {
+    "quality": quality_table,
+    "speed": speed_table,
+    "memory": memory_table,
+    "serving": serving_table,
+    "multitask": multitask_table,
+}

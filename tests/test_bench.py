@@ -174,3 +174,125 @@ def test_the_dnn_baseline_gets_its_own_tuning_and_the_user_set_wins() -> None:
     user = load_config(kuairand, variant_sets(kuairand, "dnn", ["model.dropout=0.3"], 42))
     assert user.model.dropout == 0.3 and user.model.name == "dnn" and user.train.seed == 42
     assert variant_sets(Path("other.toml"), "dnn", [], 1) == ["model.name=dnn", "train.seed=1"]
+
+
+# --- the multi-task leaderboard -------------------------------------------------------------------
+
+MULTITASK_MODELS = ["ppnet_single_task", "dnn", "mmoe", "ppnet", "pepnet"]
+TASKS = ["is_click", "long_view", "is_like"]
+
+
+def test_multitask_leaderboard_scores_every_task_of_every_model(smoke):
+    board = smoke[0]["logs"]["synthetic"]["multitask"]
+    assert board["tasks"] == TASKS and board["config_path"].endswith("multitask.toml")
+    assert list(board["quality"]) == TASKS
+    for task, models in board["quality"].items():
+        assert list(models) == MULTITASK_MODELS, task
+        for model, summary in models.items():
+            assert [run["seed"] for run in summary["runs"]] == board["seeds"], (task, model)
+            assert 0.0 <= summary["auc"]["mean"] <= 1.0 and 0.0 < summary["logloss"]["mean"] < 1.0, (task, model)
+    # a single-task run is scored on its own label only; a multi-task run on every task
+    for run in board["runs"]:
+        labels = [s.split("=", 1)[1] for s in run["sets"] if s.startswith("data.label=")]
+        assert list(run["tasks"]) == (labels if run["model"] == "ppnet_single_task" else TASKS), run["sets"]
+    assert len(board["runs"]) == len(board["seeds"]) * (len(TASKS) + 4)
+    assert list(board["speed"]) == MULTITASK_MODELS
+    assert board["speed"]["ppnet_single_task"]["vs_single_task"] == 1.0
+    for model, figures in board["speed"].items():
+        assert finite(figures["examples_per_sec"]["mean"]) and figures["examples_per_sec"]["mean"] > 0, model
+        assert finite(figures["vs_single_task"]) and figures["vs_single_task"] > 0, model
+
+
+def test_markdown_has_the_multitask_leaderboard(smoke):
+    _, printed = smoke
+    rows = [line for line in printed.splitlines() if line.startswith(tuple(f"| {task} |" for task in TASKS))]
+    assert "### Multi-task leaderboard" in printed and "### Multi-task training speed" in printed
+    assert len(rows) == len(TASKS) * len(MULTITASK_MODELS)
+
+
+def test_multitask_plan_runs_every_model_per_seed_with_valid_configs():
+    from bench.harness import CONFIGS
+    from bench.multitask import SINGLE, multitask_config, plan
+    from ppnet.config import load_config
+
+    single = CONFIGS / "kuairand.toml"
+    multi = multitask_config(single)
+    assert multi == CONFIGS / "kuairand_multitask.toml" and multitask_config(CONFIGS / "other.toml") is None
+    entries = plan(single, multi, ["train.epochs=1"], [7, 8])
+    assert [(model, sets[-1]) for model, _, sets in entries] == [
+        (model, f"train.seed={seed}") for seed in (7, 8) for model in [SINGLE] * 3 + ["dnn", "mmoe", "ppnet", "pepnet"]
+    ]
+    configs = {(model, load_config(path, sets).data.label): load_config(path, sets) for model, path, sets in entries}
+    for (model, label), config in configs.items():
+        assert config.train.epochs == 1 and config.model.name == (model if model != SINGLE else "ppnet")
+        assert config.task_names == ([label] if model == SINGLE else TASKS), model
+        assert config.model.domain_features == (["tab"] if model == "pepnet" else []), model
+    assert {label for model, label in configs if model == SINGLE} == set(TASKS)
+
+
+def fake_run(model: str, seed: int, speed: float | None, **aucs: float) -> dict:
+    """A leaderboard run with the given AUC per task (gauc = auc - 0.1, logloss = 1 - auc)."""
+    tasks = {task: {"auc": auc, "gauc": auc - 0.1, "logloss": 1 - auc} for task, auc in aucs.items()}
+    return {"model": model, "seed": seed, "sets": [], "examples_per_sec": speed, "tasks": tasks}
+
+
+FAKE_RUNS = [
+    fake_run("ppnet_single_task", 1, 100.0, a=0.6),
+    fake_run("ppnet_single_task", 1, 300.0, b=0.7),
+    fake_run("pepnet", 1, 50.0, a=0.62, b=0.75),
+    fake_run("ppnet_single_task", 2, 200.0, a=0.64),
+    fake_run("ppnet_single_task", 2, None, b=0.7),
+    fake_run("pepnet", 2, 150.0, a=0.66, b=0.65),
+]
+
+
+def test_multitask_summary_is_per_task_and_model_over_seeds():
+    from bench.multitask import summarise
+
+    summary = summarise(FAKE_RUNS, ["a", "b"])
+    assert list(summary) == ["a", "b"] and list(summary["a"]) == ["ppnet_single_task", "pepnet"]
+    single_a, pepnet_b = summary["a"]["ppnet_single_task"], summary["b"]["pepnet"]
+    assert [run["seed"] for run in single_a["runs"]] == [1, 2]
+    assert single_a["auc"]["mean"] == pytest.approx(0.62) and single_a["auc"]["std"] == pytest.approx(0.02)
+    assert single_a["gauc"]["mean"] == pytest.approx(0.52) and single_a["logloss"]["mean"] == pytest.approx(0.38)
+    assert pepnet_b["auc"]["mean"] == pytest.approx(0.70) and pepnet_b["auc"]["std"] == pytest.approx(0.05)
+    assert summary["b"]["ppnet_single_task"]["auc"]["std"] == 0.0
+
+
+def test_multitask_speeds_pool_the_single_task_runs_and_skip_untimed_ones():
+    from bench.multitask import speeds
+
+    figures = speeds(FAKE_RUNS)
+    single, pepnet = figures["ppnet_single_task"], figures["pepnet"]
+    assert len(single["runs"]) == 3 and single["examples_per_sec"]["mean"] == pytest.approx(200.0)
+    assert pepnet["examples_per_sec"]["mean"] == pytest.approx(100.0) and pepnet["vs_single_task"] == pytest.approx(0.5)
+    assert single["vs_single_task"] == 1.0
+    assert speeds([fake_run("pepnet", 1, 50.0, a=0.6)])["pepnet"]["vs_single_task"] is None
+
+
+def test_multitask_table_has_a_row_per_task_and_model_and_a_speed_row_per_model():
+    from bench.multitask import speeds, summarise
+    from bench.report import multitask_table
+
+    board = {"seeds": [1, 2], "quality": summarise(FAKE_RUNS, ["a", "b"]), "speed": speeds(FAKE_RUNS)}
+    lines = list(multitask_table(board))
+    assert "| a | ppnet_single_task | 0.6200 ± 0.0200 | 0.5200 ± 0.0200 | 0.3800 ± 0.0200 |" in lines
+    assert "| b | pepnet | 0.7000 ± 0.0500 | 0.6000 ± 0.0500 | 0.3000 ± 0.0500 |" in lines
+    assert "| pepnet | 100 ± 50 | 0.50 |" in lines and "| ppnet_single_task | 200 ± 82 | 1.00 |" in lines
+    assert "2 seeds" in next(line for line in lines if line.startswith("### Multi-task leaderboard"))
+
+
+def test_only_multitask_reports_that_section_alone():
+    from bench.__main__ import parser
+    from bench.multitask import speeds, summarise
+    from bench.report import markdown
+
+    assert parser().parse_args(["--only", "multitask"]).only == "multitask"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--only", "serving"])
+    board = {"seeds": [1], "quality": summarise(FAKE_RUNS, ["a"]), "speed": speeds(FAKE_RUNS)}
+    machine = {"cpu": "cpu", "cores": 2, "memory_bytes": 2**30, "matmul_peak_flops_per_sec": 1e9}
+    result = {"timestamp": "t", "machine": machine, "versions": {"tensorflow": "2"}}
+    printed = markdown({**result, "logs": {"log": {"data": "d", "multitask": board}}})
+    assert "### Multi-task leaderboard" in printed and "### Quality" not in printed and "### Serving" not in printed
+    assert "### Multi-task" not in markdown({**result, "logs": {"log": {"data": "d", "multitask": None}}})
