@@ -81,6 +81,9 @@ def train_one(name: str, data_path: str, model: str, config_path: Path, sets: li
         "seed": config.train.seed,
         "sets": sets,
         SPEED_KEY: metrics[SPEED_KEY],
+        # which epoch's checkpoint was kept, of how many: where the tasks' best epochs disagree
+        "best_epoch": metrics["best_epoch"],
+        "epochs_run": metrics["epochs_run"],
         "tasks": {
             task: {key: task_metrics(metrics, task)[key] for key in quality.QUALITY_KEYS} for task in config.task_names
         },

@@ -196,6 +196,7 @@ def test_multitask_leaderboard_scores_every_task_of_every_model(smoke):
         labels = [s.split("=", 1)[1] for s in run["sets"] if s.startswith("data.label=")]
         assert list(run["tasks"]) == (labels if run["model"] == "ppnet_single_task" else TASKS), run["sets"]
     assert len(board["runs"]) == len(board["seeds"]) * (len(TASKS) + 4)
+    assert all(1 <= run["best_epoch"] <= run["epochs_run"] == 1 for run in board["runs"])  # smoke: 1 epoch
     assert list(board["speed"]) == MULTITASK_MODELS
     assert board["speed"]["ppnet_single_task"]["vs_single_task"] == 1.0
     for model, figures in board["speed"].items():
