@@ -64,11 +64,8 @@ def plan(
 
 
 def task_metrics(metrics: dict, task: str) -> dict:
-    """One task's validation metrics in a run's: under ``tasks`` for a multi-task run, at the top
-    level for a single-task one (which must be that task's)."""
-    if "tasks" in metrics:
-        return metrics["tasks"][task]
-    return metrics
+    """One task's validation metrics in a run's (every run reports its tasks under ``tasks``)."""
+    return metrics["tasks"][task]
 
 
 def train_one(name: str, data_path: str, model: str, config_path: Path, sets: list[str], work: Path) -> dict:

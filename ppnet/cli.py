@@ -171,8 +171,6 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise PPNetError(f"--json {args.json}: its directory does not exist")
-    if args.json and Path(args.json).is_dir():
-        raise PPNetError(f"--json {args.json}: is a directory; expected a file name, e.g. {args.json}/metrics.json")
     if args.json:
         check_output_path(Path(args.json), "metrics file", directory=False)
     result = evaluate_export(args.model, args.data, label=args.label, user_column=args.user_column)
