@@ -3,7 +3,6 @@ logistic-regression floor, and per-variant mean and std of validation auc, gauc 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +55,7 @@ class LogisticRegression(tf.keras.Model):
             for name, lookup in self.lookups.items()
         }
         self.normalizer = numeric_normalizer(config.features, stats)
-        rate = min(max(stats.positive_rate, 1e-6), 1 - 1e-6)
-        bias = tf.keras.initializers.Constant(math.log(rate / (1 - rate)))  # the training CTR, as the ranker
+        bias = tf.keras.initializers.Constant(stats.log_odds(config.data.label))  # the training CTR, as the ranker
         self.linear = tf.keras.layers.Dense(
             1, kernel_initializer="zeros", bias_initializer=bias, kernel_regularizer=tf.keras.regularizers.L2(l2)
         )

@@ -7,7 +7,6 @@ stats.json + checkpoint) is enough to rebuild it for export.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -148,14 +147,13 @@ class RankingModel(tfrs.Model):
         """``task``'s tower, its logit bias at the log-odds of the task's training rate. Under
         ``mmoe`` it reads its mixture of experts and is the last hidden layer alone, ungated."""
         model = self.config.model
-        rate = min(max(self.stats.rate(task), 1e-6), 1 - 1e-6)
         return GatedTower(
             model.hidden_units[-1:] if model.name == "mmoe" else model.hidden_units,
             gate_hidden=model.gate_hidden,
             gated=self.gated,
             dropout=model.dropout,
             batch_norm=model.batch_norm,
-            output_bias=math.log(rate / (1 - rate)),
+            output_bias=self.stats.log_odds(task),
             name=name,
         )
 

@@ -46,6 +46,12 @@ class Stats:
         """``task``'s training positive rate (the single task's in runs from before tasks)."""
         return self.positive_rates.get(task, self.positive_rate)
 
+    def log_odds(self, task: str) -> float:
+        """The log-odds of ``task``'s rate (clipped away from 0 and 1): the logit bias that starts a
+        ranker at the base rate."""
+        rate = min(max(self.rate(task), 1e-6), 1 - 1e-6)
+        return math.log(rate / (1 - rate))
+
     def save(self, path: Path) -> None:
         write_text_atomic(path, json.dumps(asdict(self)))  # other workers read it as soon as it exists
 
