@@ -38,3 +38,6 @@ scripts run by other interpreters; nothing here imports them.
 """
 
 import ppnet  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any bench module loads TensorFlow)
+from ppnet.console import load_tensorflow
+
+load_tensorflow()  # quietly: the bench prints its own progress and tables

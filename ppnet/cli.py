@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import sys
 from pathlib import Path
 
 import ppnet  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ppnet import console
 from ppnet.distribute import STRATEGIES
 from ppnet.errors import PPNetError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("ppnet").setLevel(logging.INFO)
+    verbose = args.verbose or console.verbose_requested()
+    if verbose:  # and so are the processes it starts (launch-local's workers)
+        os.environ[console.VERBOSE_ENV] = "1"
+    console.setup_logging(verbose)
+    if args.tensorflow:
+        console.load_tensorflow(verbose)
     try:
         result = args.handler(args)
     except PPNetError as err:
@@ -45,6 +50,8 @@ def interrupted_hint(args: argparse.Namespace) -> str:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ppnet", description="PPNet CTR ranking: prepare, train, evaluate, export.")
+    # Every command but `prepare` loads TensorFlow and takes --verbose.
+    top.set_defaults(tensorflow=True, verbose=False)
     commands = top.add_subparsers(required=True, metavar="COMMAND")
 
     prepare = commands.add_parser("prepare", help="make a parquet click log").add_subparsers(
@@ -62,13 +69,13 @@ def parser() -> argparse.ArgumentParser:
         help="log rows whose video is not in the video table: keep (OOV author) or drop",
     )
     kuairand.add_argument("--overwrite", action="store_true")
-    kuairand.set_defaults(handler=run_prepare_kuairand)
+    kuairand.set_defaults(handler=run_prepare_kuairand, tensorflow=False)
     synthetic = prepare.add_parser("synthetic", help="the embedded default click log (deterministic by seed)")
     synthetic.add_argument("--out", required=True)
     synthetic.add_argument("--rows", type=positive, default=300_000)
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--overwrite", action="store_true")
-    synthetic.set_defaults(handler=run_prepare_synthetic)
+    synthetic.set_defaults(handler=run_prepare_synthetic, tensorflow=False)
 
     train = commands.add_parser("train", help="train, validate and export a model")
     train.add_argument("--config", required=True, help="TOML config, e.g. ppnet/configs/default.toml")
@@ -90,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
         default="local",
         help="tf.distribute strategy; multi_worker and parameter_server read the cluster from TF_CONFIG",
     )
+    add_verbose(train)
     train.set_defaults(handler=run_train)
 
     launch = commands.add_parser(
@@ -101,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     launch.add_argument("--ps", type=int, default=0, help="parameter servers (0: multi_worker, >0: parameter_server)")
     launch.add_argument("--timeout", type=float, default=1800.0, help="stop every worker after this many seconds")
     launch.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of `ppnet train`, after --")
+    add_verbose(launch)
     launch.set_defaults(handler=run_launch_local)
 
     evaluate = commands.add_parser("evaluate", help="score parquet data with an exported SavedModel")
@@ -109,6 +118,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label", help="label column (default: the one the model was trained on)")
     evaluate.add_argument("--user-column", help="gAUC groups (default: the training config's)")
     evaluate.add_argument("--json", help="also write the metrics to this file")
+    add_verbose(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
     export = commands.add_parser("export", help="export a run's best checkpoint again")
@@ -116,8 +126,17 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="export base; the model goes to OUT/<next version>")
     export.add_argument("--version", type=positive, help="version number (default: one more than the largest)")
     export.add_argument("--overwrite", action="store_true")
+    add_verbose(export)
     export.set_defaults(handler=run_export)
     return top
+
+
+def add_verbose(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"also show TensorFlow's start-up and warning logs (or set {console.VERBOSE_ENV}=1)",
+    )
 
 
 def positive(text: str) -> int:
