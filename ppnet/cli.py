@@ -201,10 +201,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def run_export(args: argparse.Namespace) -> dict:
     from ppnet.export import export_model
     from ppnet.files import exclusive_lock
-    from ppnet.rundir import load_run
+    from ppnet.rundir import load_run, read_json
 
+    model = load_run(args.run)
+    splits = read_json(Path(args.run) / "metrics.json", "the run's metrics").get("splits")  # older runs recorded none
     with exclusive_lock(Path(args.out), "export base"):  # versions are allocated one export at a time
-        path = export_model(load_run(args.run), args.out, version=args.version, overwrite=args.overwrite)
+        path = export_model(model, args.out, version=args.version, overwrite=args.overwrite, splits=splits)
     return {"export": str(path)}
 
 

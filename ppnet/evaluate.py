@@ -8,6 +8,7 @@ the Keras model (``model_predictor``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from ppnet.data.pipeline import input_specs
 from ppnet.data.schema import FLOAT, INT, check_user_column, column_kind, read_schema, resolve_files, to_arrays
 from ppnet.data.split import Split, check_labels
 from ppnet.errors import PPNetError
+
+log = logging.getLogger(__name__)
 
 Predictor = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # features → probabilities by task
 
@@ -150,4 +153,22 @@ def evaluate_export(
                     f"{file}: column {name!r} has type {schema.field(name).type}; the model expects {kind}"
                 )
     check_labels(split, tasks, need_both_classes=True)
-    return score_split(predict, split, meta["inputs"], tasks, user_column)
+    result = score_split(predict, split, meta["inputs"], tasks, user_column)
+    warn_training_rows(meta, split, result["rows"])
+    return result
+
+
+def warn_training_rows(meta: dict, split: Split, rows: int) -> None:
+    """Warn when the scored rows include rows the model trained on: their metrics flatter it."""
+    if not meta.get("splits"):  # exports from before the run recorded its rows
+        return
+    trained = Split.from_json(meta["splits"]["train"]).rows_in(split.files)
+    if trained:
+        log.warning(
+            "%d of the %d rows scored are from the model's training rows, %s: their metrics flatter it; "
+            "score its validation rows, %s",
+            trained,
+            rows,
+            meta["splits"]["train"]["description"],
+            meta["splits"]["valid"]["description"],
+        )

@@ -9,8 +9,8 @@ The export needs TensorFlow alone (no ppnet, no TFRS, no legacy-Keras switch). S
   layer's gate values (``gate_<task>_<i>`` with several tasks), and PEPNet's ``epnet_gate``.
 
 ``assets.extra/ppnet.json`` (ignored by TF Serving) records the ppnet version, the tasks, the
-label and user columns and the input kinds, so ``ppnet evaluate`` can score parquet with nothing
-but the export.
+label and user columns, the input kinds and the run's training and validation rows, so
+``ppnet evaluate`` can score parquet with nothing but the export.
 """
 
 from __future__ import annotations
@@ -120,12 +120,18 @@ def next_version(export_base: Path) -> int:
 
 
 def export_model(
-    model: RankingModel, export_base: str | Path, version: int | None = None, overwrite: bool = False
+    model: RankingModel,
+    export_base: str | Path,
+    version: int | None = None,
+    overwrite: bool = False,
+    splits: dict | None = None,
 ) -> Path:
     """Save ``model`` to ``export_base/<version>`` via a temporary directory and a rename.
 
     TF Serving watches ``export_base`` and would load a half-written version directory; the
-    rename makes the version appear complete or not at all.
+    rename makes the version appear complete or not at all. ``splits`` (``Split.to_json`` of the
+    run's ``train`` and ``valid`` rows) goes into the metadata: ``ppnet evaluate`` then warns about
+    training rows, and the notebook scores the validation rows by default.
     """
     export_base = Path(export_base)
     export_base.mkdir(parents=True, exist_ok=True)
@@ -149,6 +155,7 @@ def export_model(
                     "domain_features": model.config.model.domain_features,
                     "user_column": data.user_column,
                     "inputs": model.stats.kinds,
+                    "splits": splits,
                 },
                 indent=2,
             )

@@ -144,7 +144,8 @@ def run(
     final = build_model(config, stats) if duties.streamed else model  # a plain local copy to score and export
     restore_best(final, work)
     metrics = score_split(model_predictor(final, kinds), valid_split, kinds, config.tasks, config.data.user_column)
-    export_dir = export_model(final, work / "export")
+    splits = {"train": train_split.to_json(), "valid": valid_split.to_json()}
+    export_dir = export_model(final, work / "export", splits=splits)
     epochs = epoch_scores(work)
     metrics.update(
         {
@@ -157,6 +158,7 @@ def run(
             "model": config.model.name,
             **gate_settings(config),
             "export": str(Path("export") / export_dir.name),
+            "splits": splits,
         }
     )
     if duties.input == "tfrecord":  # how each embedding table was split across the parameter servers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import shutil
 import subprocess
 import sys
@@ -372,6 +374,18 @@ def test_split_with_valid_files(synthetic_dir: Path) -> None:
     train, valid = make_splits(small_config(), files[0], synthetic_dir)
     assert train.files == (files[0],) and valid.files == tuple(files)
     assert train.filter is None and valid.filter is None
+
+
+@pytest.mark.parametrize(
+    "days", [(20220502, 20220503), ("2022-05-02", "2022-05-03"), (datetime.date(2022, 5, 2), datetime.date(2022, 5, 3))]
+)
+def test_a_split_survives_json_with_its_rows(tmp_path: Path, days: tuple) -> None:
+    pq.write_table(pa.table({"day": list(days) * 3, "x": list(range(6))}), tmp_path / "log.parquet")
+    split = Split((tmp_path / "log.parquet",), ("day", ">=", days[1]), "log [day >= last]")
+    again = Split.from_json(json.loads(json.dumps(split.to_json())))
+    assert again == split
+    assert again.rows_in((tmp_path / "log.parquet",)) == split.rows_in((tmp_path / "log.parquet",)) == 3
+    assert again.rows_in((tmp_path / "other.parquet",)) == 0
 
 
 def test_split_column_with_single_value(synthetic_dir: Path) -> None:

@@ -47,6 +47,21 @@ def test_cli_trains_the_dnn_baseline_and_reexports(synthetic_dir, tmp_path, caps
     assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()
     meta = json.loads((tmp_path / "serving" / "1" / "assets.extra" / "ppnet.json").read_text())
     assert meta["model"] == "dnn"
+    assert meta["splits"] == printed["splits"], "a re-export records the run's training and validation rows"
+
+
+def test_evaluate_warns_about_the_models_training_rows(trained_run, synthetic_dir, caplog):
+    files = sorted(synthetic_dir.glob("*.parquet"))
+    meta = json.loads((trained_run / "export" / "1" / "assets.extra" / "ppnet.json").read_text())
+    assert meta["splits"]["valid"]["where"] == {"column": "date", "op": ">=", "value": 20220608, "type": None}
+    with caplog.at_level("WARNING", logger="ppnet.evaluate"):
+        evaluate_export(trained_run / "export" / "1", files[-1])  # the validation day
+        assert caplog.records == []
+        whole = evaluate_export(trained_run / "export" / "1", synthetic_dir)
+    [warning] = caplog.records
+    valid_rows = json.loads((trained_run / "metrics.json").read_text())["rows"]
+    assert f"{whole['rows'] - valid_rows} of the {whole['rows']} rows" in warning.getMessage()
+    assert meta["splits"]["valid"]["description"] in warning.getMessage()
 
 
 def test_hashed_ids_with_a_million_buckets_train_with_lazy_adam(synthetic_dir, tmp_path):

@@ -8,9 +8,11 @@ the log size.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,16 +23,55 @@ from ppnet.config import Config, Task, target_columns
 from ppnet.data.schema import FLOAT, INT, column_kind, one_line, read_schema, resolve_files
 from ppnet.errors import PPNetError
 
+# Split-column values JSON cannot hold, written as ISO text and read back by type name.
+ISO_TYPES = {"date": datetime.date, "datetime": datetime.datetime}
+
 
 @dataclass(frozen=True)
 class Split:
-    """A set of parquet files, an optional row filter (e.g. ``date >= 20220503``) and, for a worker's
-    shard of fewer files than workers, the row groups of each file it reads."""
+    """A set of parquet files, an optional row rule ``(column, "<" or ">=", value)``, e.g.
+    ``("date", ">=", 20220503)``, and, for a worker's shard of fewer files than workers, the row
+    groups of each file it reads."""
 
     files: tuple[Path, ...]
-    filter: pc.Expression | None = None
+    where: tuple[str, str, Any] | None = None
     description: str = ""
     row_groups: tuple[tuple[Path, tuple[int, ...]], ...] | None = None
+
+    @property
+    def filter(self) -> pc.Expression | None:
+        """``where`` as the pyarrow expression the readers push down."""
+        if self.where is None:
+            return None
+        column, op, value = self.where
+        return pc.field(column) < value if op == "<" else pc.field(column) >= value
+
+    def to_json(self) -> dict:
+        """The rows as JSON (absolute paths, the rule): what a run records it trained and validated
+        on, so that its export can be paired with its validation rows and warn about its training rows."""
+        where = None
+        if self.where:
+            column, op, value = self.where
+            kind = next((name for name, cls in ISO_TYPES.items() if type(value) is cls), None)
+            where = {"column": column, "op": op, "value": value.isoformat() if kind else value, "type": kind}
+        return {"files": [str(f.resolve()) for f in self.files], "where": where, "description": self.description}
+
+    @classmethod
+    def from_json(cls, record: dict) -> Split:
+        """The split ``to_json`` wrote."""
+        where = record["where"]
+        if where:
+            value = ISO_TYPES[where["type"]].fromisoformat(where["value"]) if where["type"] else where["value"]
+            where = (where["column"], where["op"], value)
+        return cls(tuple(Path(f) for f in record["files"]), where, record["description"])
+
+    def rows_in(self, files: tuple[Path, ...]) -> int:
+        """How many of this split's rows ``files`` hold (whole files: e.g. a log scored by
+        ``ppnet evaluate`` against the training split of the run that made the export)."""
+        mine = {f.resolve() for f in self.files}
+        return sum(
+            pds.dataset(f, format="parquet").count_rows(filter=self.filter) for f in files if f.resolve() in mine
+        )
 
     def batches(self, columns: list[str], batch_rows: int = 65536) -> Iterator[tuple[Path, pa.RecordBatch]]:
         """Stream (file, record batch) pairs with only ``columns``, in file order."""
@@ -114,10 +155,9 @@ def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> t
             f"need more than data.valid_last={config.data.valid_last} to keep some for training"
         )
     cutoff = sorted(values)[-config.data.valid_last]
-    field = pc.field(column)
     return (
-        Split(train_files, field < cutoff, f"{data} [{column} < {cutoff}]"),
-        Split(train_files, field >= cutoff, f"{data} [{column} >= {cutoff}]"),
+        Split(train_files, (column, "<", cutoff), f"{data} [{column} < {cutoff}]"),
+        Split(train_files, (column, ">=", cutoff), f"{data} [{column} >= {cutoff}]"),
     )
 
 
