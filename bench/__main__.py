@@ -146,8 +146,18 @@ def parser() -> argparse.ArgumentParser:
         choices=["multitask"],
         help="run one section alone: multitask = the multi-task leaderboard (bench/multitask.py)",
     )
-    cli.add_argument("--results", default=str(harness.RESULTS), help="directory for the JSON (default: bench/results)")
+    cli.add_argument(
+        "--results",
+        help="directory for the JSON (default: bench/results; --smoke: bench/tmp/smoke, which git ignores)",
+    )
     return cli
+
+
+def results_dir(args: argparse.Namespace) -> Path:
+    """Where the JSON goes: the smoke run checks the machinery, its figures are not results to keep."""
+    if args.results:
+        return Path(args.results)
+    return harness.SCRATCH / "smoke" if args.smoke else harness.RESULTS
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> Path:
         # The best peak so far (each log re-measures it) is the machine's, for the next log and the report.
         result["machine"]["matmul_peak_flops_per_sec"] = result["logs"][name]["speed"]["matmul_peak_flops_per_sec"]
     result["seconds"] = time.perf_counter() - started
-    out = report.write_json(result, Path(args.results))
+    out = report.write_json(result, results_dir(args))
     shutil.rmtree(work)
     print(report.markdown(result))
     print(f"\nwritten to {out}")

@@ -297,3 +297,16 @@ def test_only_multitask_reports_that_section_alone():
     printed = markdown({**result, "logs": {"log": {"data": "d", "multitask": board}}})
     assert "### Multi-task leaderboard" in printed and "### Quality" not in printed and "### Serving" not in printed
     assert "### Multi-task" not in markdown({**result, "logs": {"log": {"data": "d", "multitask": None}}})
+
+
+def test_a_smoke_run_keeps_its_json_out_of_git_and_a_full_run_in_bench_results():
+    import subprocess
+
+    from bench import harness
+    from bench.__main__ import parser, results_dir
+    from tests.helpers import REPO
+
+    smoke_dir = results_dir(parser().parse_args(["--smoke"]))
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(smoke_dir / "x.json")], cwd=REPO)
+    assert ignored.returncode == 0, f"{smoke_dir} is not ignored by git"
+    assert results_dir(parser().parse_args([])) == harness.RESULTS
