@@ -67,7 +67,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The tower, the gates and their regularisation (see README, Configuration)."""
+    """The tower, the gates and their regularisation (see docs/configuration.md)."""
 
     name: Literal["ppnet", "pepnet", "dnn", "mmoe"] = "ppnet"
     personal_ids: list[str] = field(default_factory=lambda: ["user_id", "video_id", "author_id"])
