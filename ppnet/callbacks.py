@@ -26,6 +26,7 @@ from ppnet.config import Task
 from ppnet.data.pipeline import EpochCursor
 from ppnet.data.split import Split
 from ppnet.evaluate import model_predictor, score_split
+from ppnet.model import unsharded_weights
 from ppnet.rundir import BACKUP, BEST_WEIGHTS, epoch_scores
 from ppnet.tf_private import resume_counters, skip_log_sync, take_backup
 
@@ -112,6 +113,10 @@ class ValidationScore(tf.keras.callbacks.Callback):
     mean AUC over the tasks (``"mean"``). Scores the whole validation split in this process (in a
     cluster, every worker computes the same numbers from the same weights), so model selection
     uses exact, global AUC rather than Keras' bucketed, per-replica streaming estimate.
+
+    ``scorer``, when given, is a float32 copy of the model that receives the trained weights before
+    each epoch is scored: a model trained in bfloat16 is then selected by the scores of what its
+    export (float32) will serve.
     """
 
     def __init__(
@@ -122,17 +127,21 @@ class ValidationScore(tf.keras.callbacks.Callback):
         user_column: str,
         epochs_file: Path | None,
         select_by: str = "mean",
+        scorer: tf.keras.Model | None = None,
     ):
         super().__init__()
         self.split, self.kinds, self.tasks, self.user_column = split, kinds, tasks, user_column
         self.epochs_file = epochs_file  # one JSON line per epoch; it survives crashes and resumes
         self.select_by = select_by
+        self.scorer = scorer
         self.predict = None
 
     def on_train_begin(self, logs=None):
-        self.predict = model_predictor(self.model, self.kinds)
+        self.predict = model_predictor(self.scorer or self.model, self.kinds)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.scorer is not None:
+            self.scorer.set_weights(unsharded_weights(self.model))
         result = score_split(self.predict, self.split, self.kinds, self.tasks, self.user_column)
         scores = validation_logs(result, self.select_by)
         if logs is not None:

@@ -100,6 +100,8 @@ class TrainConfig:
     backup_every_steps: int = 500
     memory_limit_gib: float = 0.0  # the weights with their optimizer slots must fit; 0: this machine's memory
     select_by: str = "mean"  # the best epoch: "mean" validation AUC over tasks, or one task's name
+    # The towers' and gates' compute dtype; "auto": bfloat16 where the hardware has it (ppnet.precision)
+    precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,12 @@ class GateNNs(tf.keras.layers.Layer):
         self.hidden: tf.keras.layers.Dense | None = None
         self.scales = [
             tf.keras.layers.Dense(
-                w, activation="sigmoid", kernel_initializer="zeros", bias_initializer="zeros", name=f"scale_{i}"
+                w,
+                activation="sigmoid",
+                kernel_initializer="zeros",
+                bias_initializer="zeros",
+                dtype=self.dtype_policy,
+                name=f"scale_{i}",
             )
             for i, w in enumerate(self.widths)
         ]
@@ -97,7 +102,9 @@ class GateNNs(tf.keras.layers.Layer):
         initializer = tf.keras.initializers.VarianceScaling(
             scale=(fan_in + fused) / (fan_in + self.hidden_units), mode="fan_avg", distribution="uniform"
         )
-        self.hidden = tf.keras.layers.Dense(fused, activation="relu", kernel_initializer=initializer, name="hidden")
+        self.hidden = tf.keras.layers.Dense(
+            fused, activation="relu", kernel_initializer=initializer, dtype=self.dtype_policy, name="hidden"
+        )
         with tf.name_scope(self.hidden.name):  # as Keras would build it: variables named gates/hidden/...
             self.hidden.build(tf.TensorShape([None, fan_in]))
         super().build(input_shape)
@@ -175,20 +182,27 @@ class GatedTower(tf.keras.layers.Layer):
         self.dropout = dropout
         self.batch_norm = batch_norm
         self.output_bias = output_bias
-        self.dense = [tf.keras.layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(self.hidden_units)]
-        self.dense.append(
-            tf.keras.layers.Dense(1, bias_initializer=tf.keras.initializers.Constant(output_bias), name="logit")
+        policy = self.dtype_policy  # under mixed_bfloat16 the hidden layers compute in bfloat16
+        self.dense = [
+            tf.keras.layers.Dense(u, dtype=policy, name=f"dense_{i}") for i, u in enumerate(self.hidden_units)
+        ]
+        self.dense.append(  # the logit in float32 whatever the policy: the loss reads it
+            tf.keras.layers.Dense(
+                1, bias_initializer=tf.keras.initializers.Constant(output_bias), dtype="float32", name="logit"
+            )
         )
         self.norms = [
-            tf.keras.layers.BatchNormalization(name=f"batch_norm_{i}") if batch_norm else None
+            tf.keras.layers.BatchNormalization(dtype=policy, name=f"batch_norm_{i}") if batch_norm else None
             for i in range(len(self.hidden_units))
         ]
-        self.drops = [tf.keras.layers.Dropout(dropout) if dropout else None for _ in self.hidden_units]
+        self.drops = [tf.keras.layers.Dropout(dropout, dtype=policy) if dropout else None for _ in self.hidden_units]
         self.gates: GateNNs | None = None
 
     def build(self, input_shape: tf.TensorShape) -> None:
         if self.gated:  # gate i scales the input of Dense layer i
-            self.gates = GateNNs([int(input_shape[-1]), *self.hidden_units], self.gate_hidden, name="gates")
+            self.gates = GateNNs(
+                [int(input_shape[-1]), *self.hidden_units], self.gate_hidden, dtype=self.dtype_policy, name="gates"
+            )
         super().build(input_shape)
 
     def call(
@@ -320,10 +334,16 @@ class MixtureOfExperts(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.experts, self.units, self.tasks = int(experts), [int(u) for u in units], int(tasks)
         self.expert_layers = [
-            [tf.keras.layers.Dense(u, activation="relu", name=f"expert_{e}_{i}") for i, u in enumerate(self.units)]
+            [
+                tf.keras.layers.Dense(u, activation="relu", dtype=self.dtype_policy, name=f"expert_{e}_{i}")
+                for i, u in enumerate(self.units)
+            ]
             for e in range(self.experts)
         ]
-        self.gates = [tf.keras.layers.Dense(self.experts, activation="softmax", name=f"gate_{t}") for t in range(tasks)]
+        self.gates = [
+            tf.keras.layers.Dense(self.experts, activation="softmax", dtype=self.dtype_policy, name=f"gate_{t}")
+            for t in range(tasks)
+        ]
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> list[tf.Tensor]:
         """Each task's mixture of the experts.

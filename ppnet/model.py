@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -100,12 +101,14 @@ class RankingModel(tfrs.Model):
     Args:
         config: the run's configuration (features, ``model`` settings).
         stats: the training statistics: input kinds, vocabularies, numeric mean and std, CTR.
+        precision: the Keras dtype policy of the towers, gates, EPNet and MMoE (``float32`` or
+            ``mixed_bfloat16``, see ``ppnet.precision``); embeddings and logits are float32.
         **kwargs: passed to ``tfrs.Model``.
     """
 
-    def __init__(self, config: Config, stats: Stats, **kwargs):
+    def __init__(self, config: Config, stats: Stats, precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
-        self.config, self.stats = config, stats
+        self.config, self.stats, self.precision = config, stats, precision
         model = config.model
         self.gated = model.gated
         self.task_names = config.task_names  # the label columns; the first is the primary task
@@ -129,10 +132,12 @@ class RankingModel(tfrs.Model):
                 group: self._tables(names, f"domain_embedding_{group}") for group, names in self.domain_fields.items()
             }
             shared_width = sum(config.feature(n).dim for n in self.groups.tower)
-            self.epnet = GateNNs([shared_width], model.gate_hidden, name="epnet")
+            self.epnet = GateNNs([shared_width], model.gate_hidden, dtype=precision, name="epnet")
         self.normalizer = numeric_normalizer(config.features, stats)
         if model.name == "mmoe":
-            self.mmoe = MixtureOfExperts(model.experts, model.hidden_units[:-1], len(self.task_names), name="mmoe")
+            self.mmoe = MixtureOfExperts(
+                model.experts, model.hidden_units[:-1], len(self.task_names), dtype=precision, name="mmoe"
+            )
         # The first task's tower and loss keep the single-task attribute names (checkpoints of runs
         # from before tasks load); the other tasks' live in dicts, created only when there are some.
         towers = [self._tower(task, f"tower_{task}" if i else "tower") for i, task in enumerate(self.task_names)]
@@ -154,6 +159,7 @@ class RankingModel(tfrs.Model):
             dropout=model.dropout,
             batch_norm=model.batch_norm,
             output_bias=self.stats.log_odds(task),
+            dtype=self.precision,
             name=name,
         )
 
@@ -245,6 +251,7 @@ class RankingModel(tfrs.Model):
         """
         domain = tf.concat([flatten(rows) for rows in domain_rows], axis=-1)
         (gate,) = self.epnet([domain, tf.stop_gradient(shared)], training=training)
+        gate = tf.cast(gate, shared.dtype)  # the embeddings stay float32 under mixed_bfloat16
         return [shared * gate], gate
 
     def heads(self, inputs: TowerInputs, training: bool = False) -> ModelOutput:
@@ -378,15 +385,38 @@ def dense_weights(config: Config, width: int) -> int:
     return towers + tasks * gates(gate_input, [width, *model.hidden_units]) + epnet
 
 
-def build_model(config: Config, stats: Stats, compile: bool = True) -> RankingModel:
-    """A model with its variables created (so weights can be restored into it); compiled for training."""
-    model = RankingModel(config, stats, name=config.model.name)
+def build_model(config: Config, stats: Stats, compile: bool = True, precision: str = "float32") -> RankingModel:
+    """A model with its variables created (so weights can be restored into it); compiled for training.
+
+    ``precision`` is the towers' Keras dtype policy (``ppnet.precision``); the variables are float32
+    under either, so weights move between a bfloat16 training model and a float32 one as they are.
+    """
+    model = RankingModel(config, stats, precision=precision, name=config.model.name)
     if not compile:
         model(dummy_batch(stats))
         return model
     model.compile(optimizer=OPTIMIZERS[config.train.optimizer](learning_rate=config.train.learning_rate))
     model(dummy_batch(stats))
     return model
+
+
+def unsharded_weights(model: RankingModel) -> list[np.ndarray]:
+    """``model.get_weights()`` with each embedding table that parameter servers hold in shards as
+    one array: the weights of the same model built outside ``tf.distribute``, in their order."""
+    whole_of = {
+        id(part): table.embeddings
+        for table in model.embedding_tables()
+        for part in getattr(table.embeddings, "variables", [])
+    }
+    values, copied = [], set()
+    for weight in model.weights:
+        whole = whole_of.get(id(weight))
+        if whole is None:
+            values.append(weight.numpy())
+        elif id(whole) not in copied:  # the first shard stands for the table; the others are in it
+            copied.add(id(whole))
+            values.append(tf.convert_to_tensor(whole).numpy())
+    return values
 
 
 def dummy_batch(stats: Stats, rows: int = 1) -> dict[str, tf.Tensor]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from ppnet import distribute
+from ppnet import distribute, precision
 from ppnet.callbacks import ThroughputMeter, ValidationScore, training_callbacks
 from ppnet.config import Config
 from ppnet.data.pipeline import EpochCursor, make_dataset
@@ -129,19 +129,24 @@ def run(
 
     tf.keras.utils.set_random_seed(config.train.seed)
     dist = distribute.make_strategy(strategy)
+    chosen = precision.choose(config.train.precision)
+    log.info("towers compute in %s (%s)", chosen.policy, chosen.reason)
     with dist.scope():
-        model = build_model(config, stats)
+        model = build_model(config, stats, precision=chosen.policy)
     meter = ThroughputMeter(config.train.batch_size * duties.workers)
     fitted = work / FITTED  # training ended (early stopping included): a rerun only scores and exports
     if fitted.exists() and not duties.streamed:
         log.info("training had finished before the crash; scoring and exporting the best epoch")
     else:
-        fit(model, config, dist, duties, train_split, valid_split, kinds, train_rows, work, meter)
+        # A model computing in bfloat16 is scored every epoch through a float32 copy, as it will be served.
+        scorer = build_model(config, stats, compile=False) if chosen.policy != precision.FLOAT32 else None
+        fit(model, config, dist, duties, train_split, valid_split, kinds, train_rows, work, meter, scorer)
         if duties.owns_run:
             fitted.touch()
     if not duties.owns_run:
         return {}
-    final = build_model(config, stats) if duties.streamed else model  # a plain local copy to score and export
+    # What is scored and exported: the float32 model, a plain local copy (under tf.distribute or bfloat16).
+    final = model if chosen.policy == precision.FLOAT32 and not duties.streamed else build_model(config, stats)
     restore_best(final, work)
     metrics = score_split(model_predictor(final, kinds), valid_split, kinds, config.tasks, config.data.user_column)
     splits = {"train": train_split.to_json(), "valid": valid_split.to_json()}
@@ -156,6 +161,7 @@ def run(
             "best_epoch": max(epochs, key=lambda e: e["val_score"])["epoch"] if epochs else 0,
             "select_by": config.train.select_by,
             "model": config.model.name,
+            "precision": {"towers": chosen.policy, "why": chosen.reason},
             **gate_settings(config),
             "export": str(Path("export") / export_dir.name),
             "splits": splits,
@@ -224,8 +230,10 @@ def fit(
     train_rows: int,
     work: Path,
     meter: ThroughputMeter,
+    scorer: tf.keras.Model | None = None,
 ) -> None:
-    """``model.fit`` with the run's callbacks; a loss that became NaN or infinite is a one-line error."""
+    """``model.fit`` with the run's callbacks; a loss that became NaN or infinite is a one-line error.
+    ``scorer``: the float32 model each epoch is scored with (``ValidationScore``), if not ``model``."""
     cursor = EpochCursor()
     train_ds = make_input(dist, duties, config, train_split, kinds, cursor, train_rows, work)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
@@ -237,6 +245,7 @@ def fit(
         config.data.user_column,
         work / EPOCHS_FILE if duties.owns_run else None,
         config.train.select_by,
+        scorer,
     )
     callbacks = training_callbacks(
         work,
