@@ -11,27 +11,41 @@ The export needs TensorFlow alone (no ppnet, no TFRS, no legacy-Keras switch). S
 ``assets.extra/ppnet.json`` (ignored by TF Serving) records the ppnet version, the tasks, the
 label and user columns, the input kinds and the run's training and validation rows, so
 ``ppnet evaluate`` can score parquet with nothing but the export.
+``assets.extra/tf_serving_warmup_requests`` holds TF Serving's warm-up requests (``PredictionLog``
+records of TF Serving's own protos), which it replays when it loads the version.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 import ppnet
 from ppnet.data.pipeline import input_specs
+from ppnet.data.split import Split
+from ppnet.data.tfrecord import to_example
+from ppnet.errors import PPNetError
 from ppnet.evaluate import is_export
 from ppnet.features import vocabulary_index
 from ppnet.files import atomic_directory
 from ppnet.model import ModelOutput, RankingModel, TowerInputs, build_model, dummy_batch
+from ppnet.stats import Stats
 from ppnet.tf_private import freeze
+
+log = logging.getLogger(__name__)
 
 # tf.Example has no NaN-free "missing" for floats: a missing numeric becomes NaN, i.e. the mean.
 EXAMPLE_DEFAULTS = {"int64": -1, "string": "", "float32": float("nan")}
+# TF Serving replays assets.extra/<WARMUP_FILE> on every version it loads, before the version serves.
+WARMUP_FILE = "tf_serving_warmup_requests"
+WARMUP_ROWS = 8  # rows in the larger warm-up requests
 
 
 class ServingModule(tf.Module):
@@ -129,9 +143,10 @@ def export_model(
     """Save ``model`` to ``export_base/<version>`` via a temporary directory and a rename.
 
     TF Serving watches ``export_base`` and would load a half-written version directory; the
-    rename makes the version appear complete or not at all. ``splits`` (``Split.to_json`` of the
-    run's ``train`` and ``valid`` rows) goes into the metadata: ``ppnet evaluate`` then warns about
-    training rows, and the notebook scores the validation rows by default.
+    rename makes the version appear complete or not at all, warm-up file included. ``splits``
+    (``Split.to_json`` of the run's ``train`` and ``valid`` rows) goes into the metadata:
+    ``ppnet evaluate`` then warns about training rows, and the notebook scores the validation rows
+    by default. Its validation rows also fill the warm-up requests (``warmup_rows``).
     """
     export_base = Path(export_base)
     export_base.mkdir(parents=True, exist_ok=True)
@@ -139,6 +154,7 @@ def export_model(
     target = export_base / str(version)
     serving = build_model(model.config, model.stats, compile=False)  # weights only: no optimizer state
     serving.set_weights(model.get_weights())
+    rows = warmup_rows(splits, model.stats)
     with atomic_directory(target, overwrite, "export version", ours=is_export) as tmp:
         module = ServingModule(serving)
         tf.saved_model.save(module, str(tmp), signatures=module.signature_map())
@@ -160,4 +176,64 @@ def export_model(
                 indent=2,
             )
         )
+        write_records(extra / WARMUP_FILE, warmup_requests(rows))
     return target
+
+
+def warmup_rows(splits: dict | None, stats: Stats) -> dict[str, np.ndarray]:
+    """The warm-up requests' rows: the first ``WARMUP_ROWS`` of the run's validation split
+    (``splits["valid"]``, read again from its files), else default values (unseen ids, zero
+    numerics), which run the same ops but are not rows a user would send.
+
+    Defaults when no split is recorded (a caller without a run, a run from before ppnet recorded
+    its splits) or, with a warning saying why, when its files are gone or no longer read as the
+    model's inputs (``ppnet export`` on another machine, data moved or rewritten): the requests
+    only have to run, and a missing data set must not stop an export.
+    """
+    if not splits:
+        log.info("no validation split recorded: the warm-up requests carry default values")
+    else:
+        try:
+            return Split.from_json(splits["valid"]).first_rows(stats.kinds, WARMUP_ROWS)
+        except PPNetError as err:
+            log.warning("the warm-up requests carry default values, not the validation rows: %s", err)
+    return {name: values.numpy() for name, values in dummy_batch(stats, WARMUP_ROWS).items()}
+
+
+def warmup_requests(rows: dict[str, np.ndarray]) -> list[prediction_log_pb2.PredictionLog]:
+    """TF Serving's warm-up records: a one-row and a ``WARMUP_ROWS``-row request (fewer if there
+    are fewer ``rows``) to each prediction signature, raw columns to ``serving_default`` and
+    ``tf.Example`` protos to ``serve_examples``.
+
+    TF Serving runs them when it loads a version, before the version takes traffic, so the first
+    real requests do not pay for initialising the graph and oneDNN's kernels for either shape. A
+    failing warm-up request fails the version's load: tests/test_warmup.py runs every record on the export.
+    """
+    count = min(WARMUP_ROWS, len(next(iter(rows.values()))))
+    records = []
+    for n in sorted({1, count}):
+        batch = {name: values[:n] for name, values in rows.items()}
+        examples = [
+            to_example({name: v[i : i + 1] for name, v in batch.items()}).SerializeToString(deterministic=True)
+            for i in range(n)
+        ]
+        records.append(predict_log("serving_default", batch))
+        records.append(predict_log("serve_examples", {"examples": np.array(examples, dtype=object)}))
+    return records
+
+
+def predict_log(signature: str, inputs: dict[str, np.ndarray]) -> prediction_log_pb2.PredictionLog:
+    """One warm-up record: a ``PredictRequest`` to ``signature`` with ``inputs`` as tensor protos."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.signature_name = signature
+    for name, values in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(values))
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def write_records(path: Path, records: list[prediction_log_pb2.PredictionLog]) -> None:
+    """``records`` as a TFRecord file, the warm-up file's format. Serialized deterministically (map
+    entries sorted): a re-export of the same rows writes the same bytes, whichever process writes."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record.SerializeToString(deterministic=True))

@@ -451,6 +451,27 @@ def test_user_column_must_hold_ids(synthetic_dir: Path, tmp_path: Path) -> None:
     assert str(files[1]) in message and "user column 'user_id'" in message
 
 
+# --- Split.first_rows ---------------------------------------------------------------------------
+
+
+def test_first_rows_continue_into_the_next_file_and_stop_at_the_split_end(tmp_path: Path) -> None:
+    directory, end = _id_log(tmp_path)
+    files = tuple(resolve_files(directory))
+    kinds = {"id": INT, "cat": STRING, "x": FLOAT}
+    rows = Split(files, ("id", ">=", 830)).first_rows(kinds, 10)  # 7 rows in the first file, 3 in the second
+    np.testing.assert_array_equal(rows["id"], np.arange(830, 840))
+    assert rows["id"].dtype == np.int64 and rows["x"].dtype == np.float32 and rows["cat"][0] == "c4"
+    assert list(Split(files, ("id", ">=", end - 3)).first_rows(kinds, 8)["id"]) == [end - 3, end - 2, end - 1]
+    assert _error(Split(files, ("id", ">=", end), "ids [id >= end]").first_rows, kinds, 8) == "ids [id >= end]: no rows"
+
+
+def test_first_rows_of_a_column_that_no_longer_converts_is_one_line(tmp_path: Path) -> None:
+    directory, _ = _id_log(tmp_path, files=1)
+    file = resolve_files(directory)[0]
+    message = _error(Split((file,)).first_rows, {"id": INT, "cat": INT}, 8)  # cat holds strings now
+    assert str(file) in message and "cannot read its rows as the model's inputs" in message
+
+
 # --- iter_batches -------------------------------------------------------------------------------
 
 KINDS = {"id": INT, "cat": STRING, "x": FLOAT}

@@ -14,13 +14,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from ppnet.config import Config, Task, target_columns
-from ppnet.data.schema import FLOAT, INT, column_kind, one_line, read_schema, resolve_files
+from ppnet.data.schema import FLOAT, INT, column_kind, one_line, read_schema, resolve_files, to_arrays
 from ppnet.errors import PPNetError
 
 # Split-column values JSON cannot hold, written as ISO text and read back by type name.
@@ -91,6 +92,23 @@ class Split:
                         yield file, batch
             except (pa.ArrowException, OSError) as err:
                 raise PPNetError(f"{file}: cannot read ({one_line(err)})") from None
+
+    def first_rows(self, kinds: dict[str, str], rows: int) -> dict[str, np.ndarray]:
+        """The split's first ``rows`` rows (fewer if it has fewer) as model inputs: real rows for the
+        export's warm-up requests, read without streaming the rest of the split. No rows, or a
+        column that no longer converts to its kind (a file rewritten since), is a ``PPNetError``."""
+        parts, found = [], 0
+        for file, batch in self.batches(list(kinds), rows):
+            try:
+                parts.append(to_arrays(batch, kinds))
+            except pa.ArrowException as err:
+                raise PPNetError(f"{file}: cannot read its rows as the model's inputs ({one_line(err)})") from None
+            found += batch.num_rows
+            if found >= rows:
+                break
+        if not parts:
+            raise PPNetError(f"{self.description}: no rows")
+        return {name: np.concatenate([part[name] for part in parts])[:rows] for name in kinds}
 
     def nonempty(self) -> Split:
         """The same rows without the files the filter leaves empty (e.g. the validation date's)."""
