@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NOTEBOOK_STAMP := $(VENV)/.installed-notebook
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
@@ -11,7 +12,7 @@ DATA ?= data/synthetic
 OUT ?= runs/$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: install train test lint bench bench-smoke profile clean
+.PHONY: install train test lint notebook bench bench-smoke profile clean
 
 install: $(STAMP)
 
@@ -30,6 +31,18 @@ train: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+
+# Jupyter (the `notebook` extra) over the base install; reinstalled when that is.
+$(NOTEBOOK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,notebook]'
+	touch $(NOTEBOOK_STAMP)
+
+# Executes notebooks/evaluate_auc.ipynb headless (the committed notebook is only read) on
+# PPNET_EXPORT, PPNET_DNN_EXPORT, PPNET_DATA and PPNET_FIGURES (make passes command-line variables
+# to the environment); the executed copy goes beside the PNGs, in RUN_DIR/figures/. PYTHONPATH:
+# the kernel starts in notebooks/ and must import this checkout's ppnet.
+notebook: $(NOTEBOOK_STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/python notebooks/execute.py
 
 # ruff's lint and format check, configured in pyproject.toml; `$(BIN)/ruff format .` applies the format.
 lint: $(STAMP)

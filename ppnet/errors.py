@@ -7,3 +7,8 @@ class PPNetError(Exception):
     The message must name the file, column or config key at fault and what was expected, so the
     user can fix the input without reading a traceback. Bugs raise ordinary exceptions instead.
     """
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython's hook for how an exception is shown: in Jupyter, as on the command line, the one
+        line and no traceback (the cell still fails, so a notebook run stops there)."""
+        return [str(self)]

@@ -138,37 +138,45 @@ def evaluate_export(
     if label:
         tasks = [Task(label)]
     user_column = user_column or meta["user_column"]
-    targets = target_columns(tasks)
     split = Split(tuple(resolve_files(data_path)), None, str(data_path))
+    check_scorable(split, meta["inputs"], tasks, user_column)
+    result = score_split(predict, split, meta["inputs"], tasks, user_column)
+    warning = training_rows_warning(meta, split, result["rows"])
+    if warning:
+        log.warning(warning)
+    return result
+
+
+def check_scorable(split: Split, inputs: dict[str, str], tasks: list[Task], user_column: str) -> None:
+    """Fail with one line naming the file and column, before any scoring, when an export reading
+    ``inputs`` cannot score ``split``: a file lacks an input, label, mask or user column, holds one
+    of another kind, or a task's labels are not 0/1 or all one class. Scoring would otherwise fail
+    inside TensorFlow, or end in a NaN AUC, after streaming the data."""
     for file in split.files:
         schema = read_schema(file)
-        missing = [c for c in [*meta["inputs"], *targets, user_column] if c not in schema.names]
+        missing = [c for c in [*inputs, *target_columns(tasks), user_column] if c not in schema.names]
         if missing:
             raise PPNetError(f"{file}: column(s) {missing} missing (the model expects them)")
         check_user_column(file, schema, user_column)
-        for name, kind in meta["inputs"].items():
+        for name, kind in inputs.items():
             found = column_kind(schema.field(name).type)
             if found != kind and not (kind == FLOAT and found == INT):
                 raise PPNetError(
                     f"{file}: column {name!r} has type {schema.field(name).type}; the model expects {kind}"
                 )
     check_labels(split, tasks, need_both_classes=True)
-    result = score_split(predict, split, meta["inputs"], tasks, user_column)
-    warn_training_rows(meta, split, result["rows"])
-    return result
 
 
-def warn_training_rows(meta: dict, split: Split, rows: int) -> None:
-    """Warn when the scored rows include rows the model trained on: their metrics flatter it."""
+def training_rows_warning(meta: dict, split: Split, rows: int) -> str | None:
+    """Why metrics of the export on ``split`` (``rows`` scored) would flatter it, or None: some of
+    its rows are rows it trained on."""
     if not meta.get("splits"):  # exports from before the run recorded its rows
-        return
-    trained = Split.from_json(meta["splits"]["train"]).rows_in(split.files)
-    if trained:
-        log.warning(
-            "%d of the %d rows scored are from the model's training rows, %s: their metrics flatter it; "
-            "score its validation rows, %s",
-            trained,
-            rows,
-            meta["splits"]["train"]["description"],
-            meta["splits"]["valid"]["description"],
-        )
+        return None
+    trained = Split.from_json(meta["splits"]["train"]).overlap(split)
+    if not trained:
+        return None
+    return (
+        f"{trained} of the {rows} rows scored are from the model's training rows, "
+        f"{meta['splits']['train']['description']}: their metrics flatter it; "
+        f"score its validation rows, {meta['splits']['valid']['description']}"
+    )

@@ -96,10 +96,16 @@ def replace_directory(complete: Path, target: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small file through a temporary name and a rename."""
+    """Write a small text file through a temporary name and a rename."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a small file through a temporary name and a rename: a reader (or a crash) never
+    leaves a half-written file under ``path``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)

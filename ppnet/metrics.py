@@ -24,7 +24,14 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
-    """Impression-weighted mean of per-user AUC, skipping users who saw a single class.
+    """Impression-weighted mean of per-user AUC, skipping users who saw a single class."""
+    per_user = user_aucs(labels, scores, groups)
+    return float(np.average(per_user.auc, weights=per_user.rows)) if len(per_user) else float("nan")
+
+
+def user_aucs(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> pd.DataFrame:
+    """Each user's AUC and row count (columns ``auc``, ``rows``; index: the user), for the users who
+    saw both classes: what gAUC averages, kept apart so that it can be averaged over any set of users.
 
     Computed for all users at once with a grouped rank, not a Python loop over users.
     """
@@ -33,11 +40,9 @@ def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
     frame["pos_rank"] = frame["rank"] * frame["y"]
     per_user = frame.groupby("g", sort=False).agg(n=("y", "size"), pos=("y", "sum"), rank_sum=("pos_rank", "sum"))
     per_user = per_user[(per_user.pos > 0) & (per_user.pos < per_user.n)]
-    if per_user.empty:
-        return float("nan")
     neg = per_user.n - per_user.pos
     user_auc = (per_user.rank_sum - per_user.pos * (per_user.pos + 1) / 2) / (per_user.pos * neg)
-    return float(np.average(user_auc, weights=per_user.n))
+    return pd.DataFrame({"auc": user_auc, "rows": per_user.n})
 
 
 def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:

@@ -27,6 +27,9 @@ def test_gauc_is_impression_weighted_and_skips_single_class_users():
     users = np.array(["a", "a", "b", "b", "b", "c", "c", "c"])  # c has one class only
     expected = (2 * brute_auc(labels[:2], scores[:2]) + 3 * brute_auc(labels[2:5], scores[2:5])) / 5
     assert metrics.gauc(labels, scores, users) == pytest.approx(expected)
+    per_user = metrics.user_aucs(labels, scores, users)
+    assert list(per_user.index) == ["a", "b"] and list(per_user.rows) == [2, 3]
+    assert list(per_user.auc) == pytest.approx([brute_auc(labels[:2], scores[:2]), brute_auc(labels[2:5], scores[2:5])])
 
 
 def test_logloss_and_report():

@@ -9,6 +9,8 @@ the log size.
 from __future__ import annotations
 
 import datetime
+import functools
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -66,13 +68,14 @@ class Split:
             where = (where["column"], where["op"], value)
         return cls(tuple(Path(f) for f in record["files"]), where, record["description"])
 
-    def rows_in(self, files: tuple[Path, ...]) -> int:
-        """How many of this split's rows ``files`` hold (whole files: e.g. a log scored by
-        ``ppnet evaluate`` against the training split of the run that made the export)."""
+    def overlap(self, other: Split) -> int:
+        """How many rows this split and ``other`` both hold: in the files both read, the rows both
+        rules keep (e.g. the run's training rows among those ``ppnet evaluate`` or the notebook
+        scores). Row groups of a worker's shard are not considered."""
         mine = {f.resolve() for f in self.files}
-        return sum(
-            pds.dataset(f, format="parquet").count_rows(filter=self.filter) for f in files if f.resolve() in mine
-        )
+        rules = [rule for rule in (self.filter, other.filter) if rule is not None]
+        both = functools.reduce(operator.and_, rules) if rules else None
+        return sum(pds.dataset(f, format="parquet").count_rows(filter=both) for f in other.files if f.resolve() in mine)
 
     def batches(self, columns: list[str], batch_rows: int = 65536) -> Iterator[tuple[Path, pa.RecordBatch]]:
         """Stream (file, record batch) pairs with only ``columns``, in file order."""
