@@ -97,6 +97,15 @@ def parser() -> argparse.ArgumentParser:
         default="local",
         help="tf.distribute strategy; multi_worker and parameter_server read the cluster from TF_CONFIG",
     )
+    train.add_argument(
+        "--init-from",
+        metavar="RUN_DIR",
+        help="continue a finished run on this data: its best weights, optimizer state and vocabularies "
+        "(grown by the new ids); the config must build the same network",
+    )
+    train.add_argument(
+        "--init-weights-only", action="store_true", help="with --init-from: a fresh optimizer, not the parent's"
+    )
     add_verbose(train)
     train.set_defaults(handler=run_train)
 
@@ -164,10 +173,20 @@ def run_train(args: argparse.Namespace) -> dict:
     from ppnet.config import load_config
     from ppnet.train import train
 
+    if args.init_weights_only and not args.init_from:
+        raise PPNetError("--init-weights-only needs --init-from RUN_DIR")
     config = load_config(args.config, args.set)
     return (
         train(
-            config, args.data, args.out, args.valid, overwrite=args.overwrite, fresh=args.fresh, strategy=args.strategy
+            config,
+            args.data,
+            args.out,
+            args.valid,
+            overwrite=args.overwrite,
+            fresh=args.fresh,
+            strategy=args.strategy,
+            init_from=args.init_from,
+            init_optimizer=not args.init_weights_only,
         )
         or None
     )

@@ -27,7 +27,8 @@ class Stats:
     """What the model needs from the training data.
 
     kinds: each feature's input kind (int64 / string / float32), i.e. the serving signature.
-    vocabularies: vocab features' values, most frequent first, those seen >= min_count times.
+    vocabularies: vocab features' values, most frequent first, those seen >= min_count times (a
+        continued run keeps its parent's in order and appends the values that reached min_count).
     numeric: per numeric feature [mean, std] after the optional log1p.
     rows: training rows; positive_rate: the first task's positive rate (the CTR);
     positive_rates: each task's rate over the rows its mask keeps (each initialises its task's
@@ -41,6 +42,10 @@ class Stats:
     positive_rate: float
     positive_rates: dict[str, float] = field(default_factory=dict)
     run: str = ""  # the run these statistics belong to (``rundir.run_id``): workers check it
+    # Per vocab feature, the values seen fewer than min_count times so far, as [value, count]: a run
+    # continued on new data (``--init-from``) adds its counts to these, so min_count counts over
+    # all the data the model has seen without keeping that data.
+    pending: dict[str, list] = field(default_factory=dict)
 
     def rate(self, task: str) -> float:
         """``task``'s training positive rate (the single task's in runs from before tasks)."""
@@ -68,8 +73,14 @@ def signed_log1p(values: np.ndarray) -> np.ndarray:
     return np.sign(values) * np.log1p(np.abs(values))
 
 
-def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
-    """One pass over ``split``: value counts for vocab features, moments for numerics."""
+def compute_stats(config: Config, split: Split, kinds: dict[str, str], parent: Stats | None = None) -> Stats:
+    """One pass over ``split``: value counts for vocab features, moments for numerics.
+
+    With ``parent`` (the statistics of the run being continued) the vocabularies grow: the parent's
+    values keep their order, hence their table rows, and values that reach ``min_count`` over the
+    parent's pending counts and this split's are appended. The numeric mean and std stay the
+    parent's: the trained tower expects its inputs standardised as before.
+    """
     vocab_features = [f for f in config.features if f.kind == "vocab"]
     numeric_features = [f for f in config.features if f.kind == "numeric"]
     counts = {f.name: Counter() for f in vocab_features}
@@ -102,14 +113,15 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
     if rows == 0:
         raise PPNetError(f"{split.description}: the training split has no rows")
     rates = positives / np.maximum(kept, 1)
-    vocabularies = {
-        f.name: [
-            value
-            for value, n in sorted(counts[f.name].items(), key=lambda kv: (-kv[1], str(kv[0])))
-            if n >= f.min_count
-        ]
-        for f in vocab_features
-    }
+    vocabularies, pending = {}, {}
+    for f in vocab_features:
+        known = parent.vocabularies[f.name] if parent else []
+        seen = Counter(dict(map(tuple, parent.pending.get(f.name, [])))) if parent else Counter()
+        seen.update(counts[f.name])
+        new = seen.keys() - set(known)
+        ranked = sorted(((value, seen[value]) for value in new), key=lambda kv: (-kv[1], str(kv[0])))
+        vocabularies[f.name] = known + [value for value, n in ranked if n >= f.min_count]
+        pending[f.name] = [[value, n] for value, n in ranked if n < f.min_count]
     empty = [name for name, values in vocabularies.items() if not values]
     if empty:
         raise PPNetError(
@@ -119,10 +131,11 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str]) -> Stats:
     return Stats(
         kinds=dict(kinds),
         vocabularies=vocabularies,
-        numeric={name: _mean_std(m) for name, m in moments.items()},
+        numeric=parent.numeric if parent else {name: _mean_std(m) for name, m in moments.items()},
         rows=rows,
         positive_rate=float(rates[0]),
         positive_rates=dict(zip(config.task_names, map(float, rates))),
+        pending=pending,
     )
 
 

@@ -43,6 +43,7 @@ from ppnet.rundir import (
     run_identity,
 )
 from ppnet.stats import Stats, compute_stats
+from ppnet.warmstart import Parent, check_compatible, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -92,27 +93,59 @@ def train(
     overwrite: bool = False,
     fresh: bool = False,
     strategy: str = "local",
+    init_from: str | Path | None = None,
+    init_optimizer: bool = True,
 ) -> dict:
     """Train on ``data_path`` and return the metrics written to ``RUN_DIR/metrics.json``.
 
     With ``strategy="multi_worker"`` every worker of the ``TF_CONFIG`` cluster runs this same
-    call; only the chief writes metrics and the export (the others return ``{}``).
+    call; only the chief writes metrics and the export (the others return ``{}``). ``init_from``
+    continues a finished run (``ppnet.warmstart``): its best weights, Adam state unless
+    ``init_optimizer`` is false, and its vocabularies, grown by the new data's ids.
     """
+    parent = None
+    if init_from is not None:
+        if strategy != "local":
+            raise PPNetError(f"--init-from works with --strategy local for now, not {strategy}")
+        parent = Parent.load(init_from)
+        check_compatible(parent, config)
     out = Path(out)
     role = distribute.current_role(strategy)
     if role.serves_only:
         distribute.serve(role)
         return {}
     duties = Duties.of(role, config)
+    start = Start(parent, init_optimizer)
     if not duties.owns_run:
-        return run(config, data_path, out, valid_path, fresh, strategy, duties)
+        return run(config, data_path, out, valid_path, fresh, strategy, duties, start)
     with exclusive_lock(out, "run directory"):  # one process per run, for the whole run
         check_replaceable(out, overwrite)
-        return run(config, data_path, out, valid_path, fresh, strategy, duties)
+        return run(config, data_path, out, valid_path, fresh, strategy, duties, start)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where training starts: fresh weights, or a parent run's (``--init-from``)."""
+
+    parent: Parent | None = None
+    with_optimizer: bool = True
+
+    def record(self) -> dict:
+        """For ``run.json`` and ``metrics.json``: what the run continued, if anything."""
+        if self.parent is None:
+            return {}
+        return {"init_from": str(self.parent.run_dir.resolve()), "init_optimizer": self.with_optimizer}
 
 
 def run(
-    config: Config, data_path: str, out: Path, valid_path: str | None, fresh: bool, strategy: str, duties: Duties
+    config: Config,
+    data_path: str,
+    out: Path,
+    valid_path: str | None,
+    fresh: bool,
+    strategy: str,
+    duties: Duties,
+    start: Start,
 ) -> dict:
     """``train``'s steps, once this process knows its duties (and, if it owns the run, holds its lock)."""
     train_split, valid_split = make_splits(config, data_path, valid_path)
@@ -123,8 +156,11 @@ def run(
         "data": str(data_path),
         "valid": None if valid_path is None else str(valid_path),
         "files": fingerprint([*train_split.files, *valid_split.files]),
+        **start.record(),
     }
-    work, stats = setup_run(config, train_split, kinds, out, inputs, duties, fresh)
+    if start.parent is not None:
+        check_kinds(start.parent, kinds)
+    work, stats = setup_run(config, train_split, kinds, out, inputs, duties, fresh, start)
     log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description, valid_split.description)
 
     tf.keras.utils.set_random_seed(config.train.seed)
@@ -133,6 +169,8 @@ def run(
     log.info("towers compute in %s (%s)", chosen.policy, chosen.reason)
     with dist.scope():
         model = build_model(config, stats, precision=chosen.policy)
+    if start.parent is not None:
+        warm_start(model, start.parent, start.with_optimizer)
     meter = ThroughputMeter(config.train.batch_size * duties.workers)
     fitted = work / FITTED  # training ended (early stopping included): a rerun only scores and exports
     if fitted.exists() and not duties.streamed:
@@ -162,6 +200,7 @@ def run(
             "select_by": config.train.select_by,
             "model": config.model.name,
             "precision": {"towers": chosen.policy, "why": chosen.reason},
+            **start.record(),
             **gate_settings(config),
             "export": str(Path("export") / export_dir.name),
             "splits": splits,
@@ -187,15 +226,32 @@ def gate_settings(config: Config) -> dict:
     }
 
 
+def check_kinds(parent: Parent, kinds: dict[str, str]) -> None:
+    """A continued run reads its columns as the parent did: the tables and the export's inputs depend on it."""
+    for name, kind in kinds.items():
+        if parent.stats.kinds.get(name, kind) != kind:
+            raise PPNetError(
+                f"--init-from {parent.run_dir}: column {name!r} is {kind} in this data, "
+                f"{parent.stats.kinds[name]} in the parent run's"
+            )
+
+
 def setup_run(
-    config: Config, train_split: Split, kinds: dict[str, str], out: Path, inputs: dict, duties: Duties, fresh: bool
+    config: Config,
+    train_split: Split,
+    kinds: dict[str, str],
+    out: Path,
+    inputs: dict,
+    duties: Duties,
+    fresh: bool,
+    start: Start,
 ) -> tuple[Path, Stats]:
     """The chief computes the statistics and prepares the run directory; other workers wait for them."""
     run = run_id(run_identity(config, inputs))
     if not duties.owns_run:
         work = partial_dir(out)
         return work, Stats.load(distribute.wait_for_file(work / "stats.json", lambda p: Stats.load(p).run == run))
-    stats = compute_stats(config, train_split, kinds)
+    stats = compute_stats(config, train_split, kinds, start.parent.stats if start.parent else None)
     check_memory(config, stats)  # before the model is built and before the run directory exists
     stats.run = run
     work = prepare_run_dir(out, config, inputs, fresh)

@@ -1,0 +1,134 @@
+"""Continue a finished run on new data (``ppnet train --init-from RUN_DIR``), as a ranker retrains
+every day from yesterday's model instead of from scratch.
+
+The new run starts from the parent's best weights and, for Adam (``adam``, ``lazy_adam``), its
+optimizer state (moments and step count), so training goes on where it stopped. Vocabularies grow
+(``compute_stats`` with the parent's statistics): a known id keeps its table row and its moments,
+an id first seen in the new data gets a new row initialised as fresh rows are. The config must
+build the same network: features (name, kind, dim, buckets), model shape and task names; training
+settings (learning rate, epochs, ...), data settings, dropout and loss weights may change.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from ppnet.config import Config, config_from_dict
+from ppnet.errors import PPNetError
+from ppnet.model import RankingModel, build_model
+from ppnet.rundir import changed_keys, read_json, restore_best
+from ppnet.stats import Stats
+from ppnet.tf_private import adam_moments
+
+log = logging.getLogger(__name__)
+
+# Model keys that may differ from the parent's: they change how the network trains, not its
+# variables. (``data`` and ``train`` may differ too, and a feature's ``min_count``.)
+FREE_MODEL_KEYS = ("dropout", "embedding_l2")
+ADAM_FAMILY = ("adam", "lazy_adam")
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A finished run to continue: its directory, config and statistics."""
+
+    run_dir: Path
+    config: Config
+    stats: Stats
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Parent:
+        run_dir = Path(run_dir)
+        if not (run_dir / "metrics.json").is_file():
+            raise PPNetError(f"--init-from {run_dir}: not a finished run directory (no metrics.json)")
+        config_path = run_dir / "config.json"
+        config = config_from_dict(read_json(config_path, "the run's config"), source=str(config_path))
+        return cls(run_dir, config, Stats.load(run_dir / "stats.json"))
+
+
+def check_compatible(parent: Parent, config: Config) -> None:
+    """Refuse, naming the first key, a config that would not build the parent's network."""
+    old, new = _shape_keys(parent.config), _shape_keys(config)
+    changed = changed_keys(old, new)
+    if changed:
+        key = changed[0]
+        raise PPNetError(
+            f"--init-from {parent.run_dir}: {key} differs from the parent run's ({_at(old, key)!r} there, "
+            f"{_at(new, key)!r} here); a continued run needs the same features, model shape and tasks"
+        )
+
+
+def _shape_keys(config: Config) -> dict:
+    """The parts of a config that fix the network's variables (and the numeric inputs' meaning)."""
+    raw = config.to_dict()
+    model = {k: v for k, v in raw["model"].items() if k not in FREE_MODEL_KEYS}
+    features = [{k: v for k, v in f.items() if k != "min_count"} for f in raw["features"]]
+    return {"features": features, "model": model, "tasks": [t["name"] for t in raw["tasks"]]}
+
+
+def _at(tree, dotted: str):
+    """The value at a key ``changed_keys`` names (``features[3].dim``), or ``None`` where absent."""
+    for part in dotted.replace("[", ".[").split("."):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            tree = tree[index] if isinstance(tree, list) and index < len(tree) else None
+        else:
+            tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def warm_start(model: RankingModel, parent: Parent, with_optimizer: bool = True) -> None:
+    """Copy the parent's best weights (and Adam state) into ``model``, built on the grown statistics.
+
+    Tables are copied field by field: a field's known rows keep their place (its vocabulary only
+    grew at the end), the rows added for new ids keep their fresh initial values. Everything else
+    has the parent's shape and is copied as it is.
+    """
+    old = build_model(parent.config, parent.stats)
+    optimizers = {parent.config.train.optimizer, model.config.train.optimizer}
+    carry = with_optimizer and optimizers <= set(ADAM_FAMILY)
+    if carry:  # create the slots so that the checkpoint's moments restore into them
+        old.optimizer.build(old.trainable_variables)
+        model.optimizer.build(model.trainable_variables)
+    restore_best(old, parent.run_dir)
+    rows = _row_maps(old, model)
+    for source, target in zip(old.weights, model.weights, strict=True):
+        _copy(source, target, rows.get(target.ref()))
+    if carry:
+        for source, target in zip(old.trainable_variables, model.trainable_variables, strict=True):
+            for source_slot, target_slot in zip(
+                adam_moments(old.optimizer, source), adam_moments(model.optimizer, target)
+            ):
+                _copy(source_slot, target_slot, rows.get(target.ref()))
+        model.optimizer.iterations.assign(old.optimizer.iterations)
+    elif with_optimizer:
+        log.info(
+            "optimizer state is carried over between adam and lazy_adam only; %s starts afresh", sorted(optimizers)
+        )
+    log.info("initialised from %s (best epoch), optimizer state %s", parent.run_dir, "kept" if carry else "new")
+
+
+def _row_maps(old: RankingModel, new: RankingModel) -> dict:
+    """Per embedding variable of ``new`` (by ``ref``): (rows in new, rows in old) of the known ids."""
+    maps = {}
+    for old_table, new_table in zip(old.embedding_tables(), new.embedding_tables(), strict=True):
+        new_rows = [
+            np.arange(new_table.rows(i).start, new_table.rows(i).start + size) for i, size in enumerate(old_table.sizes)
+        ]
+        old_rows = [np.arange(old_table.rows(i).start, old_table.rows(i).stop) for i in range(len(old_table.sizes))]
+        maps[new_table.embeddings.ref()] = (np.concatenate(new_rows), np.concatenate(old_rows))
+    return maps
+
+
+def _copy(source: tf.Variable, target: tf.Variable, rows: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """``target = source``, or for a grown table its known rows only."""
+    if rows is None:
+        target.assign(source)
+        return
+    new_rows, old_rows = rows
+    target.scatter_update(tf.IndexedSlices(tf.gather(source, old_rows), new_rows))

@@ -1,0 +1,171 @@
+"""``ppnet train --init-from``: a run continued on new data starts exactly where its parent stopped,
+known ids keep their rows, new ids get new ones, and a config that would build another network is
+refused with one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+
+from ppnet.cli import main
+from ppnet.data.pipeline import iter_batches
+from ppnet.data.schema import input_kinds
+from ppnet.data.split import Split, make_splits
+from ppnet.model import build_model
+from ppnet.rundir import load_run, restore_best
+from ppnet.stats import compute_stats
+from ppnet.tf_private import adam_moments
+from ppnet.train import train
+from ppnet.warmstart import Parent, warm_start
+from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES, small_config
+
+# min_count 1: every id of the parent's training rows has a row of its own, so before any step the
+# continued model scores those rows as the parent does (ids that reach min_count only with the new
+# data get new rows: the parent scored them through the OOV row).
+SETS = (
+    "train.epochs=1",
+    "train.precision=float32",
+    *(f"features.{n}.min_count=1" for n in ("user_id", "video_id", "author_id")),
+)
+
+
+@pytest.fixture(scope="module")
+def days(synthetic_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(the first five days, all eight days) of the synthetic log, as two directories."""
+    root = tmp_path_factory.mktemp("days")
+    files = sorted(synthetic_dir.glob("*.parquet"))
+    (root / "early").mkdir()
+    for file in files[:5]:
+        shutil.copy(file, root / "early" / file.name)
+    return root / "early", synthetic_dir
+
+
+@pytest.fixture(scope="module")
+def parent_run(days, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("parent") / "run"
+    train(small_config(*SETS), str(days[0]), run)
+    return run
+
+
+def continued_model(parent_run: Path, data: Path, with_optimizer: bool = True):
+    """The model ``--init-from parent_run`` starts from on ``data``, before its first step."""
+    config = small_config(*SETS)
+    train_split, _ = make_splits(config, data, None)
+    kinds = input_kinds(config, list(train_split.files))
+    parent = Parent.load(parent_run)
+    stats = compute_stats(config, train_split, kinds, parent.stats)
+    model = build_model(config, stats)
+    warm_start(model, parent, with_optimizer)
+    return model, parent
+
+
+def test_a_continued_model_predicts_as_its_parent_before_any_step(parent_run, days):
+    child, parent = continued_model(parent_run, days[1])
+    old = load_run(parent_run)
+    split, _ = make_splits(parent.config, days[0], None)
+    features, _ = next(iter_batches(split, parent.stats.kinds, ["is_click"], 512))
+    features = {k: tf.constant(v) for k, v in features.items()}
+    np.testing.assert_allclose(child(features).numpy(), old(features).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_known_ids_keep_their_rows_and_moments_and_new_ids_get_new_rows(parent_run, days):
+    child, parent = continued_model(parent_run, days[1])
+    old = build_model(parent.config, parent.stats)
+    old.optimizer.build(old.trainable_variables)
+    restore_best(old, parent_run)
+    known = parent.stats.vocabularies["user_id"]
+    grown = child.stats.vocabularies["user_id"]
+    assert grown[: len(known)] == known and len(grown) > len(known), "the vocabulary grows at its end"
+    ids = tf.constant(known + grown[len(known) :], tf.int64)
+    old_rows, new_rows = old.lookups["user_id"](ids).numpy(), child.lookups["user_id"](ids).numpy()
+    assert (new_rows[: len(known)] == old_rows[: len(known)]).all(), "a known id keeps its row index"
+    (old_table, old_span), (new_table, new_span) = old.table_rows("user_id"), child.table_rows("user_id")
+    old_values, new_values = old_table.numpy()[old_span], new_table.numpy()[new_span]
+    np.testing.assert_array_equal(new_values[new_rows[: len(known)]], old_values[old_rows[: len(known)]])
+    assert not np.isin(new_values[new_rows[len(known) :]], old_values).all(), "new ids start from fresh rows"
+    old_m, _ = adam_moments(old.optimizer, old_table)
+    new_m, _ = adam_moments(child.optimizer, new_table)
+    np.testing.assert_array_equal(
+        new_m.numpy()[new_span][new_rows[: len(known)]], old_m.numpy()[old_span][old_rows[: len(known)]]
+    )
+    assert int(child.optimizer.iterations) == int(old.optimizer.iterations) > 0
+
+
+def test_weights_only_starts_a_fresh_optimizer(parent_run, days):
+    child, _ = continued_model(parent_run, days[1], with_optimizer=False)
+    assert int(child.optimizer.iterations) == 0
+
+
+def test_min_count_counts_over_the_parent_data_and_the_new(synthetic_dir, tmp_path):
+    config = small_config(
+        "features.user_id.min_count=2", "features.video_id.min_count=1", "features.author_id.min_count=1"
+    )
+    base = pq.read_table(sorted(synthetic_dir.glob("*.parquet"))[0])
+
+    def log(path: Path, users: list[int]) -> Split:
+        table = base.slice(0, len(users)).set_column(
+            base.schema.get_field_index("user_id"), "user_id", pa.array(users, pa.int64())
+        )
+        pq.write_table(table, path)
+        return Split((path,), None, str(path))
+
+    first = log(tmp_path / "a.parquet", [1, 1, 2, 3, 3, 3])
+    kinds = input_kinds(config, list(first.files))
+    parent = compute_stats(config, first, kinds)
+    assert parent.vocabularies["user_id"] == [3, 1] and parent.pending["user_id"] == [[2, 1]]
+    second = log(tmp_path / "b.parquet", [2, 4, 4, 5, 1, 1])
+    child = compute_stats(config, second, kinds, parent)
+    assert child.vocabularies["user_id"] == [3, 1, 2, 4], "kept in order; 2 (once before, once now) and 4 added"
+    assert child.pending["user_id"] == [[5, 1]]
+    assert child.numeric == parent.numeric, "the tower's inputs stay standardised as the parent's were"
+
+
+def _fail(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("ppnet: error: ")]
+    return line
+
+
+@pytest.mark.parametrize(
+    "change, key", [("model.hidden_units=[16]", "model.hidden_units"), ("features.user_id.dim=8", "features[0].dim")]
+)
+def test_a_config_that_builds_another_network_is_refused(parent_run, days, tmp_path, capsys, change, key):
+    sets = [arg for item in [*SMALL_OVERRIDES, change] for arg in ("--set", item)]
+    out = tmp_path / "child"
+    args = ["train", "--config", DEFAULT_CONFIG, "--data", days[1], "--out", out, "--init-from", parent_run, *sets]
+    message = _fail(capsys, args)
+    assert key in message and str(parent_run) in message
+    assert not out.exists() and not out.with_name("child.partial").exists()
+
+
+def test_init_from_a_directory_that_is_not_a_finished_run_is_refused(days, tmp_path, capsys):
+    args = ["train", "--config", DEFAULT_CONFIG, "--data", days[1], "--out", tmp_path / "c", "--init-from", tmp_path]
+    assert "not a finished run directory" in _fail(capsys, args)
+
+
+def test_a_continued_run_records_its_parent_and_serves_new_ids(parent_run, days, tmp_path):
+    config = small_config(*SETS)
+    metrics = train(config, str(days[1]), tmp_path / "child", init_from=parent_run)
+    assert metrics["init_from"] == str(parent_run.resolve()) and metrics["init_optimizer"] is True
+    stats = json.loads((tmp_path / "child" / "stats.json").read_text())
+    parent_users = set(json.loads((parent_run / "stats.json").read_text())["vocabularies"]["user_id"])
+    new_users = [u for u in stats["vocabularies"]["user_id"] if u not in parent_users]
+    assert new_users, "the later days bring users the parent never saw"
+    serve = tf.saved_model.load(str(tmp_path / "child" / "export" / "1")).signatures["serving_default"]
+    split, _ = make_splits(config, days[1], None)
+    features, _ = next(iter_batches(split, stats["kinds"], ["is_click"], 1))
+    scores = {}
+    for label, user in [("old", sorted(parent_users)[0]), ("new", new_users[0]), ("unseen", -12345)]:
+        row = {k: tf.constant(v) for k, v in features.items()} | {"user_id": tf.constant([user], tf.int64)}
+        scores[label] = float(serve(**row)["probability"][0])
+    assert len(set(scores.values())) == 3, f"old, new and unseen ids each have their own row: {scores}"
