@@ -102,6 +102,9 @@ class TrainConfig:
     select_by: str = "mean"  # the best epoch: "mean" validation AUC over tasks, or one task's name
     # The towers' and gates' compute dtype; "auto": bfloat16 where the hardware has it (ppnet.precision)
     precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
+    # After the best epoch is chosen, one more pass from its checkpoint over the validation rows, so
+    # the export has seen the newest day (its metrics.json scores are the chosen epoch's, before it)
+    refit: bool = False
 
 
 @dataclass(frozen=True)

@@ -170,13 +170,20 @@ def check_scorable(split: Split, inputs: dict[str, str], tasks: list[Task], user
 def training_rows_warning(meta: dict, split: Split, rows: int) -> str | None:
     """Why metrics of the export on ``split`` (``rows`` scored) would flatter it, or None: some of
     its rows are rows it trained on."""
-    if not meta.get("splits"):  # exports from before the run recorded its rows
+    splits = meta.get("splits")
+    if not splits:  # exports from before the run recorded its rows
         return None
-    trained = Split.from_json(meta["splits"]["train"]).overlap(split)
+    trained_on = [splits["train"], *([splits["refit"]] if "refit" in splits else [])]
+    trained = sum(Split.from_json(record).overlap(split) for record in trained_on)
     if not trained:
         return None
+    advice = (
+        "score days after them (train.refit trained it on its validation rows too)"
+        if "refit" in splits
+        else f"score its validation rows, {splits['valid']['description']}"
+    )
+    where = " and ".join(record["description"] for record in trained_on)
     return (
-        f"{trained} of the {rows} rows scored are from the model's training rows, "
-        f"{meta['splits']['train']['description']}: their metrics flatter it; "
-        f"score its validation rows, {meta['splits']['valid']['description']}"
+        f"{trained} of the {rows} rows scored are from the model's training rows, {where}: their metrics flatter it; "
+        + advice
     )

@@ -151,7 +151,7 @@ def run(
     train_split, valid_split = make_splits(config, data_path, valid_path)
     kinds = input_kinds(config, list(train_split.files) + list(valid_split.files))
     train_rows = check_labels(train_split, config.tasks)
-    check_labels(valid_split, config.tasks, need_both_classes=True)
+    valid_rows = check_labels(valid_split, config.tasks, need_both_classes=True)
     inputs = {
         "data": str(data_path),
         "valid": None if valid_path is None else str(valid_path),
@@ -183,11 +183,19 @@ def run(
             fitted.touch()
     if not duties.owns_run:
         return {}
-    # What is scored and exported: the float32 model, a plain local copy (under tf.distribute or bfloat16).
-    final = model if chosen.policy == precision.FLOAT32 and not duties.streamed else build_model(config, stats)
+    # What is scored and exported: the float32 model, a plain local copy (under tf.distribute or
+    # bfloat16, and to refit: Keras' backup callback leaves the trained model unable to fit again).
+    copy = chosen.policy != precision.FLOAT32 or duties.streamed or config.train.refit
+    final = build_model(config, stats) if copy else model
+    if config.train.refit:  # slots for the best epoch's optimizer state to restore into
+        final.optimizer.build(final.trainable_variables)
     restore_best(final, work)
     metrics = score_split(model_predictor(final, kinds), valid_split, kinds, config.tasks, config.data.user_column)
     splits = {"train": train_split.to_json(), "valid": valid_split.to_json()}
+    if config.train.refit:
+        refit(final, config, valid_split, kinds, valid_rows)
+        splits["refit"] = splits["valid"]  # the export has trained on these rows too
+        metrics["refit"] = {"rows": valid_rows, "split": valid_split.description}
     export_dir = export_model(final, work / "export", splits=splits)
     epochs = epoch_scores(work)
     metrics.update(
@@ -214,6 +222,23 @@ def run(
     finish_run(work, out, metrics)
     log.info("run directory: %s (export %s)", out, out / metrics["export"])
     return metrics
+
+
+def refit(model: tf.keras.Model, config: Config, valid_split: Split, kinds: dict[str, str], rows: int) -> None:
+    """``train.refit``: one pass over the validation rows from the best epoch's weights and optimizer
+    state, so the export has seen the newest day (the one a ranker most needs). Run by this process
+    on a local model, whatever the strategy: one day's rows."""
+    log.info("refitting the best epoch on the validation rows (%d, %s)", rows, valid_split.description)
+    dataset = make_dataset(
+        valid_split,
+        kinds,
+        config.target_columns,
+        config.train.batch_size,
+        config.data.shuffle_buffer,
+        config.train.seed,
+        rows=rows,
+    )
+    model.fit(dataset, epochs=1, verbose=1 if sys.stdout.isatty() else 2)
 
 
 def gate_settings(config: Config) -> dict:

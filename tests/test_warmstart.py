@@ -18,6 +18,7 @@ from ppnet.cli import main
 from ppnet.data.pipeline import iter_batches
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import Split, make_splits
+from ppnet.evaluate import evaluate_export
 from ppnet.model import build_model
 from ppnet.rundir import load_run, restore_best
 from ppnet.stats import compute_stats
@@ -169,3 +170,20 @@ def test_a_continued_run_records_its_parent_and_serves_new_ids(parent_run, days,
         row = {k: tf.constant(v) for k, v in features.items()} | {"user_id": tf.constant([user], tf.int64)}
         scores[label] = float(serve(**row)["probability"][0])
     assert len(set(scores.values())) == 3, f"old, new and unseen ids each have their own row: {scores}"
+
+
+def test_refit_trains_the_export_on_the_validation_rows_too(days, tmp_path, caplog):
+    plain = train(small_config(*SETS), str(days[1]), tmp_path / "plain")
+    refit = train(small_config(*SETS, "train.refit=true"), str(days[1]), tmp_path / "refit")
+    assert "refit" not in plain and refit["refit"]["rows"] == plain["rows"]
+    assert refit["auc"] == plain["auc"], "metrics.json scores the chosen epoch, before the refit pass"
+    last_day = sorted(days[1].glob("*.parquet"))[-1]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ppnet.evaluate"):
+        before = evaluate_export(tmp_path / "plain" / "export" / "1", last_day)
+        assert [r for r in caplog.records if r.name == "ppnet.evaluate"] == []
+        after = evaluate_export(tmp_path / "refit" / "export" / "1", last_day)
+    assert after["logloss"] < before["logloss"], "the refit export has learned the validation day"
+    [warning] = [r for r in caplog.records if r.name == "ppnet.evaluate"]
+    assert f"{after['rows']} of the {after['rows']} rows scored" in warning.getMessage()
+    assert "train.refit" in warning.getMessage()
