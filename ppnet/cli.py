@@ -121,6 +121,17 @@ def parser() -> argparse.ArgumentParser:
     add_verbose(launch)
     launch.set_defaults(handler=run_launch_local)
 
+    replay = commands.add_parser(
+        "replay", help="day by day: score each day with the current model, then continue training on it"
+    )
+    replay.add_argument("--config", required=True, help="the base run's config (TOML)")
+    replay.add_argument("--base", required=True, help="a finished run directory to start from")
+    replay.add_argument("--days", nargs="+", required=True, help="parquet files or directories, oldest first")
+    replay.add_argument("--out", required=True, help="new directory: replay.json, export/<version>/, runs/")
+    replay.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    add_verbose(replay)
+    replay.set_defaults(handler=run_replay)
+
     evaluate = commands.add_parser("evaluate", help="score parquet data with an exported SavedModel")
     evaluate.add_argument("--model", required=True, help="SavedModel version directory, e.g. RUN/export/1")
     evaluate.add_argument("--data", required=True)
@@ -199,6 +210,15 @@ def run_launch_local(args: argparse.Namespace) -> None:
     status = launch_local(args.workers, train_args, ps=args.ps, timeout=args.timeout)
     if status:
         raise PPNetError(f"launch-local: the cluster failed (exit status {status}); see the workers' output above")
+
+
+def run_replay(args: argparse.Namespace) -> None:
+    """Prints the per-day table; the report is OUT/replay.json."""
+    from ppnet.config import load_config
+    from ppnet.replay import REPORT, replay, table
+
+    report = replay(load_config(args.config, args.set), args.base, args.days, args.out)
+    print(f"{table(report)}\n(written to {Path(args.out) / REPORT})")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

@@ -187,3 +187,25 @@ def test_refit_trains_the_export_on_the_validation_rows_too(days, tmp_path, capl
     [warning] = [r for r in caplog.records if r.name == "ppnet.evaluate"]
     assert f"{after['rows']} of the {after['rows']} rows scored" in warning.getMessage()
     assert "train.refit" in warning.getMessage()
+
+
+def test_replay_scores_each_day_before_training_on_it(parent_run, days, tmp_path, capsys):
+    later = sorted(days[1].glob("*.parquet"))[5:]  # the parent trained on the first four, validated on the fifth
+    sets = [arg for item in [*SMALL_OVERRIDES, *SETS] for arg in ("--set", item)]
+    out = tmp_path / "replay"
+    args = ["replay", "--config", DEFAULT_CONFIG, "--base", parent_run, "--days", *later, "--out", out, *sets]
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "replay.json").read_text())
+    assert [row["day"] for row in report["days"]] == [str(day) for day in later]
+    assert sorted(p.name for p in (out / "export").iterdir()) == ["1", "2", "3", "4"], (
+        "one version per day, after the base"
+    )
+    for row, day in zip(report["days"], later, strict=True):
+        meta = json.loads((out / "export" / row["export"] / "assets.extra" / "ppnet.json").read_text())
+        trained_on = {Path(f).resolve() for f in meta["splits"]["train"]["files"]}
+        assert day.resolve() not in trained_on, f"{day} was scored by a model that had trained on it"
+    assert report["days"][1]["export"] == "2", "the second day is scored by the model continued on the first"
+    assert report["mean"]["auc"] == pytest.approx(np.mean([row["auc"] for row in report["days"]]))
+    assert "mean" in printed and str(out / "replay.json") in printed

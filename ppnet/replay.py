@@ -1,0 +1,74 @@
+"""``ppnet replay``: the honest offline picture of a model that retrains every day.
+
+For each day in order, the current model's export scores the day *before* anything trains on it;
+then the model continues on that day (``train --init-from``, one pass) and its export becomes the
+next version in one export base, as TF Serving would pick it up the next morning. The per-day
+metrics and their means go to ``OUT/replay.json`` and a table. Comparing it with the unchanged
+base model scoring the same days shows what daily retraining is worth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ppnet.config import Config
+from ppnet.errors import PPNetError
+from ppnet.evaluate import evaluate_export
+from ppnet.export import export_model
+from ppnet.files import write_text_atomic
+from ppnet.rundir import load_run, read_json
+from ppnet.train import train
+
+log = logging.getLogger(__name__)
+REPORT = "replay.json"
+METRICS = ("auc", "gauc", "logloss", "rows")
+
+
+def replay(config: Config, base_run: str | Path, days: list[str | Path], out: str | Path) -> dict:
+    """Score, then continue on, each of ``days`` (parquet files or directories, oldest first),
+    starting from the finished run ``base_run``; return and write the per-day report.
+
+    ``OUT/export/1`` is the base model, ``OUT/export/<i+1>`` the model after day ``i``, and
+    ``OUT/runs/<i>-<day>/`` that day's continued run. Each day is one pass (``train.epochs = 1``,
+    the daily step; there is no held-out day to choose among epochs).
+    """
+    out = Path(out)
+    if out.exists():
+        raise PPNetError(f"{out}: already exists; a replay writes a new directory")
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
+    exports, parent, rows = out / "export", Path(base_run), []
+    current = export_run(parent, exports)
+    for i, day in enumerate(map(Path, days), start=1):
+        scored = evaluate_export(current, day)  # before the model has seen a row of this day
+        rows.append({"day": str(day), "export": current.name, **{key: scored[key] for key in METRICS}})
+        log.info("replay %s: auc %.4f gauc %.4f logloss %.4f", day, scored["auc"], scored["gauc"], scored["logloss"])
+        run = out / "runs" / f"{i}-{day.stem}"
+        train(config, str(day), run, valid_path=str(day), init_from=parent)
+        current, parent = export_run(run, exports), run
+    report = {"base": str(Path(base_run).resolve()), "days": rows, "mean": means(rows)}
+    write_text_atomic(out / REPORT, json.dumps(report, indent=2))
+    return report
+
+
+def export_run(run: Path, exports: Path) -> Path:
+    """``run``'s best model as the next version under ``exports``, with the rows it trained on."""
+    splits = read_json(run / "metrics.json", "the run's metrics").get("splits")
+    return export_model(load_run(run), exports, splits=splits)
+
+
+def means(rows: list[dict]) -> dict:
+    """The per-day metrics' unweighted means over the days (each day counts once)."""
+    frame = pd.DataFrame(rows)
+    return {key: float(frame[key].mean()) for key in ("auc", "gauc", "logloss")}
+
+
+def table(report: dict) -> str:
+    """The report as text: one row per day, then the means."""
+    frame = pd.DataFrame(report["days"]).set_index("day")
+    frame.loc["mean", ["auc", "gauc", "logloss"]] = [report["mean"][k] for k in ("auc", "gauc", "logloss")]
+    return frame.to_string(float_format="{:.4f}".format, na_rep="")
