@@ -3,15 +3,18 @@
 ``python -m bench`` (``make bench``) prepares the KuaiRand slice (``--kuairand``, or takes ``--data``;
 with ``--synthetic`` also the embedded synthetic log) and measures on each log:
 
-* quality (``bench.quality``): PPNet (as configured; shared gates with the ids also in the tower;
-  ``ids`` gates), the DNN (with its own tuning where a config's differs, ``BASELINE_TUNING``) and a
-  one-hot logistic-regression floor, over ``--seeds`` seeds: mean and std of validation auc, gauc,
-  logloss;
-* training speed (``bench.speed``): the first PPNet run's steady-state examples/sec, the input
-  pipeline alone, and the training FLOP/s (matmul FLOPs counted in the built model's traced
-  training step) as a fraction of this machine's dense float32 matmul peak;
+* quality (``bench.quality``): PPNet (as configured, in float32 and in bfloat16, ``ppnet`` and
+  ``ppnet_bf16``; shared gates with the ids also in the tower; ``ids`` gates), the DNN (with its
+  own tuning where a config's differs, ``BASELINE_TUNING``) and a one-hot logistic-regression
+  floor, over ``--seeds`` seeds: mean and std of validation auc, gauc, logloss;
+* training speed (``bench.speed``): the steady-state examples/sec of the first PPNet run in each
+  precision (``train.precision`` float32 and mixed_bfloat16; bfloat16 runs even where the CPU
+  emulates it, and the report says so), the input pipeline alone, and the training FLOP/s (matmul
+  FLOPs counted in the built model's traced training step) as a fraction of this machine's dense
+  float32 and bfloat16 matmul peaks, both measured in the run; the JSON records what
+  ``train.precision = "auto"`` picks here and why;
 * memory (``bench.speed``): peak RSS of ``ppnet train`` subprocesses on the log and on the log
-  repeated 4x (``bench/peak_rss.py``);
+  repeated 4x (``bench/peak_rss.py``), and of the bfloat16 run;
 * serving (``bench.serving``): p50/p99 latency of the export's ``serving_default`` (one tensor per
   column) and ``serve_examples`` (serialized tf.Examples) for batches of 1, 64 and 1024 rows, in a
   plain TensorFlow subprocess (``bench/serving_worker.py``), next to two floors of TF's call
