@@ -15,12 +15,15 @@ with ``--synthetic`` also the embedded synthetic log) and measures on each log:
   ``train.precision = "auto"`` picks here and why;
 * memory (``bench.speed``): peak RSS of ``ppnet train`` subprocesses on the log and on the log
   repeated 4x (``bench/peak_rss.py``), and of the bfloat16 run;
-* serving (``bench.serving``): p50/p99 latency of the export's ``serving_default`` (one tensor per
-  column) and ``serve_examples`` (serialized tf.Examples) for batches of 1, 64 and 1024 rows, in a
-  plain TensorFlow subprocess (``bench/serving_worker.py``), next to two floors of TF's call
-  overhead (a one-input multiply, and a trivial model taking the export's own column inputs) and
-  the floor of the model's own arithmetic (its tower and gates alone, frozen as in the export, fed
-  their input tensors); with TF's default oneDNN kernels and without (``TF_ENABLE_ONEDNN_OPTS=0``).
+* serving (``bench.serving``): the export served as a ranking service sees it, one user's request
+  of 1, 64, 256 and 1024 candidates (the rows share the user's columns, those constant within every
+  user in the validation rows, and vary the rest): p50/p99 latency and rows/sec of
+  ``serving_default`` (one tensor per column) and ``serve_examples`` (serialized tf.Examples), in a
+  plain TensorFlow subprocess (``bench/serving_worker.py``), beside the floor of the model's own
+  arithmetic (its tower and gates alone, frozen as in the export, fed their input tensors) and the
+  FLOP bound (forward FLOPs of the request's rows at the float32 matmul peak); and two floors of
+  TF's call overhead (a one-input multiply, and a trivial model taking the export's own column
+  inputs); with TF's default oneDNN kernels and without (``TF_ENABLE_ONEDNN_OPTS=0``).
 * the multi-task leaderboard (``bench.multitask``), where the log's config has a multi-task config
   beside it (``kuairand_multitask.toml``, ``multitask.toml``): per task, the single-task PPNet trained
   on that label alone against the multi-task ``dnn``, ``mmoe``, ``ppnet`` and ``pepnet``, over the

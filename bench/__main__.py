@@ -83,7 +83,9 @@ def bench_log(
         "memory": speed.memory(first.rss, first.metrics, run_4x, timed[BFLOAT16].rss),
         "speed": speed.speed(model, config, data_path, rates, peaks, machine["precision_auto"]["bf16_native"]),
     }
-    measured["serving"] = serving.serving(first.run, model, config, data_path, repeats, work)
+    measured["serving"] = serving.serving(
+        first.run, model, config, data_path, repeats, work, measured["speed"]["forward_flops_per_example"], peaks
+    )
     # Last, when nothing else of the bench is running: the leaderboard compares its models' speeds.
     measured["multitask"] = multitask_section(name, data_path, config_path, args, seeds, work)
     return {**measured, "seconds": time.perf_counter() - start}

@@ -135,8 +135,33 @@ def memory_table(figures: dict) -> Iterator[str]:
     yield f"| 1x, bfloat16 | {figures['train_rows_1x']:,} | {figures['peak_rss_1x_bf16_bytes'] / 2**20:,.0f} |"
 
 
+def requests_table(figures: dict) -> Iterator[str]:
+    """The export on one user's ranking requests: latency and rows/sec beside the tower-alone floor
+    and the FLOP bound (forward FLOPs of the request's rows at the float32 matmul peak)."""
+    bound = figures["flop_bound"]
+    yield from heading(
+        "Serving ranking requests (one user, N candidates)",
+        *("signature", "N", "p50 ms", "p99 ms", "rows/sec", "tower p50 ms", "p50 / tower"),
+        *("FLOP bound ms", "of FLOP bound"),
+    )
+    for kernels, runs in (("", figures), (", oneDNN off", figures["onednn_off"])):
+        for signature, sizes in runs["requests"].items():
+            for n, t in sizes.items():
+                yield (
+                    f"| {signature}{kernels} | {n} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} | "
+                    f"{t['rows_per_sec']:,.0f} | {t['tower_p50_ms']:.3f} | {t['p50_vs_tower']:.2f} | "
+                    f"{t['flop_bound_ms']:.3f} | {100 * t['of_flop_bound']:.0f}% |"
+                )
+    yield ""
+    yield (
+        f"FLOP bound: {bound['forward_flops_per_row'] / 1e6:.3f} MFLOP per row at "
+        f"{bound['peak_flops_per_sec'] / 1e9:.1f} GFLOP/s. A request's rows share the user's columns "
+        f"({', '.join(figures['request_columns']['user']) or 'none'}); the others vary."
+    )
+
+
 def serving_table(figures: dict) -> Iterator[str]:
-    title = f"Serving (export {figures['export_bytes'] / 2**20:.1f} MiB)"
+    title = f"Serving: the export and its floors (export {figures['export_bytes'] / 2**20:.1f} MiB)"
     yield from heading(title, "model", "batch", "p50 ms", "p99 ms", "rows/sec")
     for kernels, runs in (("", figures), (", oneDNN off", figures["onednn_off"])):
         for model, label in SERVED.items():
@@ -152,6 +177,6 @@ SECTIONS = {
     "quality": lambda log: quality_table(log["quality"]),
     "speed": lambda log: [*speed_table(log["speed"]), *precision_table(log)],
     "memory": lambda log: memory_table(log["memory"]),
-    "serving": lambda log: serving_table(log["serving"]),
+    "serving": lambda log: [*requests_table(log["serving"]), *serving_table(log["serving"])],
     "multitask": lambda log: multitask_table(log["multitask"]),
 }

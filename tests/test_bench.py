@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import small_config
 
 VARIANTS = {"ppnet", "ppnet_bf16", "ppnet_tower_ids", "ppnet_ids", "dnn", "logreg"}
-BATCHES = {"1", "64", "1024"}
+BATCHES = {"1", "64", "256", "1024"}
 PRECISIONS = ["float32", "mixed_bfloat16"]
 MODEL_MODES = [
     ["model.name=dnn"],
@@ -121,6 +121,24 @@ def test_serving(smoke):
             assert finite(timing["rows_per_sec"]) and timing["rows_per_sec"] > 0
 
 
+def test_serving_ranking_requests(smoke):
+    log = smoke[0]["logs"]["synthetic"]
+    serving, kinds = log["serving"], [f["name"] for f in log["config"]["features"]]
+    columns = serving["request_columns"]
+    assert columns["user"][0] == "user_id" and sorted(columns["user"] + columns["candidate"]) == sorted(kinds)
+    assert {"video_id", "author_id", "tab"} <= set(columns["candidate"])
+    bound = serving["flop_bound"]
+    assert bound["forward_flops_per_row"] == log["speed"]["forward_flops_per_example"]
+    assert bound["peak_flops_per_sec"] == log["speed"]["matmul_peak_flops_per_sec"]
+    for runs in (serving, serving["onednn_off"]):
+        assert list(runs["requests"]) == ["serve_examples", "serving_default"]
+        for signature, sizes in runs["requests"].items():
+            assert set(sizes) == BATCHES, signature
+            for n, figures in sizes.items():
+                assert all(finite(value) and value > 0 for value in figures.values()), (signature, n)
+                assert figures["tower_p50_ms"] == runs["tower"][n]["p50_ms"]
+
+
 def test_markdown_has_one_section_per_measure(smoke):
     _, printed = smoke
     for heading in (
@@ -128,7 +146,8 @@ def test_markdown_has_one_section_per_measure(smoke):
         "### Training speed",
         "### Training by precision",
         "### Memory",
-        "### Serving",
+        "### Serving ranking requests",
+        "### Serving: the export",
     ):
         assert heading in printed
     assert '`train.precision = "auto"` picks' in printed
@@ -351,7 +370,7 @@ def test_a_smoke_run_keeps_its_json_out_of_git_and_a_full_run_in_bench_results()
     assert results_dir(parser().parse_args([])) == harness.RESULTS
 
 
-# --- precisions, without timing -------------------------------------------
+# --- precisions and ranking requests, without timing -------------------------------------------
 
 
 def test_a_bfloat16_model_counts_the_same_flops(synthetic_dir):
@@ -374,6 +393,49 @@ def test_every_variant_but_the_timed_first_seeds_trains_in_process():
     assert set(TIMED.values()) == {"ppnet", "ppnet_bf16"} and set(TIMED.values()) <= set(VARIANTS)
     assert ("ppnet", 7) not in pairs and ("ppnet_bf16", 7) not in pairs
     assert len(pairs) == 2 * len(VARIANTS) - 2 and ("ppnet_bf16", 8) in pairs and ("dnn", 7) in pairs
+
+
+def test_user_side_columns_are_those_constant_within_every_user_with_two_rows():
+    from bench.serving import user_side_columns
+
+    columns = {
+        "user_id": np.array([1, 1, 2, 2, 3]),
+        "age": np.array([20.0, 20.0, np.nan, np.nan, 50.0]),  # NaN is a value: constant for user 2
+        "video": np.array(["a", "b", "c", "c", "d"]),  # varies for user 1
+        "tab": np.array([0, 0, 1, 2, 3]),  # varies for user 2
+        "app": np.array([1, 1, 1, 1, 1]),  # constant everywhere: counts as the user's, changing nothing
+    }
+    assert user_side_columns(columns, "user_id") == ["user_id", "age", "app"]
+    assert user_side_columns(columns, "missing") == []
+
+
+def test_a_ranking_request_shares_the_first_rows_user_columns_and_varies_the_rest():
+    from bench.serving import ranking_request
+
+    columns = {"user_id": np.array([1, 2, 3]), "age": np.array([20.0, 30.0, 40.0]), "video": np.array(["a", "b", "c"])}
+    request = ranking_request(columns, ["user_id", "age"], 5)
+    assert request["user_id"].tolist() == [1] * 5 and request["age"].tolist() == [20.0] * 5
+    assert request["video"].tolist() == ["a", "b", "c", "a", "b"]
+
+
+def test_request_figures_set_the_latency_beside_the_tower_and_the_flop_bound():
+    from bench.serving import request_figures
+
+    def timing(rows: int, p50: float) -> dict:
+        return {"rows": rows, "repeats": 1, "p50_ms": p50, "p99_ms": 2 * p50, "rows_per_sec": 1e3 * rows / p50}
+
+    runs = {
+        "model_examples": {"1": timing(1, 2.0), "1024": timing(1024, 20.0)},
+        "model": {"1": timing(1, 4.0), "1024": timing(1024, 40.0)},
+        "tower": {"1": timing(1, 1.0), "1024": timing(1024, 10.0)},
+    }
+    figures = request_figures(runs, forward_flops=1e6, peak_flops=1e11)  # the bound: 1e5 rows/sec
+    assert list(figures) == ["serve_examples", "serving_default"]
+    examples = figures["serve_examples"]["1024"]
+    assert examples["p50_ms"] == 20.0 and examples["p99_ms"] == 40.0 and examples["tower_p50_ms"] == 10.0
+    assert examples["p50_vs_tower"] == pytest.approx(2.0) and examples["flop_bound_ms"] == pytest.approx(10.24)
+    assert examples["of_flop_bound"] == pytest.approx(0.512)  # 51,200 rows/sec of 100,000
+    assert figures["serving_default"]["1"]["p50_vs_tower"] == pytest.approx(4.0)
 
 
 def test_the_report_says_when_bfloat16_is_emulated():
