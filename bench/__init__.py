@@ -28,7 +28,8 @@ with ``--synthetic`` also the embedded synthetic log) and measures on each log:
   beside it (``kuairand_multitask.toml``, ``multitask.toml``): per task, the single-task PPNet trained
   on that label alone against the multi-task ``dnn``, ``mmoe``, ``ppnet`` and ``pepnet``, over the
   same seeds (mean and std of auc, gauc, logloss), and each model's training examples/sec, run last
-  so nothing else of the bench trains meanwhile. ``--only multitask`` runs this section alone.
+  so nothing else of the bench trains meanwhile. ``--only multitask`` runs this section alone,
+  ``--skip multitask`` all but it.
 
 Machine, versions, config and every figure go to ``bench/results/<timestamp>.json`` (``--results``)
 and markdown tables are printed (``bench.report``). Scratch files live in ``bench/tmp/`` and are

@@ -87,7 +87,8 @@ def bench_log(
         first.run, model, config, data_path, repeats, work, measured["speed"]["forward_flops_per_example"], peaks
     )
     # Last, when nothing else of the bench is running: the leaderboard compares its models' speeds.
-    measured["multitask"] = multitask_section(name, data_path, config_path, args, seeds, work)
+    if args.skip != "multitask":
+        measured["multitask"] = multitask_section(name, data_path, config_path, args, seeds, work)
     return {**measured, "seconds": time.perf_counter() - start}
 
 
@@ -178,6 +179,11 @@ def parser() -> argparse.ArgumentParser:
         "--only",
         choices=["multitask"],
         help="run one section alone: multitask = the multi-task leaderboard (bench/multitask.py)",
+    )
+    cli.add_argument(
+        "--skip",
+        choices=["multitask"],
+        help="leave one section out: multitask = the multi-task leaderboard, which is separate and long",
     )
     cli.add_argument(
         "--results",

@@ -395,6 +395,14 @@ def test_every_variant_but_the_timed_first_seeds_trains_in_process():
     assert len(pairs) == 2 * len(VARIANTS) - 2 and ("ppnet_bf16", 8) in pairs and ("dnn", 7) in pairs
 
 
+def test_skip_multitask_is_an_option_and_nothing_else():
+    from bench.__main__ import parser
+
+    assert parser().parse_args(["--skip", "multitask"]).skip == "multitask" and parser().parse_args([]).skip is None
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--skip", "serving"])
+
+
 def test_user_side_columns_are_those_constant_within_every_user_with_two_rows():
     from bench.serving import user_side_columns
 
