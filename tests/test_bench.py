@@ -471,3 +471,30 @@ def test_the_report_says_when_bfloat16_is_emulated():
     )
     native = [*precision_table({**log, "speed": {**speed, "bf16_emulated": False}})]
     assert not any("emulated" in line for line in native)
+
+
+def test_the_user_once_tower_computes_the_models_logits(synthetic_dir):
+    """The experiment's hand-written tower, with and without the user's share of the gates' first
+    matmul taken from one row, gives the model's own frozen logits (weights randomised, so that the
+    gates are not the untrained 1; inputs random, shaped as the model's)."""
+    from bench.serving import FrozenTower
+    from bench.user_once import HandTower, logits_of, tower_weights, user_dims
+    from ppnet.model import dummy_batch
+
+    model = built_model(small_config(), synthetic_dir)
+    rng = np.random.default_rng(0)
+    for weight in model.tower.weights:
+        weight.assign(rng.normal(0.0, 0.3, weight.shape).astype(np.float32))
+    example = model.tower_inputs(dummy_batch(model.stats))
+    parts = [rng.normal(size=[32, x.shape[-1]]).astype(np.float32) for x in [example.tower, *example.gate_parts]]
+    parts[1][:, [0, 5]] = parts[1][:1, [0, 5]]  # dims every row shares: the "user's"
+    gate = np.concatenate(parts[1:], axis=-1)
+    mask = user_dims(gate)
+    assert mask.sum() == 2 and mask[[0, 5]].all()
+    expected = logits_of(FrozenTower(model, parts).serve, {f"x{i}": x for i, x in enumerate(parts)})
+    weights, x = tower_weights(model), parts[0]
+    all_rows = logits_of(HandTower(weights).serve, {"x": x, "gate": gate, "user": np.zeros([1, 0], np.float32)})
+    once = logits_of(HandTower(weights, mask).serve, {"x": x, "gate": gate[:, ~mask], "user": gate[:1, mask]})
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(all_rows, expected, atol=1e-4)
+    np.testing.assert_allclose(once, expected, atol=1e-4)
