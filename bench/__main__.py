@@ -9,11 +9,13 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import bench
 from bench import harness, multitask, quality, report, serving, speed
 from ppnet.config import load_config
 from ppnet.errors import PPNetError
+from ppnet.precision import BFLOAT16, FLOAT32
 from ppnet.rundir import load_run
 from ppnet.stats import Stats
 
@@ -29,41 +31,44 @@ SMOKE_OVERRIDES = [
 
 
 def bench_log(
-    name: str, data_path: str, config_path: Path, args: argparse.Namespace, peak_flops: float, work: Path
+    name: str, data_path: str, config_path: Path, args: argparse.Namespace, machine: dict, work: Path
 ) -> dict:
     """Every measure on one log.
 
-    The first PPNet seed trains alone in a ``ppnet train`` subprocess: its quality, its throughput
-    and its peak RSS. The 4x-log subprocess then runs side by side with the other quality runs
-    (trained in process; their speed is not reported, and RSS is per process); speed and serving
-    are measured after both, on the first run's model; the multi-task leaderboard last.
+    The first seed of PPNet in float32 and then of PPNet in bfloat16 train alone, each in a ``ppnet
+    train`` subprocess: their quality, their throughput and their peak RSS. The 4x-log subprocess
+    then runs side by side with the other quality runs (trained in process; their speed is not
+    reported, and RSS is per process); speed and serving are measured after both, on the first
+    (float32) run's model; the multi-task leaderboard last. ``machine``: the result's, for the
+    matmul peaks measured so far and whether bfloat16 is native here.
     """
     start = time.perf_counter()
     overrides, seeds = log_overrides(args), log_seeds(config_path, args)
-    first_sets = quality.variant_sets(config_path, "ppnet", overrides, seeds[0])
-    first_run = work / "runs" / f"{name}-ppnet-s{seeds[0]}"
-    # The peak again, just before the run whose throughput is reported: the best of both is the
-    # machine's peak, as a neighbour's burst on a shared VM can depress any single measurement.
-    peak_flops = max(peak_flops, harness.matmul_peak_flops())
-    rss_1x, first = harness.TrainProcess(config_path, data_path, first_sets, first_run).wait()
+    # The peaks again, just before the runs whose throughput is reported (the best of all is kept).
+    peaks = harness.matmul_peaks(machine)
+    timed = {
+        policy: timed_run(name, data_path, config_path, variant, overrides, seeds[0], work)
+        for policy, variant in quality.TIMED.items()
+    }
+    first = timed[FLOAT32]
     run_4x = harness.TrainProcess(
         config_path,
         str(harness.repeat_log(data_path, work / f"{name}-x4")),
-        first_sets,
+        quality.variant_sets(config_path, quality.TIMED[FLOAT32], overrides, seeds[0]),
         work / "runs" / f"{name}-ppnet-x4",
     )
-    pairs = [(variant, seed) for variant in quality.VARIANTS for seed in seeds][1:]
     try:
         results = [
-            {"variant": "ppnet", "seed": seeds[0], **first},
-            *quality.variant_runs(name, data_path, config_path, overrides, pairs, work),
-            *quality.logreg_runs(data_path, config_path, overrides, seeds, Stats.load(first_run / "stats.json")),
+            *({"variant": quality.TIMED[policy], "seed": seeds[0], **run.metrics} for policy, run in timed.items()),
+            *quality.variant_runs(name, data_path, config_path, overrides, untimed_pairs(seeds), work),
+            *quality.logreg_runs(data_path, config_path, overrides, seeds, Stats.load(first.run / "stats.json")),
         ]
     except BaseException:
         run_4x.stop()
         raise
-    config = load_config(config_path, first_sets)
-    model = load_run(first_run)
+    config = load_config(config_path, quality.variant_sets(config_path, quality.TIMED[FLOAT32], overrides, seeds[0]))
+    model = load_run(first.run)
+    rates = {policy: run.metrics["examples_per_sec"] for policy, run in timed.items()}
     repeats = serving.SMOKE_SERVING_REPEATS if args.smoke else serving.SERVING_REPEATS
     measured = {
         "data": data_path,
@@ -75,13 +80,42 @@ def bench_log(
             variant: quality.variant_sets(config_path, variant, overrides, seeds[0]) for variant in quality.VARIANTS
         },
         "quality": quality.summarise(results),
-        "memory": speed.memory(rss_1x, first, run_4x),
-        "speed": speed.speed(model, config, data_path, first["examples_per_sec"], peak_flops),
-        "serving": serving.serving(first_run, model, config, data_path, repeats, work),
+        "memory": speed.memory(first.rss, first.metrics, run_4x, timed[BFLOAT16].rss),
+        "speed": speed.speed(model, config, data_path, rates, peaks, machine["precision_auto"]["bf16_native"]),
     }
+    measured["serving"] = serving.serving(
+        first.run, model, config, data_path, repeats, work, measured["speed"]["forward_flops_per_example"], peaks
+    )
     # Last, when nothing else of the bench is running: the leaderboard compares its models' speeds.
-    measured["multitask"] = multitask_section(name, data_path, config_path, args, seeds, work)
+    if args.skip != "multitask":
+        measured["multitask"] = multitask_section(name, data_path, config_path, args, seeds, work)
     return {**measured, "seconds": time.perf_counter() - start}
+
+
+class TimedRun(NamedTuple):
+    """A run trained alone in a ``ppnet train`` subprocess: its directory, peak RSS in bytes and
+    ``metrics.json`` (with its training examples/sec)."""
+
+    run: Path
+    rss: int
+    metrics: dict
+
+
+def timed_run(
+    name: str, data_path: str, config_path: Path, variant: str, overrides: list[str], seed: int, work: Path
+) -> TimedRun:
+    """One variant's seed trained alone, so that its throughput is its own."""
+    run = work / "runs" / f"{name}-{variant}-s{seed}"
+    sets = quality.variant_sets(config_path, variant, overrides, seed)
+    return TimedRun(run, *harness.TrainProcess(config_path, data_path, sets, run).wait())
+
+
+def untimed_pairs(seeds: list[int]) -> list[tuple[str, int]]:
+    """Every (variant, seed) to train in process: all but the timed variants' first seed."""
+    timed = set(quality.TIMED.values())
+    return [
+        (variant, seed) for variant in quality.VARIANTS for seed in seeds if not (variant in timed and seed == seeds[0])
+    ]
 
 
 def multitask_only(name: str, data_path: str, config_path: Path, args: argparse.Namespace, work: Path) -> dict:
@@ -147,6 +181,11 @@ def parser() -> argparse.ArgumentParser:
         help="run one section alone: multitask = the multi-task leaderboard (bench/multitask.py)",
     )
     cli.add_argument(
+        "--skip",
+        choices=["multitask"],
+        help="leave one section out: multitask = the multi-task leaderboard, which is separate and long",
+    )
+    cli.add_argument(
         "--results",
         help="directory for the JSON (default: bench/results; --smoke: bench/tmp/smoke, which git ignores)",
     )
@@ -171,16 +210,16 @@ def main(argv: list[str] | None = None) -> Path:
         "timestamp": stamp,
         "args": vars(args),
         "versions": harness.versions(),
-        "machine": {**harness.machine_info(), "matmul_peak_flops_per_sec": harness.matmul_peak_flops()},
+        "machine": {**harness.machine_info(), **harness.matmul_peaks(), "precision_auto": harness.precision_auto()},
     }
     result["logs"] = {}
     for name, path, config in harness.prepare_data(args, work):
         if args.only == "multitask":
             result["logs"][name] = multitask_only(name, path, config, args, work)
             continue
-        result["logs"][name] = bench_log(name, path, config, args, result["machine"]["matmul_peak_flops_per_sec"], work)
-        # The best peak so far (each log re-measures it) is the machine's, for the next log and the report.
-        result["machine"]["matmul_peak_flops_per_sec"] = result["logs"][name]["speed"]["matmul_peak_flops_per_sec"]
+        result["logs"][name] = bench_log(name, path, config, args, result["machine"], work)
+        # The best peaks so far (each log re-measures them) are the machine's, for the next log and the report.
+        result["machine"].update({key: result["logs"][name]["speed"][key] for key in harness.PEAK_DTYPES})
     result["seconds"] = time.perf_counter() - started
     out = report.write_json(result, results_dir(args))
     shutil.rmtree(work)

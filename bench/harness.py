@@ -20,6 +20,7 @@ from pathlib import Path
 import tensorflow as tf
 
 import ppnet
+from ppnet import precision
 from ppnet.data.schema import resolve_files
 from ppnet.datasets.kuairand import prepare_kuairand
 from ppnet.errors import PPNetError
@@ -34,6 +35,8 @@ CONFIGS = Path(importlib.resources.files("ppnet") / "configs")  # the configs sh
 PEAK_RSS = BENCH / "peak_rss.py"
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-recommenders", "pyarrow", "numpy", "pandas")
 SMOKE_ROWS = 4000
+# The matmul peaks measured, by their key in the result's ``machine`` and each log's ``speed``.
+PEAK_DTYPES = {"matmul_peak_flops_per_sec": tf.float32, "bf16_matmul_peak_flops_per_sec": tf.bfloat16}
 
 
 def script_command(script: Path, *args: str) -> list[str]:
@@ -60,6 +63,13 @@ def machine_info() -> dict:
     }
 
 
+def precision_auto() -> dict:
+    """What ``train.precision = "auto"`` picks on this machine and why (``ppnet.precision``), and
+    whether bfloat16 is native here: where it is not, the bench's bfloat16 runs are emulated."""
+    chosen = precision.choose("auto")
+    return {"policy": chosen.policy, "why": chosen.reason, "bf16_native": chosen.policy == precision.BFLOAT16}
+
+
 def versions() -> dict:
     """Python, ppnet and library versions, and the git commit of the repository."""
     found = {"python": platform.python_version(), "ppnet": ppnet.__version__}
@@ -71,9 +81,14 @@ def versions() -> dict:
     return found
 
 
-def matmul_peak_flops(n: int = 1024, repeats: int = 40) -> float:
-    """Best dense float32 matmul FLOP/s of an ``n x n`` by ``n x n`` product in a ``tf.function``."""
-    a, b = tf.random.uniform([n, n]), tf.random.uniform([n, n])
+def matmul_peak_flops(n: int = 1024, repeats: int = 40, dtype: tf.DType = tf.float32) -> float:
+    """Best dense matmul FLOP/s of an ``n x n`` by ``n x n`` product of ``dtype`` in a ``tf.function``.
+
+    The operands are cast before the timed calls, so only the product (and its sum, which fetches
+    it) is timed. bfloat16 is timed the same way on every CPU: where the hardware lacks it,
+    TensorFlow emulates it and this is that (slow) rate.
+    """
+    a, b = (tf.cast(tf.random.uniform([n, n]), dtype) for _ in range(2))
     product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
     product().numpy()  # trace and warm up
     best = math.inf
@@ -82,6 +97,14 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 40) -> float:
         product().numpy()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+def matmul_peaks(previous: dict | None = None) -> dict[str, float]:
+    """The float32 and bfloat16 matmul peaks by their ``PEAK_DTYPES`` key, each the best of this
+    measurement and ``previous``'s (a dict holding those keys, e.g. the result's ``machine``): a
+    neighbour's burst on a shared VM can depress any single measurement."""
+    measured = {name: matmul_peak_flops(dtype=dtype) for name, dtype in PEAK_DTYPES.items()}
+    return {name: max(flops, (previous or {}).get(name, 0.0)) for name, flops in measured.items()}
 
 
 # --- data ----------------------------------------------------------------------------------------

@@ -17,13 +17,30 @@ from ppnet.features import make_lookup, numeric_normalizer, table_size
 from ppnet.stats import Stats
 from ppnet.train import train
 
-# "ppnet" is PPNet as the log's config has it; the others fix the gate settings they name.
+# "ppnet" is PPNet as the log's config has it, in float32; "ppnet_bf16" the same in bfloat16 (the
+# towers and gates, ``ppnet.precision``), run even where bfloat16 is emulated, so every run of the
+# bench compares the two. The others fix the gate settings they name, in float32 like "ppnet", so
+# that they compare gate settings alone.
 VARIANTS = {
-    "ppnet": ["model.name=ppnet", "model.gate_stop_gradient=shared"],
-    "ppnet_tower_ids": ["model.name=ppnet", "model.gate_stop_gradient=shared", "model.personal_ids_in_tower=true"],
-    "ppnet_ids": ["model.name=ppnet", "model.gate_stop_gradient=ids", "model.personal_ids_in_tower=true"],
-    "dnn": ["model.name=dnn"],
+    "ppnet": ["model.name=ppnet", "model.gate_stop_gradient=shared", "train.precision=float32"],
+    "ppnet_bf16": ["model.name=ppnet", "model.gate_stop_gradient=shared", "train.precision=mixed_bfloat16"],
+    "ppnet_tower_ids": [
+        "model.name=ppnet",
+        "model.gate_stop_gradient=shared",
+        "model.personal_ids_in_tower=true",
+        "train.precision=float32",
+    ],
+    "ppnet_ids": [
+        "model.name=ppnet",
+        "model.gate_stop_gradient=ids",
+        "model.personal_ids_in_tower=true",
+        "train.precision=float32",
+    ],
+    "dnn": ["model.name=dnn", "train.precision=float32"],
 }
+# The variants whose first seed trains alone in a subprocess, for the training examples/sec of
+# each precision (Keras' policy name, ``ppnet.precision``).
+TIMED = {"float32": "ppnet", "mixed_bfloat16": "ppnet_bf16"}
 # The DNN baseline's own tuning where it differs from a config's (PPNet's), by config file name;
 # `--set` still wins. KuaiRand: dropout does not help PPNet (kuairand.toml has none) but makes the
 # DNN's gAUC steadier from seed to seed, so the baseline is compared at its best (docs/performance.md, "Quality").

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench import multitask
-from bench.quality import QUALITY_KEYS
+from bench.quality import QUALITY_KEYS, TIMED
+from ppnet.precision import FLOAT32
 
 SERVED = {
     "model": "export, serving_default (one tensor per column)",
@@ -28,19 +29,30 @@ def write_json(result: dict, directory: Path) -> Path:
 
 def markdown(result: dict) -> str:
     """The result as markdown: per log, one table per measure."""
+    machine = result["machine"]
     lines = [
         f"# ppnet bench {result['timestamp']}",
-        f"{result['machine']['cpu']}, {result['machine']['cores']} cores, "
-        f"{result['machine']['memory_bytes'] / 2**30:.1f} GiB; TF {result['versions']['tensorflow']}; "
-        f"matmul peak {result['machine']['matmul_peak_flops_per_sec'] / 1e9:.1f} GFLOP/s",
+        f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_bytes'] / 2**30:.1f} GiB; "
+        f"TF {result['versions']['tensorflow']}; matmul peak {peak_summary(machine)}",
     ]
+    if "precision_auto" in machine:
+        auto = machine["precision_auto"]
+        lines.append(f'`train.precision = "auto"` picks {auto["policy"]} here ({auto["why"]})')
     for name, log in result["logs"].items():
         lines += ["", f"## {name} ({log['data']})"]
         # A section run alone (``--only``) leaves the others out; a log without a multi-task config has None.
         for key, table in SECTIONS.items():
             if log.get(key) is not None:
-                lines += table(log[key])
+                lines += table(log)
     return "\n".join(lines)
+
+
+def peak_summary(figures: dict) -> str:
+    """The float32 matmul peak, and the bfloat16 one where measured (results before it had none)."""
+    text = f"{figures['matmul_peak_flops_per_sec'] / 1e9:.1f} GFLOP/s float32"
+    if "bf16_matmul_peak_flops_per_sec" in figures:
+        text += f", {figures['bf16_matmul_peak_flops_per_sec'] / 1e9:.1f} GFLOP/s bfloat16"
+    return text
 
 
 def heading(title: str, *columns: str) -> list[str]:
@@ -83,16 +95,33 @@ def multitask_table(board: dict) -> Iterator[str]:
 
 
 def speed_table(figures: dict) -> Iterator[str]:
+    emulated = " (emulated: this CPU lacks native bfloat16)" if figures["bf16_emulated"] else ""
     yield from [
         *heading("Training speed (ppnet)", "measure", "value"),
-        f"| training examples/sec | {figures['train_examples_per_sec']:,.0f} |",
         f"| input pipeline examples/sec | {figures['input_examples_per_sec']:,.0f} |",
         f"| training FLOPs/example | {figures['train_flops_per_example']:,} |",
-        f"| training GFLOP/s | {figures['train_flops_per_sec'] / 1e9:.2f} |",
-        f"| matmul peak GFLOP/s (best of run start, before training) | "
+        f"| float32 matmul peak GFLOP/s (best of run start, before training) | "
         f"{figures['matmul_peak_flops_per_sec'] / 1e9:.1f} |",
-        f"| FLOP utilisation of matmul peak | {100 * figures['flop_utilisation']:.2f}% |",
+        f"| bfloat16 matmul peak GFLOP/s{emulated} | {figures['bf16_matmul_peak_flops_per_sec'] / 1e9:.1f} |",
     ]
+
+
+def precision_table(log: dict) -> Iterator[str]:
+    """ppnet in float32 and in bfloat16 side by side: training speed (each precision's first seed,
+    trained alone), FLOP utilisation of both matmul peaks, and quality over the seeds."""
+    figures, quality = log["speed"], log["quality"]
+    emulated = ", bfloat16 emulated on this CPU" if figures["bf16_emulated"] else ""
+    yield from heading(
+        f"Training by precision (ppnet{emulated})",
+        *("precision", "examples/sec", "x float32", "GFLOP/s", "of float32 peak", "of bfloat16 peak", *QUALITY_KEYS),
+    )
+    base = figures["training"][FLOAT32]["examples_per_sec"]
+    for policy, run in figures["training"].items():
+        yield (
+            f"| {policy} | {run['examples_per_sec']:,.0f} | {run['examples_per_sec'] / base:.2f} | "
+            f"{run['flops_per_sec'] / 1e9:.1f} | {100 * run['utilisation_of_float32_peak']:.1f}% | "
+            f"{100 * run['utilisation_of_bf16_peak']:.1f}% | {quality_cells(quality[TIMED[policy]])} |"
+        )
 
 
 def memory_table(figures: dict) -> Iterator[str]:
@@ -103,10 +132,36 @@ def memory_table(figures: dict) -> Iterator[str]:
         mib = figures[f"peak_rss_{copies}_bytes"] / 2**20
         yield f"| {copies} | {figures[f'train_rows_{copies}']:,} | {mib:,.0f} |"
     yield f"| ratio 4x / 1x | | {figures['ratio_4x_1x']:.2f} |"
+    yield f"| 1x, bfloat16 | {figures['train_rows_1x']:,} | {figures['peak_rss_1x_bf16_bytes'] / 2**20:,.0f} |"
+
+
+def requests_table(figures: dict) -> Iterator[str]:
+    """The export on one user's ranking requests: latency and rows/sec beside the tower-alone floor
+    and the FLOP bound (forward FLOPs of the request's rows at the float32 matmul peak)."""
+    bound = figures["flop_bound"]
+    yield from heading(
+        "Serving ranking requests (one user, N candidates)",
+        *("signature", "N", "p50 ms", "p99 ms", "rows/sec", "tower p50 ms", "p50 / tower"),
+        *("FLOP bound ms", "of FLOP bound"),
+    )
+    for kernels, runs in (("", figures), (", oneDNN off", figures["onednn_off"])):
+        for signature, sizes in runs["requests"].items():
+            for n, t in sizes.items():
+                yield (
+                    f"| {signature}{kernels} | {n} | {t['p50_ms']:.3f} | {t['p99_ms']:.3f} | "
+                    f"{t['rows_per_sec']:,.0f} | {t['tower_p50_ms']:.3f} | {t['p50_vs_tower']:.2f} | "
+                    f"{t['flop_bound_ms']:.3f} | {100 * t['of_flop_bound']:.0f}% |"
+                )
+    yield ""
+    yield (
+        f"FLOP bound: {bound['forward_flops_per_row'] / 1e6:.3f} MFLOP per row at "
+        f"{bound['peak_flops_per_sec'] / 1e9:.1f} GFLOP/s. A request's rows share the user's columns "
+        f"({', '.join(figures['request_columns']['user']) or 'none'}); the others vary."
+    )
 
 
 def serving_table(figures: dict) -> Iterator[str]:
-    title = f"Serving (export {figures['export_bytes'] / 2**20:.1f} MiB)"
+    title = f"Serving: the export and its floors (export {figures['export_bytes'] / 2**20:.1f} MiB)"
     yield from heading(title, "model", "batch", "p50 ms", "p99 ms", "rows/sec")
     for kernels, runs in (("", figures), (", oneDNN off", figures["onednn_off"])):
         for model, label in SERVED.items():
@@ -116,11 +171,12 @@ def serving_table(figures: dict) -> Iterator[str]:
                 )
 
 
-# Each log's sections, in the order of the report, by their key in the log's result.
+# Each log's tables, in the order of the report, by the key in the log's result they need; each
+# table reads the whole log (the precision table sets the speed beside the quality).
 SECTIONS = {
-    "quality": quality_table,
-    "speed": speed_table,
-    "memory": memory_table,
-    "serving": serving_table,
-    "multitask": multitask_table,
+    "quality": lambda log: quality_table(log["quality"]),
+    "speed": lambda log: [*speed_table(log["speed"]), *precision_table(log)],
+    "memory": lambda log: memory_table(log["memory"]),
+    "serving": lambda log: [*requests_table(log["serving"]), *serving_table(log["serving"])],
+    "multitask": lambda log: multitask_table(log["multitask"]),
 }

@@ -1,6 +1,12 @@
-"""Serving: latency of a run's export and of three floors (two trivial SavedModels and the tower
-alone), measured by ``serving_worker.py`` in a plain TensorFlow subprocess, with TF's default oneDNN
-kernels and without."""
+"""Serving as a ranking service sees it: latency of a run's export on one user's requests of 1, 64,
+256 and 1024 candidates, beside three floors (two trivial SavedModels and the tower alone, on the
+same rows) and the FLOP bound, measured by ``serving_worker.py`` in a plain TensorFlow subprocess,
+with TF's default oneDNN kernels and without.
+
+A request's rows share the user's columns (the user id and the user's own features) and vary the
+candidates' (the item's and the context's). Which columns are the user's is read off the
+validation rows: those constant within every user who has two or more rows (``user_side_columns``).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,14 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
-from bench.harness import BENCH, script_command
+from bench.harness import BENCH, matmul_peaks, script_command
+from bench.speed import flops_per_example
 from ppnet.config import Config
 from ppnet.data.pipeline import input_specs, iter_batches
 from ppnet.data.schema import input_kinds
@@ -23,8 +32,12 @@ from ppnet.export import frozen_heads
 from ppnet.model import RankingModel, TowerInputs
 
 SERVING_WORKER = BENCH / "serving_worker.py"
-SERVING_REPEATS = {1: 200, 64: 200, 1024: 50}
-SMOKE_SERVING_REPEATS = {1: 20, 64: 20, 1024: 5}
+# Timed calls per request size (candidates of one user); the smoke run's are few.
+SERVING_REPEATS = {1: 200, 64: 200, 256: 100, 1024: 50}
+SMOKE_SERVING_REPEATS = {1: 20, 64: 20, 256: 10, 1024: 5}
+USER_SIDE_ROWS = 65536  # validation rows read to tell the user-side columns
+# The export's signatures served as ranking requests, by their figures' key in the worker's JSON.
+REQUEST_SIGNATURES = {"serve_examples": "model_examples", "serving_default": "model"}
 
 
 class Multiply(tf.Module):
@@ -65,20 +78,67 @@ class FrozenTower(tf.Module):
         self.serve = tf.function(serve, input_signature=[specs])
 
 
-def serving_rows(split: Split, kinds: dict[str, str], targets: list[str], rows: int, out: Path) -> tuple[Path, Path]:
-    """The first ``rows`` validation rows (cycled if fewer) as serving inputs: columns in an .npz, and
-    one serialized tf.Example per row in a TFRecord file (for ``serve_examples``)."""
-    features, _ = next(iter_batches(split, kinds, targets, rows))
-    columns = {
-        name: np.resize(values.astype(str) if values.dtype == object else values, rows)
-        for name, values in features.items()
-    }
+def user_side_columns(columns: dict[str, np.ndarray], user_column: str) -> list[str]:
+    """The input columns constant within every user who has two or more of ``columns``' rows: the
+    user id and the user's own features, which one user's ranking request shares across its
+    candidates. Read off the data rather than declared, as a config says nothing of which side a
+    feature describes; a column constant over the whole log counts too, which changes nothing.
+    Without the user column among the inputs, no column is user-side (every row served as it is).
+    """
+    if user_column not in columns:
+        return []
+    frame = pd.DataFrame({name: values for name, values in columns.items()})
+    counts = frame.groupby(user_column).size()
+    repeated = frame[frame[user_column].isin(counts.index[counts >= 2])]
+    distinct = repeated.groupby(user_column).nunique(dropna=False)
+    return [user_column, *(name for name in distinct.columns if (distinct[name] <= 1).all())]
+
+
+def ranking_request(columns: dict[str, np.ndarray], user_columns: list[str], rows: int) -> dict[str, np.ndarray]:
+    """One user's ranking request of ``rows`` candidates: the first row's user columns on every
+    row, and the other columns (the item's, and the context's) from the first ``rows`` rows
+    (cycled if fewer), so that the first ``n`` rows are that user's request of ``n`` candidates."""
+    return {name: np.resize(values[:1] if name in user_columns else values, rows) for name, values in columns.items()}
+
+
+def serving_rows(
+    split: Split, kinds: dict[str, str], targets: list[str], user_column: str, rows: int, out: Path
+) -> tuple[Path, Path, list[str]]:
+    """One user's ranking request of ``rows`` candidates built from the validation rows (at most
+    ``USER_SIDE_ROWS`` of them are read, to tell the user-side columns): columns in an .npz, one
+    serialized tf.Example per row in a TFRecord file (for ``serve_examples``), and the user-side
+    columns."""
+    features, _ = next(iter_batches(split, kinds, targets, max(rows, USER_SIDE_ROWS)))
+    features = {name: values.astype(str) if values.dtype == object else values for name, values in features.items()}
+    user_columns = user_side_columns(features, user_column)
+    columns = ranking_request(features, user_columns, rows)
     np.savez(out.with_suffix(".npz"), **columns)
     with tf.io.TFRecordWriter(str(out.with_suffix(".tfrecord"))) as writer:
         for i in range(rows):
             row = to_example({name: values[i : i + 1] for name, values in columns.items()})
             writer.write(row.SerializeToString())
-    return out.with_suffix(".npz"), out.with_suffix(".tfrecord")
+    return out.with_suffix(".npz"), out.with_suffix(".tfrecord"), user_columns
+
+
+def request_figures(runs: dict, forward_flops: int | float, peak_flops: float) -> dict:
+    """Per signature and candidates per request: p50/p99 and rows/sec (``runs``, one worker's
+    figures), the tower-alone floor's p50 and the p50 as a multiple of it, and the FLOP bound (the
+    forward FLOPs of the request's rows at the float32 matmul peak) as milliseconds and the share
+    of it reached (rows/sec against the bound's rows/sec)."""
+    bound_rows_per_sec = peak_flops / forward_flops
+    return {
+        signature: {
+            batch: {
+                **{key: timing[key] for key in ("p50_ms", "p99_ms", "rows_per_sec")},
+                "tower_p50_ms": runs["tower"][batch]["p50_ms"],
+                "p50_vs_tower": timing["p50_ms"] / runs["tower"][batch]["p50_ms"],
+                "flop_bound_ms": 1e3 * timing["rows"] / bound_rows_per_sec,
+                "of_flop_bound": timing["rows_per_sec"] / bound_rows_per_sec,
+            }
+            for batch, timing in runs[model].items()
+        }
+        for signature, model in REQUEST_SIGNATURES.items()
+    }
 
 
 def directory_bytes(path: Path) -> int:
@@ -86,60 +146,91 @@ def directory_bytes(path: Path) -> int:
 
 
 def serving(
-    run: Path, model: RankingModel, config: Config, data_path: str, repeats: dict[int, int], work: Path
+    run: Path,
+    model: RankingModel,
+    config: Config,
+    data_path: str,
+    repeats: dict[int, int],
+    work: Path,
+    forward_flops: int | float,
+    peaks: dict[str, float],
 ) -> dict:
-    """Latency of the run's export (per-column ``serving_default`` and ``serve_examples``) and of
-    three floors (two trivial SavedModels and ``model``'s tower alone), in a plain TensorFlow
-    subprocess; once with TF's default oneDNN kernels and once without (``onednn_off``), because
-    the two kernel libraries differ most on the one-row matmuls of a single request."""
+    """Latency of the run's export (per-column ``serving_default`` and ``serve_examples``) on one
+    user's ranking requests of each size in ``repeats``, and of three floors (two trivial
+    SavedModels and ``model``'s tower alone) on the same rows, in a plain TensorFlow subprocess;
+    once with TF's default oneDNN kernels and once without (``onednn_off``), because the two
+    kernel libraries differ most on the one-row matmuls of a single request. ``requests`` (in each)
+    sets the export's figures beside the tower floor and the FLOP bound of ``forward_flops`` per
+    row at the float32 matmul peak of ``peaks``."""
     export = run / json.loads((run / "metrics.json").read_text())["export"]
     _, valid_split = make_splits(config, data_path, None)
     kinds = input_kinds(config, list(valid_split.files))
-    rows, examples = serving_rows(valid_split, kinds, config.target_columns, max(repeats), work / f"{run.name}-rows")
+    rows, examples, user_columns = serving_rows(
+        valid_split, kinds, config.target_columns, config.data.user_column, max(repeats), work / f"{run.name}-rows"
+    )
+    floors, tower_rows = save_floors(model, kinds, rows, work)
+    inputs = Inputs(rows, examples, tower_rows)
+    figures = {
+        onednn: run_worker(export, inputs, floors, repeats, work / f"{run.name}-serving-onednn{onednn}.json", onednn)
+        for onednn in ("1", "0")  # TF's default, and plain Eigen kernels (as TF Serving's standard build)
+    }
+    for floor in floors.values():
+        shutil.rmtree(floor)
+    peak = peaks["matmul_peak_flops_per_sec"]
+    for runs in figures.values():
+        runs["requests"] = request_figures(runs, forward_flops, peak)
+    return {
+        "export_bytes": directory_bytes(export),
+        "request_columns": {"user": user_columns, "candidate": [name for name in kinds if name not in user_columns]},
+        "flop_bound": {"forward_flops_per_row": forward_flops, "peak_flops_per_sec": peak},
+        **figures["1"],
+        "onednn_off": figures["0"],
+    }
+
+
+def save_floors(model: RankingModel, kinds: dict[str, str], rows: Path, work: Path) -> tuple[dict[str, Path], Path]:
+    """The three floors saved as SavedModels under ``work``: their directories by name, and the
+    tower's inputs computed from ``rows`` (an .npz of ``x0``, ``x1``...)."""
     columns = {name: tf.constant(values) for name, values in np.load(rows).items()}
     inputs = model.tower_inputs(columns)
     tower_inputs = [x.numpy() for x in [inputs.tower, *inputs.gate_parts]]
-    tower_rows = work / f"{run.name}-tower-rows.npz"
+    tower_rows = work / "tower-rows.npz"
     np.savez(tower_rows, **{f"x{i}": x for i, x in enumerate(tower_inputs)})
     floors = {
         "trivial": Multiply(),
         "trivial_columns": MultiplyColumns(kinds),
         "tower": FrozenTower(model, tower_inputs),
     }
-    for floor_name, floor in floors.items():
-        tf.saved_model.save(floor, str(work / floor_name), signatures={"serving_default": floor.serve})
+    for name, floor in floors.items():
+        tf.saved_model.save(floor, str(work / name), signatures={"serving_default": floor.serve})
+    return {name: work / name for name in floors}, tower_rows
+
+
+class Inputs(NamedTuple):
+    """The served rows' files: the export's column inputs (.npz), the same rows as serialized
+    tf.Examples (TFRecord), and the tower's inputs (.npz)."""
+
+    rows: Path
+    examples: Path
+    tower_rows: Path
+
+
+def run_worker(
+    export: Path, inputs: Inputs, floors: dict[str, Path], repeats: dict[int, int], out: Path, onednn: str
+) -> dict:
+    """``serving_worker.py`` on the export and the floors, with ``TF_ENABLE_ONEDNN_OPTS=onednn``
+    and without ppnet's ``TF_USE_LEGACY_KERAS``: its figures (written to ``out``)."""
+    command = script_command(
+        SERVING_WORKER,
+        *("--rows", str(inputs.rows), "--examples", str(inputs.examples), "--model", str(export)),
+        *("--trivial", str(floors["trivial"]), "--trivial-columns", str(floors["trivial_columns"])),
+        *("--tower", str(floors["tower"]), "--tower-rows", str(inputs.tower_rows)),
+        *("--repeats", json.dumps(repeats), "--out", str(out)),
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS")}
-    figures = {}
-    for onednn in ("1", "0"):  # TF's default, and plain Eigen kernels (as TF Serving's standard build)
-        out = work / f"{run.name}-serving-onednn{onednn}.json"
-        command = script_command(
-            SERVING_WORKER,
-            "--rows",
-            str(rows),
-            "--examples",
-            str(examples),
-            "--model",
-            str(export),
-            "--trivial",
-            str(work / "trivial"),
-            "--trivial-columns",
-            str(work / "trivial_columns"),
-            "--tower",
-            str(work / "tower"),
-            "--tower-rows",
-            str(tower_rows),
-            "--repeats",
-            json.dumps(repeats),
-            "--out",
-            str(out),
-        )
-        subprocess.run(
-            command, env={**env, "TF_ENABLE_ONEDNN_OPTS": onednn}, cwd=work, check=True, stdout=subprocess.DEVNULL
-        )
-        figures[onednn] = json.loads(out.read_text())
-    for floor_name in floors:
-        shutil.rmtree(work / floor_name)
-    return {"export_bytes": directory_bytes(export), **figures["1"], "onednn_off": figures["0"]}
+    env["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    subprocess.run(command, env=env, cwd=out.parent, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -156,9 +247,12 @@ def main(argv: list[str] | None = None) -> dict:
     cli.add_argument("--smoke", action="store_true", help="few repeats")
     args = cli.parse_args(argv)
     model = load_run(args.run)
+    forward_flops = flops_per_example(model)["forward"]
     with tempfile.TemporaryDirectory() as work:
         repeats = SMOKE_SERVING_REPEATS if args.smoke else SERVING_REPEATS
-        figures = serving(Path(args.run), model, model.config, args.data, repeats, Path(work))
+        figures = serving(
+            Path(args.run), model, model.config, args.data, repeats, Path(work), forward_flops, matmul_peaks()
+        )
     print(json.dumps(figures, indent=2))
     return figures
 

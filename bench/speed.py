@@ -15,6 +15,7 @@ from ppnet.data.pipeline import make_dataset
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import make_splits
 from ppnet.model import RankingModel, dummy_batch
+from ppnet.precision import BFLOAT16, FLOAT32
 from ppnet.tf_private import called_graph
 
 MATMULS = ("MatMul", "_FusedMatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
@@ -116,25 +117,44 @@ def input_pipeline_rate(config: Config, data_path: str) -> float:
     return rows / (time.perf_counter() - start)
 
 
-def speed(model: RankingModel, config: Config, data_path: str, train_rate: float, peak_flops: float) -> dict:
-    """Training and input-pipeline throughput, and the training FLOP utilisation of the matmul peak."""
+def speed(
+    model: RankingModel, config: Config, data_path: str, rates: dict[str, float], peaks: dict[str, float], native: bool
+) -> dict:
+    """Input-pipeline throughput, the FLOPs of an example, the two matmul peaks, and per precision
+    (``rates``: training examples/sec by Keras policy name) the training FLOP/s and its utilisation
+    of each peak; ``native``: whether bfloat16 is native here (else its figures are emulated).
+
+    Both precisions run the same matmuls, so one count (``model``'s, built in float32) serves both.
+    Each precision's FLOP/s is set against both peaks: bfloat16 can beat the float32 peak.
+    """
     flops = flops_per_example(model)
     return {
-        "train_examples_per_sec": train_rate,
         "input_examples_per_sec": input_pipeline_rate(config, data_path),
         "forward_flops_per_example": flops["forward"],
         "train_flops_per_example": flops["train"],
-        "train_flops_per_sec": flops["train"] * train_rate,
-        "matmul_peak_flops_per_sec": peak_flops,
-        "flop_utilisation": flops["train"] * train_rate / peak_flops,
+        **peaks,
+        "training": {policy: training_figures(flops["train"], rate, peaks) for policy, rate in rates.items()},
+        "bf16_speedup": rates[BFLOAT16] / rates[FLOAT32],
+        "bf16_emulated": not native,
+    }
+
+
+def training_figures(flops: int | float, rate: float, peaks: dict[str, float]) -> dict[str, float]:
+    """One precision's training examples/sec, FLOP/s, and FLOP/s as a fraction of each matmul peak."""
+    return {
+        "examples_per_sec": rate,
+        "flops_per_sec": flops * rate,
+        "utilisation_of_float32_peak": flops * rate / peaks["matmul_peak_flops_per_sec"],
+        "utilisation_of_bf16_peak": flops * rate / peaks["bf16_matmul_peak_flops_per_sec"],
     }
 
 
 # --- memory --------------------------------------------------------------------------------------
 
 
-def memory(rss_1x: int, metrics_1x: dict, run_4x: TrainProcess) -> dict:
-    """Peak RSS and training rows on the log and on the log repeated 4x, and the 4x / 1x RSS ratio."""
+def memory(rss_1x: int, metrics_1x: dict, run_4x: TrainProcess, rss_bf16: int) -> dict:
+    """Peak RSS and training rows on the log and on the log repeated 4x, the 4x / 1x RSS ratio, and
+    the peak RSS of the bfloat16 run on the log (which also holds a float32 copy to score with)."""
     rss_4x, metrics_4x = run_4x.wait()
     return {
         "peak_rss_1x_bytes": rss_1x,
@@ -142,4 +162,5 @@ def memory(rss_1x: int, metrics_1x: dict, run_4x: TrainProcess) -> dict:
         "peak_rss_4x_bytes": rss_4x,
         "train_rows_4x": metrics_4x["train_rows"],
         "ratio_4x_1x": rss_4x / rss_1x,
+        "peak_rss_1x_bf16_bytes": rss_bf16,
     }

@@ -10,8 +10,9 @@ import pytest
 
 from tests.helpers import small_config
 
-VARIANTS = {"ppnet", "ppnet_tower_ids", "ppnet_ids", "dnn", "logreg"}
-BATCHES = {"1", "64", "1024"}
+VARIANTS = {"ppnet", "ppnet_bf16", "ppnet_tower_ids", "ppnet_ids", "dnn", "logreg"}
+BATCHES = {"1", "64", "256", "1024"}
+PRECISIONS = ["float32", "mixed_bfloat16"]
 MODEL_MODES = [
     ["model.name=dnn"],
     ["model.gate_stop_gradient=shared"],
@@ -44,10 +45,19 @@ def test_machine_and_versions(smoke):
     result, _ = smoke
     machine, versions = result["machine"], result["versions"]
     assert machine["cpu"] and machine["cores"] >= 1 and machine["memory_bytes"] > 0
-    assert finite(machine["matmul_peak_flops_per_sec"]) and machine["matmul_peak_flops_per_sec"] > 1e8
+    for peak in ("matmul_peak_flops_per_sec", "bf16_matmul_peak_flops_per_sec"):
+        assert finite(machine[peak]) and machine[peak] > 1e8, peak
     for package in ("python", "tensorflow", "tf-keras", "tensorflow-recommenders", "pyarrow"):
         assert versions[package]
     assert list(result["logs"]) == ["synthetic"] and result["args"]["smoke"] is True
+
+
+def test_the_json_says_what_auto_picks_here_and_why(smoke):
+    from ppnet.precision import BFLOAT16, choose
+
+    auto, chosen = smoke[0]["machine"]["precision_auto"], choose("auto")
+    assert auto == {"policy": chosen.policy, "why": chosen.reason, "bf16_native": chosen.policy == BFLOAT16}
+    assert smoke[0]["logs"]["synthetic"]["speed"]["bf16_emulated"] is not auto["bf16_native"]
 
 
 def test_quality(smoke):
@@ -62,13 +72,30 @@ def test_quality(smoke):
         assert all(finite(summary[key]["std"]) for key in ("auc", "gauc", "logloss"))
 
 
-def test_speed(smoke):
-    speed = smoke[0]["logs"]["synthetic"]["speed"]
-    assert all(finite(value) and value > 0 for value in speed.values()), speed
-    forward = speed["forward_flops_per_example"]
-    assert forward < speed["train_flops_per_example"] <= 3 * forward
-    assert speed["train_flops_per_sec"] == speed["train_flops_per_example"] * speed["train_examples_per_sec"]
-    assert 0 < speed["flop_utilisation"] < 1
+def test_speed_of_both_precisions(smoke):
+    log = smoke[0]["logs"]["synthetic"]
+    speed, flat = log["speed"], {k: v for k, v in log["speed"].items() if k not in ("training", "bf16_emulated")}
+    assert all(finite(value) and value > 0 for value in flat.values()), speed
+    forward, train = speed["forward_flops_per_example"], speed["train_flops_per_example"]
+    assert forward < train <= 3 * forward
+    assert list(speed["training"]) == PRECISIONS
+    for policy, run in speed["training"].items():
+        assert all(finite(value) and value > 0 for value in run.values()), policy
+        assert run["flops_per_sec"] == train * run["examples_per_sec"]
+        assert run["utilisation_of_float32_peak"] == run["flops_per_sec"] / speed["matmul_peak_flops_per_sec"]
+        assert run["utilisation_of_bf16_peak"] == run["flops_per_sec"] / speed["bf16_matmul_peak_flops_per_sec"]
+        assert 0 < run["utilisation_of_float32_peak"] < 1
+    rates = [speed["training"][policy]["examples_per_sec"] for policy in PRECISIONS]
+    assert speed["bf16_speedup"] == rates[1] / rates[0]
+    # the timed runs are the quality runs of their variant's first seed, at the precision they name
+    for policy, variant in (("float32", "ppnet"), ("mixed_bfloat16", "ppnet_bf16")):
+        assert f"train.precision={policy}" in log["variant_sets"][variant]
+
+
+def test_the_peaks_are_the_best_measured_so_far(smoke):
+    result = smoke[0]
+    for key in ("matmul_peak_flops_per_sec", "bf16_matmul_peak_flops_per_sec"):
+        assert result["machine"][key] == result["logs"]["synthetic"]["speed"][key]
 
 
 def test_memory(smoke):
@@ -76,6 +103,7 @@ def test_memory(smoke):
     assert memory["peak_rss_1x_bytes"] > 50 * 2**20 and memory["peak_rss_4x_bytes"] > 50 * 2**20
     assert memory["train_rows_4x"] == 4 * memory["train_rows_1x"]
     assert finite(memory["ratio_4x_1x"]) and memory["ratio_4x_1x"] > 0
+    assert memory["peak_rss_1x_bf16_bytes"] > 50 * 2**20
 
 
 def test_serving(smoke):
@@ -93,10 +121,36 @@ def test_serving(smoke):
             assert finite(timing["rows_per_sec"]) and timing["rows_per_sec"] > 0
 
 
+def test_serving_ranking_requests(smoke):
+    log = smoke[0]["logs"]["synthetic"]
+    serving, kinds = log["serving"], [f["name"] for f in log["config"]["features"]]
+    columns = serving["request_columns"]
+    assert columns["user"][0] == "user_id" and sorted(columns["user"] + columns["candidate"]) == sorted(kinds)
+    assert {"video_id", "author_id", "tab"} <= set(columns["candidate"])
+    bound = serving["flop_bound"]
+    assert bound["forward_flops_per_row"] == log["speed"]["forward_flops_per_example"]
+    assert bound["peak_flops_per_sec"] == log["speed"]["matmul_peak_flops_per_sec"]
+    for runs in (serving, serving["onednn_off"]):
+        assert list(runs["requests"]) == ["serve_examples", "serving_default"]
+        for signature, sizes in runs["requests"].items():
+            assert set(sizes) == BATCHES, signature
+            for n, figures in sizes.items():
+                assert all(finite(value) and value > 0 for value in figures.values()), (signature, n)
+                assert figures["tower_p50_ms"] == runs["tower"][n]["p50_ms"]
+
+
 def test_markdown_has_one_section_per_measure(smoke):
     _, printed = smoke
-    for heading in ("### Quality", "### Training speed", "### Memory", "### Serving"):
+    for heading in (
+        "### Quality",
+        "### Training speed",
+        "### Training by precision",
+        "### Memory",
+        "### Serving ranking requests",
+        "### Serving: the export",
+    ):
         assert heading in printed
+    assert '`train.precision = "auto"` picks' in printed
 
 
 def built_model(config, synthetic_dir):
@@ -173,7 +227,11 @@ def test_the_dnn_baseline_gets_its_own_tuning_and_the_user_set_wins() -> None:
     assert dropout == {"ppnet": 0.0, "dnn": 0.2} and "kuairand.toml" in BASELINE_TUNING
     user = load_config(kuairand, variant_sets(kuairand, "dnn", ["model.dropout=0.3"], 42))
     assert user.model.dropout == 0.3 and user.model.name == "dnn" and user.train.seed == 42
-    assert variant_sets(Path("other.toml"), "dnn", [], 1) == ["model.name=dnn", "train.seed=1"]
+    assert variant_sets(Path("other.toml"), "dnn", [], 1) == [
+        "model.name=dnn",
+        "train.precision=float32",
+        "train.seed=1",
+    ]
 
 
 # --- the multi-task leaderboard -------------------------------------------------------------------
@@ -310,3 +368,133 @@ def test_a_smoke_run_keeps_its_json_out_of_git_and_a_full_run_in_bench_results()
     ignored = subprocess.run(["git", "check-ignore", "-q", str(smoke_dir / "x.json")], cwd=REPO)
     assert ignored.returncode == 0, f"{smoke_dir} is not ignored by git"
     assert results_dir(parser().parse_args([])) == harness.RESULTS
+
+
+# --- precisions and ranking requests, without timing -------------------------------------------
+
+
+def test_a_bfloat16_model_counts_the_same_flops(synthetic_dir):
+    """One FLOP count serves both precisions: bfloat16 casts, it adds or drops no product."""
+    from bench.speed import flops_per_example
+    from ppnet.model import build_model
+    from ppnet.precision import BFLOAT16
+
+    config = small_config()
+    float32 = built_model(config, synthetic_dir)
+    bfloat16 = build_model(config, float32.stats, precision=BFLOAT16)
+    assert flops_per_example(bfloat16) == flops_per_example(float32)
+
+
+def test_every_variant_but_the_timed_first_seeds_trains_in_process():
+    from bench.__main__ import untimed_pairs
+    from bench.quality import TIMED, VARIANTS
+
+    pairs = untimed_pairs([7, 8])
+    assert set(TIMED.values()) == {"ppnet", "ppnet_bf16"} and set(TIMED.values()) <= set(VARIANTS)
+    assert ("ppnet", 7) not in pairs and ("ppnet_bf16", 7) not in pairs
+    assert len(pairs) == 2 * len(VARIANTS) - 2 and ("ppnet_bf16", 8) in pairs and ("dnn", 7) in pairs
+
+
+def test_skip_multitask_is_an_option_and_nothing_else():
+    from bench.__main__ import parser
+
+    assert parser().parse_args(["--skip", "multitask"]).skip == "multitask" and parser().parse_args([]).skip is None
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--skip", "serving"])
+
+
+def test_user_side_columns_are_those_constant_within_every_user_with_two_rows():
+    from bench.serving import user_side_columns
+
+    columns = {
+        "user_id": np.array([1, 1, 2, 2, 3]),
+        "age": np.array([20.0, 20.0, np.nan, np.nan, 50.0]),  # NaN is a value: constant for user 2
+        "video": np.array(["a", "b", "c", "c", "d"]),  # varies for user 1
+        "tab": np.array([0, 0, 1, 2, 3]),  # varies for user 2
+        "app": np.array([1, 1, 1, 1, 1]),  # constant everywhere: counts as the user's, changing nothing
+    }
+    assert user_side_columns(columns, "user_id") == ["user_id", "age", "app"]
+    assert user_side_columns(columns, "missing") == []
+
+
+def test_a_ranking_request_shares_the_first_rows_user_columns_and_varies_the_rest():
+    from bench.serving import ranking_request
+
+    columns = {"user_id": np.array([1, 2, 3]), "age": np.array([20.0, 30.0, 40.0]), "video": np.array(["a", "b", "c"])}
+    request = ranking_request(columns, ["user_id", "age"], 5)
+    assert request["user_id"].tolist() == [1] * 5 and request["age"].tolist() == [20.0] * 5
+    assert request["video"].tolist() == ["a", "b", "c", "a", "b"]
+
+
+def test_request_figures_set_the_latency_beside_the_tower_and_the_flop_bound():
+    from bench.serving import request_figures
+
+    def timing(rows: int, p50: float) -> dict:
+        return {"rows": rows, "repeats": 1, "p50_ms": p50, "p99_ms": 2 * p50, "rows_per_sec": 1e3 * rows / p50}
+
+    runs = {
+        "model_examples": {"1": timing(1, 2.0), "1024": timing(1024, 20.0)},
+        "model": {"1": timing(1, 4.0), "1024": timing(1024, 40.0)},
+        "tower": {"1": timing(1, 1.0), "1024": timing(1024, 10.0)},
+    }
+    figures = request_figures(runs, forward_flops=1e6, peak_flops=1e11)  # the bound: 1e5 rows/sec
+    assert list(figures) == ["serve_examples", "serving_default"]
+    examples = figures["serve_examples"]["1024"]
+    assert examples["p50_ms"] == 20.0 and examples["p99_ms"] == 40.0 and examples["tower_p50_ms"] == 10.0
+    assert examples["p50_vs_tower"] == pytest.approx(2.0) and examples["flop_bound_ms"] == pytest.approx(10.24)
+    assert examples["of_flop_bound"] == pytest.approx(0.512)  # 51,200 rows/sec of 100,000
+    assert figures["serving_default"]["1"]["p50_vs_tower"] == pytest.approx(4.0)
+
+
+def test_the_report_says_when_bfloat16_is_emulated():
+    from bench.report import precision_table, speed_table
+
+    run = {"examples_per_sec": 100.0, "flops_per_sec": 1e9, "utilisation_of_float32_peak": 0.5}
+    speed = {
+        "input_examples_per_sec": 1e3,
+        "train_flops_per_example": 10,
+        "matmul_peak_flops_per_sec": 2e9,
+        "bf16_matmul_peak_flops_per_sec": 1e9,
+        "training": {
+            "float32": {**run, "utilisation_of_bf16_peak": 1.0},
+            "mixed_bfloat16": {**run, "examples_per_sec": 50.0, "utilisation_of_bf16_peak": 0.5},
+        },
+        "bf16_emulated": True,
+    }
+    scores = {key: {"mean": 0.5, "std": 0.0} for key in ("auc", "gauc", "logloss")}
+    log = {"speed": speed, "quality": {"ppnet": scores, "ppnet_bf16": scores}}
+    lines = [*speed_table(speed), *precision_table(log)]
+    assert "### Training by precision (ppnet, bfloat16 emulated on this CPU)" in lines
+    assert any(line.startswith("| bfloat16 matmul peak GFLOP/s (emulated") for line in lines)
+    assert any(
+        line.startswith("| mixed_bfloat16 | 50 | 0.50 | 1.0 | 50.0% | 50.0% | 0.5000 ± 0.0000") for line in lines
+    )
+    native = [*precision_table({**log, "speed": {**speed, "bf16_emulated": False}})]
+    assert not any("emulated" in line for line in native)
+
+
+def test_the_user_once_tower_computes_the_models_logits(synthetic_dir):
+    """The experiment's hand-written tower, with and without the user's share of the gates' first
+    matmul taken from one row, gives the model's own frozen logits (weights randomised, so that the
+    gates are not the untrained 1; inputs random, shaped as the model's)."""
+    from bench.serving import FrozenTower
+    from bench.user_once import HandTower, logits_of, tower_weights, user_dims
+    from ppnet.model import dummy_batch
+
+    model = built_model(small_config(), synthetic_dir)
+    rng = np.random.default_rng(0)
+    for weight in model.tower.weights:
+        weight.assign(rng.normal(0.0, 0.3, weight.shape).astype(np.float32))
+    example = model.tower_inputs(dummy_batch(model.stats))
+    parts = [rng.normal(size=[32, x.shape[-1]]).astype(np.float32) for x in [example.tower, *example.gate_parts]]
+    parts[1][:, [0, 5]] = parts[1][:1, [0, 5]]  # dims every row shares: the "user's"
+    gate = np.concatenate(parts[1:], axis=-1)
+    mask = user_dims(gate)
+    assert mask.sum() == 2 and mask[[0, 5]].all()
+    expected = logits_of(FrozenTower(model, parts).serve, {f"x{i}": x for i, x in enumerate(parts)})
+    weights, x = tower_weights(model), parts[0]
+    all_rows = logits_of(HandTower(weights).serve, {"x": x, "gate": gate, "user": np.zeros([1, 0], np.float32)})
+    once = logits_of(HandTower(weights, mask).serve, {"x": x, "gate": gate[:, ~mask], "user": gate[:1, mask]})
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(all_rows, expected, atol=1e-4)
+    np.testing.assert_allclose(once, expected, atol=1e-4)
