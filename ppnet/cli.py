@@ -180,27 +180,26 @@ def run_prepare_synthetic(args: argparse.Namespace) -> dict:
     return write_synthetic(args.out, rows=args.rows, seed=args.seed, overwrite=args.overwrite)
 
 
-def run_train(args: argparse.Namespace) -> dict:
+def run_train(args: argparse.Namespace) -> dict | None:
     from ppnet.config import load_config
     from ppnet.train import train
 
     if args.init_weights_only and not args.init_from:
         raise PPNetError("--init-weights-only needs --init-from RUN_DIR")
     config = load_config(args.config, args.set)
-    return (
-        train(
-            config,
-            args.data,
-            args.out,
-            args.valid,
-            overwrite=args.overwrite,
-            fresh=args.fresh,
-            strategy=args.strategy,
-            init_from=args.init_from,
-            init_optimizer=not args.init_weights_only,
-        )
-        or None
+    metrics = train(
+        config,
+        args.data,
+        args.out,
+        args.valid,
+        overwrite=args.overwrite,
+        fresh=args.fresh,
+        strategy=args.strategy,
+        init_from=args.init_from,
+        init_optimizer=not args.init_weights_only,
     )
+    # What the run measured; the rows it trained and validated on (file lists) stay in metrics.json.
+    return {key: value for key, value in metrics.items() if key != "splits"} if metrics else None
 
 
 def run_launch_local(args: argparse.Namespace) -> None:

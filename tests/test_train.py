@@ -47,7 +47,9 @@ def test_cli_trains_the_dnn_baseline_and_reexports(synthetic_dir, tmp_path, caps
     assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()
     meta = json.loads((tmp_path / "serving" / "1" / "assets.extra" / "ppnet.json").read_text())
     assert meta["model"] == "dnn"
-    assert meta["splits"] == printed["splits"], "a re-export records the run's training and validation rows"
+    recorded = json.loads((run / "metrics.json").read_text())["splits"]
+    assert meta["splits"] == recorded, "a re-export records the run's training and validation rows"
+    assert "splits" not in printed, "the file lists stay in metrics.json, out of the printed summary"
 
 
 def test_evaluate_warns_about_the_models_training_rows(trained_run, synthetic_dir, caplog):
