@@ -16,11 +16,13 @@ ARGS ?=
 
 install: $(STAMP)
 
-# Reinstalls only when pyproject.toml changes (the stamp is newer otherwise).
+# Reinstalls only when pyproject.toml changes (the stamp is newer otherwise). pip -qq prints errors
+# only: not its warnings about index locations a machine's pip config names but lacks, nor
+# setuptools' notes on editable builds, which say nothing about ppnet.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -e '.[test]'
 	touch $(STAMP)
 
 data/synthetic: | $(STAMP)
@@ -34,7 +36,7 @@ test: $(STAMP)
 
 # Jupyter (the `notebook` extra) over the base install; reinstalled when that is.
 $(NOTEBOOK_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,notebook]'
+	$(BIN)/python -m pip install -qq -e '.[test,notebook]'
 	touch $(NOTEBOOK_STAMP)
 
 # Executes notebooks/evaluate_auc.ipynb headless (the committed notebook is only read) on
