@@ -43,7 +43,7 @@ from ppnet.rundir import (
     run_identity,
 )
 from ppnet.stats import Stats, compute_stats
-from ppnet.warmstart import Parent, check_compatible, warm_start
+from ppnet.warmstart import Parent, check_compatible, check_kinds, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -249,16 +249,6 @@ def gate_settings(config: Config) -> dict:
         "gate_stop_gradient": config.model.gate_stop_gradient,
         "personal_ids_in_tower": config.model.personal_ids_in_tower,
     }
-
-
-def check_kinds(parent: Parent, kinds: dict[str, str]) -> None:
-    """A continued run reads its columns as the parent did: the tables and the export's inputs depend on it."""
-    for name, kind in kinds.items():
-        if parent.stats.kinds.get(name, kind) != kind:
-            raise PPNetError(
-                f"--init-from {parent.run_dir}: column {name!r} is {kind} in this data, "
-                f"{parent.stats.kinds[name]} in the parent run's"
-            )
 
 
 def setup_run(

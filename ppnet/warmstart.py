@@ -63,6 +63,16 @@ def check_compatible(parent: Parent, config: Config) -> None:
         )
 
 
+def check_kinds(parent: Parent, kinds: dict[str, str]) -> None:
+    """A continued run reads its columns as the parent did: the tables and the export's inputs depend on it."""
+    for name, kind in kinds.items():
+        if parent.stats.kinds.get(name, kind) != kind:
+            raise PPNetError(
+                f"--init-from {parent.run_dir}: column {name!r} is {kind} in this data, "
+                f"{parent.stats.kinds[name]} in the parent run's"
+            )
+
+
 def _shape_keys(config: Config) -> dict:
     """The parts of a config that fix the network's variables (and the numeric inputs' meaning)."""
     raw = config.to_dict()

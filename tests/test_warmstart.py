@@ -18,13 +18,14 @@ from ppnet.cli import main
 from ppnet.data.pipeline import iter_batches
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import Split, make_splits
+from ppnet.errors import PPNetError
 from ppnet.evaluate import evaluate_export
 from ppnet.model import build_model
 from ppnet.rundir import load_run, restore_best
 from ppnet.stats import compute_stats
 from ppnet.tf_private import adam_moments
 from ppnet.train import train
-from ppnet.warmstart import Parent, warm_start
+from ppnet.warmstart import Parent, check_kinds, warm_start
 from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES, small_config
 
 # min_count 1: every id of the parent's training rows has a row of its own, so before any step the
@@ -209,3 +210,11 @@ def test_replay_scores_each_day_before_training_on_it(parent_run, days, tmp_path
     assert report["days"][1]["export"] == "2", "the second day is scored by the model continued on the first"
     assert report["mean"]["auc"] == pytest.approx(np.mean([row["auc"] for row in report["days"]]))
     assert "mean" in printed and str(out / "replay.json") in printed
+
+
+def test_a_column_of_another_type_than_the_parents_is_refused(parent_run):
+    parent = Parent.load(parent_run)
+    kinds = {**parent.stats.kinds, "user_id": "string"}
+    with pytest.raises(PPNetError, match="column 'user_id' is string in this data, int64 in the parent run's"):
+        check_kinds(parent, kinds)
+    check_kinds(parent, parent.stats.kinds)  # the same kinds pass
