@@ -498,3 +498,32 @@ def test_the_user_once_tower_computes_the_models_logits(synthetic_dir):
     assert np.abs(expected).max() > 0.1
     np.testing.assert_allclose(all_rows, expected, atol=1e-4)
     np.testing.assert_allclose(once, expected, atol=1e-4)
+
+
+def test_the_replay_bench_compares_continuing_with_the_base_and_with_retraining(synthetic_dir, tmp_path):
+    from bench.replay import main
+    from tests.helpers import DEFAULT_CONFIG
+
+    config = tmp_path / "small.toml"  # the default config, with a tower small enough for seconds
+    config.write_text(
+        DEFAULT_CONFIG.read_text().replace("[256, 128, 64]", "[32, 16]").replace("epochs = 3", "epochs = 1")
+    )
+    result = main(
+        [
+            "--data",
+            str(synthetic_dir),
+            "--config",
+            str(config),
+            "--days",
+            "2",
+            "--seeds",
+            "1",
+            "--results",
+            str(tmp_path),
+        ]
+    )
+    assert set(result["summary"]) == {"base", "continued", "scratch"}
+    assert all(finite(v["mean"]) for figures in result["summary"].values() for v in figures.values())
+    [run] = result["runs"]
+    assert run["continue_seconds"] > 0 and len(run["scratch_seconds"]) == 2
+    assert list(tmp_path.glob("replay-*.json")), "the JSON is written"
