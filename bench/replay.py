@@ -22,10 +22,8 @@ from bench.harness import RESULTS
 from ppnet.config import load_config
 from ppnet.data.schema import resolve_files
 from ppnet.evaluate import evaluate_export
-from ppnet.replay import replay
+from ppnet.replay import SCORES, replay
 from ppnet.train import train
-
-KEYS = ("auc", "gauc", "logloss")
 
 
 def one_seed(config_path: Path, days: list[Path], replayed: int, seed: int, work: Path) -> dict:
@@ -46,7 +44,7 @@ def one_seed(config_path: Path, days: list[Path], replayed: int, seed: int, work
         train(config, str(linked(days[: len(history) + i], work / f"before-{day.stem}-s{seed}")), run)
         scratch_seconds.append(time.perf_counter() - started)
         scores["scratch"].append(evaluate_export(run / "export" / "1", day))
-    means = {model: {k: statistics.mean(day[k] for day in rows) for k in KEYS} for model, rows in scores.items()}
+    means = {model: {k: statistics.mean(day[k] for day in rows) for k in SCORES} for model, rows in scores.items()}
     return {"seed": seed, "means": means, "continue_seconds": continued_seconds, "scratch_seconds": scratch_seconds}
 
 
@@ -67,7 +65,7 @@ def summary(runs: list[dict]) -> dict:
                 "mean": statistics.mean(r["means"][model][k] for r in runs),
                 "std": statistics.pstdev(r["means"][model][k] for r in runs),
             }
-            for k in KEYS
+            for k in SCORES
         }
         for model in models
     }

@@ -12,21 +12,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from ppnet.config import Config
 from ppnet.errors import PPNetError
-from ppnet.evaluate import evaluate_export
-from ppnet.export import export_model
-from ppnet.files import write_text_atomic
-from ppnet.rundir import load_run, read_json
+from ppnet.evaluate import evaluate_export, is_export
+from ppnet.export import next_version
+from ppnet.files import atomic_directory, write_text_atomic
+from ppnet.rundir import read_json
 from ppnet.train import train
 
 log = logging.getLogger(__name__)
 REPORT = "replay.json"
-METRICS = ("auc", "gauc", "logloss", "rows")
+SCORES = ("auc", "gauc", "logloss")  # averaged over the days
+METRICS = (*SCORES, "rows")
 
 
 def replay(config: Config, base_run: str | Path, days: list[str | Path], out: str | Path) -> dict:
@@ -42,33 +44,37 @@ def replay(config: Config, base_run: str | Path, days: list[str | Path], out: st
         raise PPNetError(f"{out}: already exists; a replay writes a new directory")
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
     exports, parent, rows = out / "export", Path(base_run), []
-    current = export_run(parent, exports)
+    current = publish(parent, exports)
     for i, day in enumerate(map(Path, days), start=1):
         scored = evaluate_export(current, day)  # before the model has seen a row of this day
         rows.append({"day": str(day), "export": current.name, **{key: scored[key] for key in METRICS}})
         log.info("replay %s: auc %.4f gauc %.4f logloss %.4f", day, scored["auc"], scored["gauc"], scored["logloss"])
         run = out / "runs" / f"{i}-{day.stem}"
         train(config, str(day), run, valid_path=str(day), init_from=parent)
-        current, parent = export_run(run, exports), run
+        current, parent = publish(run, exports), run
     report = {"base": str(Path(base_run).resolve()), "days": rows, "mean": means(rows)}
     write_text_atomic(out / REPORT, json.dumps(report, indent=2))
     return report
 
 
-def export_run(run: Path, exports: Path) -> Path:
-    """``run``'s best model as the next version under ``exports``, with the rows it trained on."""
-    splits = read_json(run / "metrics.json", "the run's metrics").get("splits")
-    return export_model(load_run(run), exports, splits=splits)
+def publish(run: Path, exports: Path) -> Path:
+    """``run``'s export (its best model, with the rows it trained on) as the next version under
+    ``exports``: a copy of the directory the run already wrote, appearing whole or not at all."""
+    source = run / read_json(run / "metrics.json", "the run's metrics")["export"]
+    target = exports / str(next_version(exports) if exports.exists() else 1)
+    with atomic_directory(target, False, "export version", ours=is_export) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    return target
 
 
 def means(rows: list[dict]) -> dict:
     """The per-day metrics' unweighted means over the days (each day counts once)."""
     frame = pd.DataFrame(rows)
-    return {key: float(frame[key].mean()) for key in ("auc", "gauc", "logloss")}
+    return {key: float(frame[key].mean()) for key in SCORES}
 
 
 def table(report: dict) -> str:
     """The report as text: one row per day, then the means."""
     frame = pd.DataFrame(report["days"]).set_index("day")
-    frame.loc["mean", ["auc", "gauc", "logloss"]] = [report["mean"][k] for k in ("auc", "gauc", "logloss")]
+    frame.loc["mean", list(SCORES)] = [report["mean"][k] for k in SCORES]
     return frame.to_string(float_format="{:.4f}".format, na_rep="")
