@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = args.verbose or console.verbose_requested()
     if verbose:  # and so are the processes it starts (launch-local's workers)
         os.environ[console.VERBOSE_ENV] = "1"
-    console.setup_logging(verbose)
+    console.setup_logging()
     if args.tensorflow:
         console.load_tensorflow(verbose)
     try:

@@ -27,14 +27,11 @@ def verbose_requested() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
-def setup_logging(verbose: bool) -> None:
-    """ppnet's own log lines at INFO (``HH:MM:SS ppnet.module: message``); other libraries' at
-    WARNING, and TensorFlow's Python logger at ERROR unless verbose: its warnings at export time
-    ("Issue encountered when serializing table_initializer ... probably safe to ignore") are about
-    TensorFlow's own graph bookkeeping, nothing a user can act on."""
+def setup_logging() -> None:
+    """ppnet's own log lines at INFO (``HH:MM:SS ppnet.module: message``), other libraries' at
+    WARNING (TensorFlow's: see ``load_tensorflow``)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("ppnet").setLevel(logging.INFO)
-    logging.getLogger("tensorflow").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 @contextmanager
@@ -62,11 +59,15 @@ def load_tensorflow(verbose: bool | None = None) -> None:
 
     Call it before anything else imports TensorFlow (the CLI does, first thing; so do the notebook
     and the bench). Discovering the physical devices does not create TensorFlow's context, so a
-    ``tf.distribute`` strategy can still be configured afterwards.
+    ``tf.distribute`` strategy can still be configured afterwards. TensorFlow's Python logger is
+    set to ERROR unless verbose: its warnings at export time ("Issue encountered when serializing
+    table_initializer ... probably safe to ignore") are about its own graph bookkeeping, nothing a
+    user can act on.
     """
+    verbose = verbose_requested() if verbose is None else verbose
+    logging.getLogger("tensorflow").setLevel(logging.INFO if verbose else logging.ERROR)
     if "tensorflow" in sys.modules:  # already loaded, and already logged what it logs
         return
-    verbose = verbose_requested() if verbose is None else verbose
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     with nullcontext() if verbose else muted_stderr():

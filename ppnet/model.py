@@ -400,23 +400,32 @@ def build_model(config: Config, stats: Stats, compile: bool = True, precision: s
     return model
 
 
-def unsharded_weights(model: RankingModel) -> list[np.ndarray]:
-    """``model.get_weights()`` with each embedding table that parameter servers hold in shards as
-    one array: the weights of the same model built outside ``tf.distribute``, in their order."""
+def logical_weights(model: RankingModel, trainable: bool = False) -> list:
+    """``model.weights`` (or its trainable ones) with each embedding table that parameter servers
+    hold in shards as the one ``ShardedVariable`` the shards make up: the variables of the same
+    model built outside ``tf.distribute``, in their order."""
     whole_of = {
         id(part): table.embeddings
         for table in model.embedding_tables()
         for part in getattr(table.embeddings, "variables", [])
     }
-    values, copied = [], set()
-    for weight in model.weights:
-        whole = whole_of.get(id(weight))
-        if whole is None:
-            values.append(weight.numpy())
-        elif id(whole) not in copied:  # the first shard stands for the table; the others are in it
-            copied.add(id(whole))
-            values.append(tf.convert_to_tensor(whole).numpy())
-    return values
+    variables, seen = [], set()
+    for weight in model.trainable_weights if trainable else model.weights:
+        whole = whole_of.get(id(weight), weight)  # the first shard stands for the table
+        if id(whole) not in seen:
+            seen.add(id(whole))
+            variables.append(whole)
+    return variables
+
+
+def unsharded_weights(model: RankingModel) -> list[np.ndarray]:
+    """``model.get_weights()`` with each sharded table as one array (see ``logical_weights``)."""
+    return [tf.convert_to_tensor(weight).numpy() for weight in logical_weights(model)]
+
+
+def shards(variable) -> list[tf.Variable]:
+    """The variables that hold ``variable``: its shards along the first axis, or itself."""
+    return list(getattr(variable, "variables", [variable]))
 
 
 def dummy_batch(stats: Stats, rows: int = 1) -> dict[str, tf.Tensor]:

@@ -105,8 +105,6 @@ def train(
     """
     parent = None
     if init_from is not None:
-        if strategy != "local":
-            raise PPNetError(f"--init-from works with --strategy local for now, not {strategy}")
         parent = Parent.load(init_from)
         check_compatible(parent, config)
     out = Path(out)
@@ -169,7 +167,7 @@ def run(
     log.info("towers compute in %s (%s)", chosen.policy, chosen.reason)
     with dist.scope():
         model = build_model(config, stats, precision=chosen.policy)
-    if start.parent is not None:
+    if start.parent is not None:  # every worker reads the parent (on the filesystem they share)
         warm_start(model, start.parent, start.with_optimizer)
     meter = ThroughputMeter(config.train.batch_size * duties.workers)
     fitted = work / FITTED  # training ended (early stopping included): a rerun only scores and exports

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from ppnet.config import Config, config_from_dict
 from ppnet.errors import PPNetError
-from ppnet.model import RankingModel, build_model
+from ppnet.model import RankingModel, build_model, logical_weights, shards
 from ppnet.rundir import changed_keys, read_json, restore_best
 from ppnet.stats import Stats
 from ppnet.tf_private import adam_moments
@@ -97,24 +97,26 @@ def warm_start(model: RankingModel, parent: Parent, with_optimizer: bool = True)
 
     Tables are copied field by field: a field's known rows keep their place (its vocabulary only
     grew at the end), the rows added for new ids keep their fresh initial values. Everything else
-    has the parent's shape and is copied as it is.
+    has the parent's shape and is copied as it is. ``model`` may live under any strategy: mirrored
+    variables take the value on every replica, tables that parameter servers hold in shards take
+    their rows shard by shard (the parent is read as a local model, whatever trained it).
     """
-    old = build_model(parent.config, parent.stats)
+    old = build_model(parent.config, parent.stats)  # call this outside ``model``'s strategy scope
     optimizers = {parent.config.train.optimizer, model.config.train.optimizer}
     carry = with_optimizer and optimizers <= set(ADAM_FAMILY)
     if carry:  # create the slots so that the checkpoint's moments restore into them
         old.optimizer.build(old.trainable_variables)
-        model.optimizer.build(model.trainable_variables)
+        with model.distribute_strategy.scope():
+            model.optimizer.build(model.trainable_variables)
     restore_best(old, parent.run_dir)
     rows = _row_maps(old, model)
-    for source, target in zip(old.weights, model.weights, strict=True):
-        _copy(source, target, rows.get(target.ref()))
+    for source, target in zip(old.weights, logical_weights(model), strict=True):
+        _copy(source, shards(target), rows.get(id(target)))
     if carry:
-        for source, target in zip(old.trainable_variables, model.trainable_variables, strict=True):
-            for source_slot, target_slot in zip(
-                adam_moments(old.optimizer, source), adam_moments(model.optimizer, target)
-            ):
-                _copy(source_slot, target_slot, rows.get(target.ref()))
+        for source, target in zip(old.trainable_variables, logical_weights(model, trainable=True), strict=True):
+            moments = zip(*(adam_moments(model.optimizer, part) for part in shards(target)))  # (m parts, v parts)
+            for source_slot, target_slots in zip(adam_moments(old.optimizer, source), moments):
+                _copy(source_slot, list(target_slots), rows.get(id(target)))
         model.optimizer.iterations.assign(old.optimizer.iterations)
     elif with_optimizer:
         log.info(
@@ -124,21 +126,29 @@ def warm_start(model: RankingModel, parent: Parent, with_optimizer: bool = True)
 
 
 def _row_maps(old: RankingModel, new: RankingModel) -> dict:
-    """Per embedding variable of ``new`` (by ``ref``): (rows in new, rows in old) of the known ids."""
+    """Per embedding variable of ``new`` (by ``id``): (rows in new, rows in old) of the known ids."""
     maps = {}
     for old_table, new_table in zip(old.embedding_tables(), new.embedding_tables(), strict=True):
         new_rows = [
             np.arange(new_table.rows(i).start, new_table.rows(i).start + size) for i, size in enumerate(old_table.sizes)
         ]
         old_rows = [np.arange(old_table.rows(i).start, old_table.rows(i).stop) for i in range(len(old_table.sizes))]
-        maps[new_table.embeddings.ref()] = (np.concatenate(new_rows), np.concatenate(old_rows))
+        maps[id(new_table.embeddings)] = (np.concatenate(new_rows), np.concatenate(old_rows))
     return maps
 
 
-def _copy(source: tf.Variable, target: tf.Variable, rows: tuple[np.ndarray, np.ndarray] | None) -> None:
-    """``target = source``, or for a grown table its known rows only."""
-    if rows is None:
-        target.assign(source)
+def _copy(source: tf.Variable, target: list[tf.Variable], rows: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """``target = source`` (``target``: the variable's shards along the first axis, or itself), or
+    for a grown table its known rows only."""
+    value = source.numpy()
+    if rows is not None:
+        new_rows, old_rows = rows
+        grown = np.concatenate([tf.convert_to_tensor(part).numpy() for part in target])
+        grown[new_rows] = value[old_rows]
+        value = grown
+    if len(target) == 1:
+        target[0].assign(value)
         return
-    new_rows, old_rows = rows
-    target.scatter_update(tf.IndexedSlices(tf.gather(source, old_rows), new_rows))
+    bounds = np.cumsum([0, *(part.shape[0] for part in target)])
+    for part, start, stop in zip(target, bounds, bounds[1:]):
+        part.assign(value[start:stop])

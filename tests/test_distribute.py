@@ -1,18 +1,35 @@
-"""tf.distribute: deterministic sharding, TF_CONFIG roles, and a real 2-worker cluster on 127.0.0.1."""
+"""tf.distribute: deterministic sharding, TF_CONFIG roles, and real clusters on 127.0.0.1 (trained
+from scratch, and continuing a local run)."""
 
 import itertools
 import json
 import re
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from ppnet import distribute
+from ppnet.data.schema import input_kinds, to_arrays
 from ppnet.data.split import Split
 from ppnet.errors import PPNetError
-from tests.helpers import MULTITASK_CONFIG, SMALL_OVERRIDES
+from ppnet.evaluate import load_export
+from ppnet.stats import Stats
+from ppnet.train import train
+from tests.helpers import MULTITASK_CONFIG, SMALL_OVERRIDES, multitask_config
+
+# A parent run and its continuation: the user_id table (hashed, 4 MiB) makes the 16-dim tables big
+# enough for the parameter servers to shard them; video_id (min_count 1, in the same table) grows.
+CONTINUED = (
+    "train.epochs=1",
+    "train.precision=float32",
+    "features.user_id.kind=hash",
+    "features.user_id.bins=65536",
+    *(f"features.{n}.min_count=1" for n in ("video_id", "author_id")),
+)
 
 
 def row_ids(split):
@@ -47,12 +64,14 @@ def test_role_comes_from_tf_config(monkeypatch):
         distribute.current_role("multi_worker")
 
 
-def launch_local(data, run, cluster: list[str], sets: list[str]) -> subprocess.CompletedProcess:
+def launch_local(
+    data, run, cluster: list[str], sets: list[str], extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     """``ppnet launch-local`` with the small multi-task config (pepnet on three tasks: it exercises
-    the most parts) and ``sets``, its output captured."""
+    the most parts), ``sets`` and ``extra`` ``ppnet train`` arguments, its output captured."""
     overrides = [arg for item in [*SMALL_OVERRIDES, *sets] for arg in ("--set", item)]
     command = [sys.executable, "-m", "ppnet.cli", "launch-local", *cluster, "--timeout", "500", "--"]
-    train_args = ["--config", str(MULTITASK_CONFIG), "--data", str(data), "--out", str(run), *overrides]
+    train_args = ["--config", str(MULTITASK_CONFIG), "--data", str(data), "--out", str(run), *overrides, *extra]
     return subprocess.run([*command, *train_args], capture_output=True, text=True, timeout=600)
 
 
@@ -82,15 +101,59 @@ def test_two_worker_multi_worker_mirrored_run_reports_global_metrics(synthetic_d
     assert_tensorflow_alone_loads_the_export(run)
 
 
-def test_parameter_server_run_partitions_tables_and_exports(synthetic_dir, tmp_path):
+@pytest.fixture(scope="module")
+def early_days(synthetic_dir, tmp_path_factory):
+    """The synthetic log's first five days."""
+    root = tmp_path_factory.mktemp("early")
+    for file in sorted(synthetic_dir.glob("*.parquet"))[:5]:
+        shutil.copy(file, root / file.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_parent(early_days, tmp_path_factory):
+    """A run trained without tf.distribute on the first five days."""
+    run = tmp_path_factory.mktemp("parent") / "run"
+    train(multitask_config(*CONTINUED), str(early_days), run)
+    return run
+
+
+def export_scores(run, split: Split) -> dict[str, np.ndarray]:
+    """The run's export's probabilities by task on ``split``'s first rows."""
+    predict, _ = load_export(run / "export" / "1")
+    kinds = input_kinds(multitask_config(*CONTINUED), list(split.files))
+    _, batch = next(iter(split.batches(list(kinds), 2048)))
+    return predict(to_arrays(batch, kinds))
+
+
+TOLERANCE = 1e-4  # of a probability
+
+
+@pytest.mark.parametrize(
+    "cluster", [["--workers", "2"], ["--workers", "2", "--ps", "2"]], ids=["multi_worker", "parameter_server"]
+)
+def test_a_cluster_run_continues_a_local_run_grows_its_tables_and_exports(
+    local_parent, early_days, synthetic_dir, tmp_path, cluster
+):
     run = tmp_path / "run"
-    extra = ["train.epochs=2", "features.user_id.kind=hash", "features.user_id.bins=65536"]  # 4 MiB table
-    result = launch_local(synthetic_dir, run, ["--workers", "2", "--ps", "2"], extra)
+    # All eight days (new video ids), at a learning rate too small to move a weight visibly: the
+    # continued export must score the parent's rows as the parent does, new rows and all.
+    sets = [*CONTINUED, "train.learning_rate=1e-9"]
+    result = launch_local(synthetic_dir, run, cluster, sets, ("--init-from", str(local_parent)))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["workers"] == 2 and all(0.5 < task["auc"] <= 1.0 for task in metrics["tasks"].values())
-    shards = metrics["table_shards"]
-    assert shards["embedding_dim16"] == 2 and shards["gate_embedding_dim16"] == 2  # split over both servers
-    assert shards["embedding_dim4"] == 1 and shards["domain_embedding_dim4"] == 1  # small tables stay whole
-    assert not (run / "shards").exists()  # the workers' TFRecord input shards are scratch
-    assert_tensorflow_alone_loads_the_export(run)
+    assert metrics["init_from"] == str(local_parent.resolve()) and metrics["workers"] == 2
+    known = Stats.load(local_parent / "stats.json").vocabularies["video_id"]
+    grown = Stats.load(run / "stats.json").vocabularies["video_id"]
+    assert grown[: len(known)] == known and len(grown) > len(known)
+    if "--ps" in cluster:
+        shards = metrics["table_shards"]
+        assert shards["embedding_dim16"] == 2 and shards["gate_embedding_dim16"] == 2  # split over both servers
+        assert shards["embedding_dim4"] == 1 and shards["domain_embedding_dim4"] == 1  # small tables stay whole
+        assert not (run / "shards").exists()  # the workers' TFRecord input shards are scratch
+        assert_tensorflow_alone_loads_the_export(run)
+    rows = Split(tuple(sorted(early_days.glob("*.parquet"))))
+    parent, child = export_scores(local_parent, rows), export_scores(run, rows)
+    for task, scores in parent.items():
+        assert np.ptp(scores) > 20 * TOLERANCE, "the parent's scores vary by far more than the tolerance"
+        np.testing.assert_allclose(child[task], scores, atol=TOLERANCE, err_msg=task)
