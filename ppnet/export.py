@@ -49,8 +49,8 @@ WARMUP_ROWS = 8  # rows in the larger warm-up requests
 
 
 class ServingModule(tf.Module):
-    """The exported object: the serving functions and what they read (the embedding tables and
-    the hashing layers; not the Keras model, whose per-column vocabulary lookups are not used).
+    """The exported object: the serving functions and the state they read (the embedding tables,
+    the vocabulary index's hash tables, EPNet's weights), not the Keras model or its layers.
 
     The prediction signatures run the tower and its gates with their weights frozen into the
     graph as constants (a copy of the dense weights only, which are small): oneDNN then lays each
@@ -70,18 +70,15 @@ class ServingModule(tf.Module):
             for name, spec in specs.items()
         }
 
-        self.vocabulary_index = vocabulary_index(model.config.features, model.stats)
-        # Tracked so that they are saved: the variables and layers the signatures read.
-        self.embeddings = model.embedding_tables()
-        if model.groups.domain:  # EPNet runs before the frozen towers, with its weights as variables
-            self.epnet = model.epnet
-        self.hashing = [lookup for name, lookup in model.lookups.items() if model.config.feature(name).kind == "hash"]
+        index = vocabulary_index(model.config.features, model.stats)
+        # EPNet runs before the frozen towers, with its weights as variables.
+        read = [index, *model.embedding_tables(), *([model.epnet] if model.groups.domain else [])]
+        self.state = saved_state([layer for layer in read if layer is not None])
 
         tasks = model.task_names
 
         def run(features) -> tuple[TowerInputs, ModelOutput]:
-            index = self.vocabulary_index(features) if self.vocabulary_index else None
-            inputs = model.tower_inputs(features, index)
+            inputs = model.tower_inputs(features, index(features) if index else None)
             return inputs, heads(inputs)
 
         @tf.function(input_signature=[specs])
@@ -108,6 +105,14 @@ class ServingModule(tf.Module):
         """Signature name → function (``signatures`` itself is reserved by tf.saved_model)."""
         functions = {"serving_default": self.serve, "serve_examples": self.serve_examples, "gates": self.gates}
         return {name: fn for name, fn in functions.items() if fn is not None}
+
+
+def saved_state(layers: list[tf.keras.layers.Layer]) -> list:
+    """The variables and lookup tables of ``layers``, for the export to track instead of the layers:
+    saving a Keras layer traces its call functions, which no signature uses (most of an export's
+    time). The signatures capture these objects; tracked, they are saved with them."""
+    kinds = (tf.Variable, tf.saved_model.experimental.TrackableResource)
+    return [obj for layer in layers for obj in tf.train.TrackableView(layer).descendants() if isinstance(obj, kinds)]
 
 
 def frozen_heads(model: RankingModel) -> Callable[[TowerInputs], ModelOutput]:
