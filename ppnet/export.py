@@ -36,6 +36,7 @@ from ppnet.evaluate import is_export
 from ppnet.features import vocabulary_index
 from ppnet.files import atomic_directory
 from ppnet.model import ModelOutput, RankingModel, TowerInputs, build_model, dummy_batch
+from ppnet.precision import FLOAT32
 from ppnet.stats import Stats
 from ppnet.tf_private import freeze
 
@@ -157,8 +158,10 @@ def export_model(
     export_base.mkdir(parents=True, exist_ok=True)
     version = next_version(export_base) if version is None else version
     target = export_base / str(version)
-    serving = build_model(model.config, model.stats, compile=False)  # weights only: no optimizer state
-    serving.set_weights(model.get_weights())
+    serving = model
+    if model.precision != FLOAT32:  # the export computes in float32, whatever trained the weights
+        serving = build_model(model.config, model.stats, compile=False)
+        serving.set_weights(model.get_weights())
     rows = warmup_rows(splits, model.stats)
     with atomic_directory(target, overwrite, "export version", ours=is_export) as tmp:
         module = ServingModule(serving)

@@ -37,12 +37,13 @@ def replay(config: Config, base_run: str | Path, days: list[str | Path], out: st
 
     ``OUT/export/1`` is the base model, ``OUT/export/<i+1>`` the model after day ``i``, and
     ``OUT/runs/<i>-<day>/`` that day's continued run. Each day is one pass (``train.epochs = 1``,
-    the daily step; there is no held-out day to choose among epochs).
+    the daily step; there is no held-out day to choose among epochs, and ``train.refit`` is off: it
+    would be a second pass over the same day).
     """
     out = Path(out)
     if out.exists():
         raise PPNetError(f"{out}: already exists; a replay writes a new directory")
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1, refit=False))
     exports, parent, rows = out / "export", Path(base_run), []
     current = publish(parent, exports)
     for i, day in enumerate(map(Path, days), start=1):
