@@ -24,12 +24,16 @@ with ``--synthetic`` also the embedded synthetic log) and measures on each log:
   FLOP bound (forward FLOPs of the request's rows at the float32 matmul peak); and two floors of
   TF's call overhead (a one-input multiply, and a trivial model taking the export's own column
   inputs); with TF's default oneDNN kernels and without (``TF_ENABLE_ONEDNN_OPTS=0``).
+* daily retraining (``bench.replay``), on a log of at least five day files: the last three days
+  (one in ``--smoke``) replayed with ``ppnet replay`` against the base unchanged and against
+  retraining from scratch, per model mean AUC, gAUC, logloss over the days and seeds, and the time
+  of a day's continuation against a retrain; ``--skip replay`` leaves it out.
 * the multi-task leaderboard (``bench.multitask``), where the log's config has a multi-task config
   beside it (``kuairand_multitask.toml``, ``multitask.toml``): per task, the single-task PPNet trained
   on that label alone against the multi-task ``dnn``, ``mmoe``, ``ppnet`` and ``pepnet``, over the
   same seeds (mean and std of auc, gauc, logloss), and each model's training examples/sec, run last
   so nothing else of the bench trains meanwhile. ``--only multitask`` runs this section alone,
-  ``--skip multitask`` all but it.
+  ``--skip multitask`` all but it (``--skip`` repeats).
 
 Machine, versions, config and every figure go to ``bench/results/<timestamp>.json`` (``--results``)
 and markdown tables are printed (``bench.report``). Scratch files live in ``bench/tmp/`` and are

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import bench
-from bench import harness, multitask, quality, report, serving, speed
+from bench import harness, multitask, quality, replay, report, serving, speed
 from ppnet.config import load_config
 from ppnet.errors import PPNetError
 from ppnet.precision import BFLOAT16, FLOAT32
@@ -86,8 +86,11 @@ def bench_log(
     measured["serving"] = serving.serving(
         first.run, model, config, data_path, repeats, work, measured["speed"]["forward_flops_per_example"], peaks
     )
+    if "replay" not in args.skip:
+        days = replay.SMOKE_DAYS if args.smoke else replay.REPLAYED_DAYS
+        measured["replay"] = replay.section(data_path, config_path, overrides, seeds, days, work / "replay")
     # Last, when nothing else of the bench is running: the leaderboard compares its models' speeds.
-    if args.skip != "multitask":
+    if "multitask" not in args.skip:
         measured["multitask"] = multitask_section(name, data_path, config_path, args, seeds, work)
     return {**measured, "seconds": time.perf_counter() - start}
 
@@ -182,8 +185,11 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument(
         "--skip",
-        choices=["multitask"],
-        help="leave one section out: multitask = the multi-task leaderboard, which is separate and long",
+        choices=["multitask", "replay"],
+        action="append",
+        default=[],
+        help="leave a section out (repeatable): multitask = the multi-task leaderboard, which is separate "
+        "and long; replay = daily retraining (bench/replay.py)",
     )
     cli.add_argument(
         "--results",

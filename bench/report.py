@@ -94,6 +94,22 @@ def multitask_table(board: dict) -> Iterator[str]:
         yield f"| {model} | {spread(figures[multitask.SPEED_KEY], 0)} | {ratio} |"
 
 
+def replay_table(figures: dict) -> Iterator[str]:
+    """Daily retraining (``bench.replay``): each model's mean over the replayed days, then the time
+    of a day's continuation against a retrain from scratch."""
+    seeds = len(figures["runs"])
+    days = ", ".join(figures["days"])
+    title = f"Daily retraining: {days}, each scored before training on it (mean over the days, ± over {seeds} seeds)"
+    yield from heading(title, "model", "auc", "gauc", "logloss")
+    for model, summary in figures["summary"].items():
+        yield f"| {model} | {quality_cells(summary)} |"
+    times = figures["seconds"]
+    yield from heading("A day's continuation against a retrain from scratch (in process)", "measure", "seconds")
+    yield f"| continue on one day (one pass) | {spread(times['continue_seconds'], 1)} |"
+    yield f"| retrain from scratch on every earlier day | {spread(times['scratch_seconds'], 1)} |"
+    yield f"| ratio | {times['ratio']:.2f} |"
+
+
 def speed_table(figures: dict) -> Iterator[str]:
     emulated = " (emulated: this CPU lacks native bfloat16)" if figures["bf16_emulated"] else ""
     yield from [
@@ -178,5 +194,6 @@ SECTIONS = {
     "speed": lambda log: [*speed_table(log["speed"]), *precision_table(log)],
     "memory": lambda log: memory_table(log["memory"]),
     "serving": lambda log: [*requests_table(log["serving"]), *serving_table(log["serving"])],
+    "replay": lambda log: replay_table(log["replay"]),
     "multitask": lambda log: multitask_table(log["multitask"]),
 }

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -50,8 +51,9 @@ def replay(config: Config, base_run: str | Path, days: list[str | Path], out: st
         scored = evaluate_export(current, day)  # before the model has seen a row of this day
         rows.append({"day": str(day), "export": current.name, **{key: scored[key] for key in METRICS}})
         log.info("replay %s: auc %.4f gauc %.4f logloss %.4f", day, scored["auc"], scored["gauc"], scored["logloss"])
-        run = out / "runs" / f"{i}-{day.stem}"
+        run, started = out / "runs" / f"{i}-{day.stem}", time.perf_counter()
         train(config, str(day), run, valid_path=str(day), init_from=parent)
+        rows[-1]["train_seconds"] = time.perf_counter() - started  # the daily step: continuing on the day
         current, parent = publish(run, exports), run
     report = {"base": str(Path(base_run).resolve()), "days": rows, "mean": means(rows)}
     write_text_atomic(out / REPORT, json.dumps(report, indent=2))

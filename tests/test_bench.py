@@ -148,9 +148,22 @@ def test_markdown_has_one_section_per_measure(smoke):
         "### Memory",
         "### Serving ranking requests",
         "### Serving: the export",
+        "### Daily retraining",
+        "### A day's continuation against a retrain",
     ):
         assert heading in printed
     assert '`train.precision = "auto"` picks' in printed
+
+
+def test_replay_scores_the_last_day_three_ways_and_times_a_continuation(smoke):
+    section = smoke[0]["logs"]["synthetic"]["replay"]
+    assert len(section["days"]) == 1 and len(section["runs"]) == 1  # smoke: one day, one seed
+    assert set(section["summary"]) == {"base", "continued", "scratch"}
+    for model, figures in section["summary"].items():
+        assert 0.5 < figures["auc"]["mean"] <= 1.0 and figures["logloss"]["mean"] > 0, model
+    times = section["seconds"]
+    assert times["continue_seconds"]["mean"] > 0 and times["scratch_seconds"]["mean"] > 0
+    assert times["ratio"] == pytest.approx(times["continue_seconds"]["mean"] / times["scratch_seconds"]["mean"])
 
 
 def built_model(config, synthetic_dir):
@@ -395,10 +408,11 @@ def test_every_variant_but_the_timed_first_seeds_trains_in_process():
     assert len(pairs) == 2 * len(VARIANTS) - 2 and ("ppnet_bf16", 8) in pairs and ("dnn", 7) in pairs
 
 
-def test_skip_multitask_is_an_option_and_nothing_else():
+def test_skip_takes_the_long_sections_and_nothing_else():
     from bench.__main__ import parser
 
-    assert parser().parse_args(["--skip", "multitask"]).skip == "multitask" and parser().parse_args([]).skip is None
+    assert parser().parse_args(["--skip", "replay", "--skip", "multitask"]).skip == ["replay", "multitask"]
+    assert parser().parse_args([]).skip == []
     with pytest.raises(SystemExit):
         parser().parse_args(["--skip", "serving"])
 
@@ -500,30 +514,12 @@ def test_the_user_once_tower_computes_the_models_logits(synthetic_dir):
     np.testing.assert_allclose(once, expected, atol=1e-4)
 
 
-def test_the_replay_bench_compares_continuing_with_the_base_and_with_retraining(synthetic_dir, tmp_path):
+def test_the_replay_bench_alone_refuses_a_log_with_too_few_days(synthetic_dir, tmp_path):
     from bench.replay import main
     from tests.helpers import DEFAULT_CONFIG
 
-    config = tmp_path / "small.toml"  # the default config, with a tower small enough for seconds
-    config.write_text(
-        DEFAULT_CONFIG.read_text().replace("[256, 128, 64]", "[32, 16]").replace("epochs = 3", "epochs = 1")
-    )
-    result = main(
-        [
-            "--data",
-            str(synthetic_dir),
-            "--config",
-            str(config),
-            "--days",
-            "2",
-            "--seeds",
-            "1",
-            "--results",
-            str(tmp_path),
-        ]
-    )
-    assert set(result["summary"]) == {"base", "continued", "scratch"}
-    assert all(finite(v["mean"]) for figures in result["summary"].values() for v in figures.values())
-    [run] = result["runs"]
-    assert run["continue_seconds"] > 0 and len(run["scratch_seconds"]) == 2
-    assert list(tmp_path.glob("replay-*.json")), "the JSON is written"
+    days = len(list(synthetic_dir.glob("*.parquet")))
+    args = ["--data", str(synthetic_dir), "--config", str(DEFAULT_CONFIG), "--days", str(days - 1)]
+    with pytest.raises(SystemExit, match=f"fewer than {days + 1} day files"):
+        main([*args, "--results", str(tmp_path)])
+    assert not list(tmp_path.glob("replay-*.json")), "nothing is written"

@@ -212,6 +212,7 @@ def test_replay_scores_each_day_before_training_on_it(parent_run, days, tmp_path
     assert runs and not any("refit" in json.loads((run / "metrics.json").read_text()) for run in runs)
     assert report["days"][1]["export"] == "2", "the second day is scored by the model continued on the first"
     assert report["mean"]["auc"] == pytest.approx(np.mean([row["auc"] for row in report["days"]]))
+    assert all(row["train_seconds"] > 0 for row in report["days"]), "each day records its continuation's time"
     assert "mean" in printed and str(out / "replay.json") in printed
 
 
