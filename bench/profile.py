@@ -21,6 +21,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from bench.harness import CONFIGS
+from ppnet import precision
 from ppnet.cli import positive
 from ppnet.config import load_config
 from ppnet.data.pipeline import make_dataset
@@ -70,7 +71,8 @@ def profile(config_path: str, data_path: str, overrides: list[str], steps: int, 
     train_split, _ = make_splits(config, data_path, None)
     kinds = input_kinds(config, list(train_split.files))
     stats = compute_stats(config, train_split, kinds)
-    model = build_model(config, stats)
+    chosen = precision.choose(config.train.precision)  # as ppnet train would train it
+    model = build_model(config, stats, precision=chosen.policy)
     batch = next(
         iter(
             make_dataset(
@@ -95,6 +97,7 @@ def profile(config_path: str, data_path: str, overrides: list[str], steps: int, 
         "serving": serving,
         "request_wall_seconds": request_wall,
         "batch_size": config.train.batch_size,
+        "precision": chosen.policy,
     }
 
 
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "\n".join(
             [
                 *table(
-                    f"Training step (batch {result['batch_size']})",
+                    f"Training step (batch {result['batch_size']}, towers in {result['precision']})",
                     result["training"],
                     result["step_wall_seconds"],
                     1e3,
