@@ -15,12 +15,14 @@ import pytest
 import tensorflow as tf
 
 from ppnet.cli import main
+from ppnet.config import load_config
 from ppnet.data.pipeline import iter_batches
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import Split, make_splits
 from ppnet.errors import PPNetError
 from ppnet.evaluate import evaluate_export
 from ppnet.model import build_model
+from ppnet.replay import replay
 from ppnet.rundir import load_run, restore_best
 from ppnet.stats import compute_stats
 from ppnet.tf_private import adam_moments
@@ -222,3 +224,31 @@ def test_a_column_of_another_type_than_the_parents_is_refused(parent_run):
     with pytest.raises(PPNetError, match="column 'user_id' is string in this data, int64 in the parent run's"):
         check_kinds(parent, kinds)
     check_kinds(parent, parent.stats.kinds)  # the same kinds pass
+
+
+def test_replay_never_scores_a_day_with_a_model_trained_on_it(days, tmp_path):
+    """A feature that gives the label away with tokens of its own each day: one pass over a day
+    learns that day's two tokens, and scores the day near AUC 1; a model that has not trained on
+    the day sees unknown tokens and scores it as the model without the leak would."""
+    leaky = tmp_path / "leaky"
+    leaky.mkdir()
+    for i, file in enumerate(sorted(days[1].glob("*.parquet"))):
+        table = pq.read_table(file)
+        leak = 2 * i + table["is_click"].to_numpy()  # the day's "no click" and "click" tokens
+        pq.write_table(table.append_column("leak", pa.array(leak)), leaky / file.name)
+    config = tmp_path / "leaky.toml"
+    config.write_text(DEFAULT_CONFIG.read_text() + '\n[[features]]\nname = "leak"\nmin_count = 1\ndim = 4\n')
+    sets = [*SMALL_OVERRIDES, *SETS, "train.learning_rate=0.01"]
+    files = sorted(leaky.glob("*.parquet"))
+    base_data = tmp_path / "base-data"
+    base_data.mkdir()
+    for file in files[:4]:
+        (base_data / file.name).symlink_to(file)
+    base = tmp_path / "base"
+    train(load_config(config, sets), str(base_data), base)
+    report = replay(load_config(config, sets), base, files[4:7], tmp_path / "replay")
+    runs = sorted(run for run in (tmp_path / "replay" / "runs").iterdir() if run.is_dir())
+    trained_on_the_day = [json.loads((run / "metrics.json").read_text())["auc"] for run in runs]
+    scored_before = [day["auc"] for day in report["days"]]
+    assert min(trained_on_the_day) > 0.9, "one pass learns the day's tokens: a model trained on a day would show"
+    assert max(scored_before) < 0.8, "every day is scored by a model that has not trained on it"
