@@ -102,6 +102,9 @@ class TrainConfig:
     select_by: str = "mean"  # the best epoch: "mean" validation AUC over tasks, or one task's name
     # The towers' and gates' compute dtype; "auto": bfloat16 where the hardware has it (ppnet.precision)
     precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
+    # The exported towers' and gates' compute dtype: float32, or bfloat16 for large requests on
+    # hardware with it (docs/serving.md); the embeddings, logits and outputs stay float32
+    export_precision: Literal["float32", "mixed_bfloat16"] = "float32"
     # After the best epoch is chosen, one more pass from its checkpoint over the validation rows, so
     # the export has seen the newest day (its metrics.json scores are the chosen epoch's, before it)
     refit: bool = False

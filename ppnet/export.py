@@ -36,7 +36,6 @@ from ppnet.evaluate import is_export
 from ppnet.features import vocabulary_index
 from ppnet.files import atomic_directory
 from ppnet.model import ModelOutput, RankingModel, TowerInputs, build_model, dummy_batch
-from ppnet.precision import FLOAT32
 from ppnet.stats import Stats
 from ppnet.tf_private import freeze
 
@@ -158,9 +157,9 @@ def export_model(
     export_base.mkdir(parents=True, exist_ok=True)
     version = next_version(export_base) if version is None else version
     target = export_base / str(version)
-    serving = model
-    if model.precision != FLOAT32:  # the export computes in float32, whatever trained the weights
-        serving = build_model(model.config, model.stats, compile=False)
+    serving, precision = model, model.config.train.export_precision
+    if model.precision != precision:  # the export's own precision, whatever trained the weights
+        serving = build_model(model.config, model.stats, compile=False, precision=precision)
         serving.set_weights(model.get_weights())
     rows = warmup_rows(splits, model.stats)
     with atomic_directory(target, overwrite, "export version", ours=is_export) as tmp:
@@ -178,6 +177,7 @@ def export_model(
                     "tasks": [dataclasses.asdict(task) for task in model.config.tasks],
                     "domain_features": model.config.model.domain_features,
                     "user_column": data.user_column,
+                    "precision": precision,
                     "inputs": model.stats.kinds,
                     "splits": splits,
                 },

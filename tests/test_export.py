@@ -1,5 +1,6 @@
 """The SavedModel: TF Serving layout, loads with TensorFlow alone, same outputs as the model."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from ppnet.data.split import Split
 from ppnet.data.tfrecord import to_example
 from ppnet.errors import PPNetError
 from ppnet.export import export_model
+from ppnet.model import build_model
 from ppnet.rundir import load_run
 from ppnet.train import train
 from tests.helpers import small_config
@@ -157,3 +159,19 @@ def test_pepnet_export_serves_the_model_and_its_epnet_gate(synthetic_dir, valida
     assert expected.shape == (300, model.tower.dense[0].kernel.shape[0] - len(model.stats.numeric))
     np.testing.assert_allclose(gates["epnet_gate"].numpy(), expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(expected, 1.0)  # a trained EPNet scales the shared embeddings
+
+
+def test_a_bfloat16_export_serves_the_float32_models_predictions_closely(trained_run, validation_batch, tmp_path):
+    model = load_run(trained_run)
+    train_settings = dataclasses.replace(model.config.train, export_precision="mixed_bfloat16")
+    bf16 = build_model(dataclasses.replace(model.config, train=train_settings), model.stats, compile=False)
+    bf16.set_weights(model.get_weights())
+    exported = export_model(bf16, tmp_path)
+    meta = json.loads((exported / "assets.extra" / "ppnet.json").read_text())
+    assert meta["precision"] == "mixed_bfloat16"
+    served = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    inputs = {name: tf.constant(values) for name, values in validation_batch.items()}
+    probability = served(**inputs)["probability"]
+    expected = tf.sigmoid(model(inputs)).numpy()
+    assert probability.dtype == tf.float32 and not np.array_equal(probability.numpy(), expected)  # bfloat16 inside
+    np.testing.assert_allclose(probability.numpy(), expected, atol=0.01)  # docs/serving.md: the tolerance
