@@ -146,6 +146,11 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="export base; the model goes to OUT/<next version>")
     export.add_argument("--version", type=positive, help="version number (default: one more than the largest)")
     export.add_argument("--overwrite", action="store_true")
+    export.add_argument(
+        "--precision",
+        choices=["float32", "mixed_bfloat16"],
+        help="the exported towers' compute dtype (default: the run's train.export_precision; docs/serving.md)",
+    )
     add_verbose(export)
     export.set_defaults(handler=run_export)
     return top
@@ -244,7 +249,9 @@ def run_export(args: argparse.Namespace) -> dict:
     model = load_run(args.run)
     splits = read_json(Path(args.run) / "metrics.json", "the run's metrics").get("splits")  # older runs recorded none
     with exclusive_lock(Path(args.out), "export base"):  # versions are allocated one export at a time
-        path = export_model(model, args.out, version=args.version, overwrite=args.overwrite, splits=splits)
+        path = export_model(
+            model, args.out, version=args.version, overwrite=args.overwrite, splits=splits, precision=args.precision
+        )
     return {"export": str(path)}
 
 

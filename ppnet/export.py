@@ -144,6 +144,7 @@ def export_model(
     version: int | None = None,
     overwrite: bool = False,
     splits: dict | None = None,
+    precision: str | None = None,
 ) -> Path:
     """Save ``model`` to ``export_base/<version>`` via a temporary directory and a rename.
 
@@ -152,12 +153,13 @@ def export_model(
     (``Split.to_json`` of the run's ``train`` and ``valid`` rows) goes into the metadata:
     ``ppnet evaluate`` then warns about training rows, and the notebook scores the validation rows
     by default. Its validation rows also fill the warm-up requests (``warmup_rows``).
+    ``precision``: the exported towers' compute dtype (default ``train.export_precision``).
     """
     export_base = Path(export_base)
     export_base.mkdir(parents=True, exist_ok=True)
     version = next_version(export_base) if version is None else version
     target = export_base / str(version)
-    serving, precision = model, model.config.train.export_precision
+    serving, precision = model, precision or model.config.train.export_precision
     if model.precision != precision:  # the export's own precision, whatever trained the weights
         serving = build_model(model.config, model.stats, compile=False, precision=precision)
         serving.set_weights(model.get_weights())

@@ -1,6 +1,5 @@
 """The SavedModel: TF Serving layout, loads with TensorFlow alone, same outputs as the model."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -11,12 +10,12 @@ import pytest
 import tensorflow as tf
 
 import ppnet
+from ppnet.cli import main
 from ppnet.data.schema import to_arrays
 from ppnet.data.split import Split
 from ppnet.data.tfrecord import to_example
 from ppnet.errors import PPNetError
 from ppnet.export import export_model
-from ppnet.model import build_model
 from ppnet.rundir import load_run
 from ppnet.train import train
 from tests.helpers import small_config
@@ -162,16 +161,12 @@ def test_pepnet_export_serves_the_model_and_its_epnet_gate(synthetic_dir, valida
 
 
 def test_a_bfloat16_export_serves_the_float32_models_predictions_closely(trained_run, validation_batch, tmp_path):
-    model = load_run(trained_run)
-    train_settings = dataclasses.replace(model.config.train, export_precision="mixed_bfloat16")
-    bf16 = build_model(dataclasses.replace(model.config, train=train_settings), model.stats, compile=False)
-    bf16.set_weights(model.get_weights())
-    exported = export_model(bf16, tmp_path)
-    meta = json.loads((exported / "assets.extra" / "ppnet.json").read_text())
+    assert main(["export", "--run", str(trained_run), "--out", str(tmp_path), "--precision", "mixed_bfloat16"]) == 0
+    meta = json.loads((tmp_path / "1" / "assets.extra" / "ppnet.json").read_text())
     assert meta["precision"] == "mixed_bfloat16"
-    served = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    served = tf.saved_model.load(str(tmp_path / "1")).signatures["serving_default"]
     inputs = {name: tf.constant(values) for name, values in validation_batch.items()}
     probability = served(**inputs)["probability"]
-    expected = tf.sigmoid(model(inputs)).numpy()
+    expected = tf.sigmoid(load_run(trained_run)(inputs)).numpy()
     assert probability.dtype == tf.float32 and not np.array_equal(probability.numpy(), expected)  # bfloat16 inside
     np.testing.assert_allclose(probability.numpy(), expected, atol=0.01)  # docs/serving.md: the tolerance
