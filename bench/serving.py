@@ -28,7 +28,7 @@ from ppnet.data.pipeline import input_specs, iter_batches
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import Split, make_splits
 from ppnet.data.tfrecord import to_example
-from ppnet.export import frozen_heads
+from ppnet.export import frozen_heads, serving_model
 from ppnet.model import RankingModel, TowerInputs
 
 SERVING_WORKER = BENCH / "serving_worker.py"
@@ -168,7 +168,8 @@ def serving(
     rows, examples, user_columns = serving_rows(
         valid_split, kinds, config.target_columns, config.data.user_column, max(repeats), work / f"{run.name}-rows"
     )
-    floors, tower_rows = save_floors(model, kinds, rows, work)
+    # The tower floor computes as the export does (train.export_precision).
+    floors, tower_rows = save_floors(serving_model(model, config.train.export_precision), kinds, rows, work)
     inputs = Inputs(rows, examples, tower_rows)
     figures = {
         onednn: run_worker(export, inputs, floors, repeats, work / f"{run.name}-serving-onednn{onednn}.json", onednn)

@@ -159,10 +159,8 @@ def export_model(
     export_base.mkdir(parents=True, exist_ok=True)
     version = next_version(export_base) if version is None else version
     target = export_base / str(version)
-    serving, precision = model, precision or model.config.train.export_precision
-    if model.precision != precision:  # the export's own precision, whatever trained the weights
-        serving = build_model(model.config, model.stats, compile=False, precision=precision)
-        serving.set_weights(model.get_weights())
+    precision = precision or model.config.train.export_precision
+    serving = serving_model(model, precision)  # the export's own precision, whatever trained the weights
     rows = warmup_rows(splits, model.stats)
     with atomic_directory(target, overwrite, "export version", ours=is_export) as tmp:
         module = ServingModule(serving)
@@ -188,6 +186,15 @@ def export_model(
         )
         write_records(extra / WARMUP_FILE, warmup_requests(rows))
     return target
+
+
+def serving_model(model: RankingModel, precision: str) -> RankingModel:
+    """``model`` computing in ``precision`` (``train.export_precision``): itself, or a copy with its weights."""
+    if model.precision == precision:
+        return model
+    copy = build_model(model.config, model.stats, compile=False, precision=precision)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def warmup_rows(splits: dict | None, stats: Stats) -> dict[str, np.ndarray]:
