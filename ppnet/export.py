@@ -109,8 +109,8 @@ class ServingModule(tf.Module):
 
 def saved_state(layers: list[tf.keras.layers.Layer]) -> list:
     """The variables and lookup tables of ``layers``, for the export to track instead of the layers:
-    saving a Keras layer traces its call functions, which no signature uses (most of an export's
-    time). The signatures capture these objects; tracked, they are saved with them."""
+    saving a Keras layer traces its call functions, which no signature uses. The signatures capture
+    these objects; tracked, they are saved with them."""
     kinds = (tf.Variable, tf.saved_model.experimental.TrackableResource)
     return [obj for layer in layers for obj in tf.train.TrackableView(layer).descendants() if isinstance(obj, kinds)]
 

@@ -99,9 +99,10 @@ def warm_start(model: RankingModel, parent: Parent, with_optimizer: bool = True)
     grew at the end), the rows added for new ids keep their fresh initial values. Everything else
     has the parent's shape and is copied as it is. ``model`` may live under any strategy: mirrored
     variables take the value on every replica, tables that parameter servers hold in shards take
-    their rows shard by shard (the parent is read as a local model, whatever trained it).
+    their rows shard by shard. Call it outside ``model``'s strategy scope: the parent is read as a
+    local model, whatever trained it.
     """
-    old = build_model(parent.config, parent.stats)  # call this outside ``model``'s strategy scope
+    old = build_model(parent.config, parent.stats)
     optimizers = {parent.config.train.optimizer, model.config.train.optimizer}
     carry = with_optimizer and optimizers <= set(ADAM_FAMILY)
     if carry:  # create the slots so that the checkpoint's moments restore into them
