@@ -117,6 +117,9 @@ class ValidationScore(tf.keras.callbacks.Callback):
     ``scorer``, when given, is a float32 copy of the model that receives the trained weights before
     each epoch is scored: a model trained in bfloat16 is then selected by the scores of what its
     export (float32) will serve.
+
+    ``reports`` keeps each epoch's full metrics by epoch number: the best epoch's are the run's
+    ``metrics.json`` without scoring the split a second time.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class ValidationScore(tf.keras.callbacks.Callback):
         self.select_by = select_by
         self.scorer = scorer
         self.predict = None
+        self.reports: dict[int, dict] = {}
 
     def on_train_begin(self, logs=None):
         self.predict = model_predictor(self.scorer or self.model, self.kinds)
@@ -143,6 +147,7 @@ class ValidationScore(tf.keras.callbacks.Callback):
         if self.scorer is not None:
             self.scorer.set_weights(unsharded_weights(self.model))
         result = score_split(self.predict, self.split, self.kinds, self.tasks, self.user_column)
+        self.reports[epoch + 1] = result
         scores = validation_logs(result, self.select_by)
         if logs is not None:
             logs.update(scores)

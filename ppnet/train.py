@@ -171,38 +171,47 @@ def run(
         warm_start(model, start.parent, start.with_optimizer)
     meter = ThroughputMeter(config.train.batch_size * duties.workers)
     fitted = work / FITTED  # training ended (early stopping included): a rerun only scores and exports
+    # A model computing in bfloat16 is scored every epoch through a float32 copy, as it will be served.
+    scorer = build_model(config, stats) if chosen.policy != precision.FLOAT32 else None
+    reports: dict[int, dict] = {}  # each epoch's validation metrics, of the epochs this process trained
     if fitted.exists() and not duties.streamed:
         log.info("training had finished before the crash; scoring and exporting the best epoch")
     else:
-        # A model computing in bfloat16 is scored every epoch through a float32 copy, as it will be served.
-        scorer = build_model(config, stats, compile=False) if chosen.policy != precision.FLOAT32 else None
-        fit(model, config, dist, duties, train_split, valid_split, kinds, train_rows, work, meter, scorer)
+        reports = fit(model, config, dist, duties, train_split, valid_split, kinds, train_rows, work, meter, scorer)
         if duties.owns_run:
             fitted.touch()
     if not duties.owns_run:
         return {}
     # What is scored and exported: the float32 model, a plain local copy (under tf.distribute or
     # bfloat16, and to refit: Keras' backup callback leaves the trained model unable to fit again).
-    copy = chosen.policy != precision.FLOAT32 or duties.streamed or config.train.refit
-    final = build_model(config, stats) if copy else model
+    copy = scorer is not None or duties.streamed or config.train.refit
+    final = (scorer or build_model(config, stats)) if copy else model
     if config.train.refit:  # slots for the best epoch's optimizer state to restore into
         final.optimizer.build(final.trainable_variables)
     restore_best(final, work)
-    metrics = score_split(model_predictor(final, kinds), valid_split, kinds, config.tasks, config.data.user_column)
+    epochs = epoch_scores(work)
+    best_epoch = max(epochs, key=lambda e: e["val_score"])["epoch"] if epochs else 0
+    # The best epoch was scored when it ended, with these weights; scored again only if that was
+    # before a crash (its full metrics are not kept on disk).
+    scored = reports.get(best_epoch)
+    metrics = (
+        dict(scored)
+        if scored
+        else score_split(model_predictor(final, kinds), valid_split, kinds, config.tasks, config.data.user_column)
+    )
     splits = {"train": train_split.to_json(), "valid": valid_split.to_json()}
     if config.train.refit:
         refit(final, config, valid_split, kinds, valid_rows)
         splits["refit"] = splits["valid"]  # the export has trained on these rows too
         metrics["refit"] = {"rows": valid_rows, "split": valid_split.description}
     export_dir = export_model(final, work / "export", splits=splits)
-    epochs = epoch_scores(work)
     metrics.update(
         {
             "examples_per_sec": meter.examples_per_sec,
             "train_rows": train_rows,
             "workers": duties.workers,
             "epochs_run": len(epochs),
-            "best_epoch": max(epochs, key=lambda e: e["val_score"])["epoch"] if epochs else 0,
+            "best_epoch": best_epoch,
             "select_by": config.train.select_by,
             "model": config.model.name,
             "precision": {"towers": chosen.policy, "why": chosen.reason},
@@ -300,9 +309,10 @@ def fit(
     work: Path,
     meter: ThroughputMeter,
     scorer: tf.keras.Model | None = None,
-) -> None:
+) -> dict[int, dict]:
     """``model.fit`` with the run's callbacks; a loss that became NaN or infinite is a one-line error.
-    ``scorer``: the float32 model each epoch is scored with (``ValidationScore``), if not ``model``."""
+    ``scorer``: the float32 model each epoch is scored with (``ValidationScore``), if not ``model``.
+    Returns the validation metrics of each epoch it trained, by epoch number."""
     cursor = EpochCursor()
     train_ds = make_input(dist, duties, config, train_split, kinds, cursor, train_rows, work)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
@@ -340,6 +350,7 @@ def fit(
             f"lower train.learning_rate or check the numeric features, then rerun with --fresh "
             f"(backups taken before the NaN are in {work / BACKUP})"
         )
+    return validation.reports
 
 
 def make_input(
