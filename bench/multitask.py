@@ -31,6 +31,9 @@ MODELS = {
 }
 # The multi-task config of a log, by its single-task config's file name, in the same directory.
 MULTITASK_CONFIGS = {"kuairand.toml": "kuairand_multitask.toml", "default.toml": "multitask.toml"}
+# The single-task PPNet on each label; no refit pass after the chosen epoch (the leaderboard scores
+# that epoch, and the multi-task config has none).
+SINGLE_SETS = ["model.name=ppnet", "train.refit=false"]
 SPEED_KEY = "examples_per_sec"
 # The smoke run's tiny tower has one layer, and MMoE's experts are all but the last: it needs two.
 SMOKE_OVERRIDES = ["model.hidden_units=[16, 8]", "model.experts=2"]
@@ -56,7 +59,7 @@ def plan(
     runs = []
     for seed in seeds:
         runs += [
-            (SINGLE, single_path, [*overrides, "model.name=ppnet", f"data.label={task}", f"train.seed={seed}"])
+            (SINGLE, single_path, [*overrides, *SINGLE_SETS, f"data.label={task}", f"train.seed={seed}"])
             for task in tasks
         ]
         runs += [(model, multi_path, [*overrides, *sets, f"train.seed={seed}"]) for model, sets in MODELS.items()]

@@ -297,6 +297,7 @@ def test_multitask_plan_runs_every_model_per_seed_with_valid_configs():
     configs = {(model, load_config(path, sets).data.label): load_config(path, sets) for model, path, sets in entries}
     for (model, label), config in configs.items():
         assert config.train.epochs == 1 and config.model.name == (model if model != SINGLE else "ppnet")
+        assert not config.train.refit, "the leaderboard scores the chosen epoch: no pass over the validation day"
         assert config.task_names == ([label] if model == SINGLE else TASKS), model
         assert config.model.domain_features == (["tab"] if model == "pepnet" else []), model
     assert {label for model, label in configs if model == SINGLE} == set(TASKS)
