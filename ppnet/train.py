@@ -182,8 +182,9 @@ def run(
             fitted.touch()
     if not duties.owns_run:
         return {}
-    # What is scored and exported: the float32 model, a plain local copy (under tf.distribute or
-    # bfloat16, and to refit: Keras' backup callback leaves the trained model unable to fit again).
+    # What is exported (and scored, after a crash): the float32 model, a plain local copy (under
+    # tf.distribute or bfloat16, and to refit: Keras' backup callback leaves the trained model unable
+    # to fit again).
     copy = scorer is not None or duties.streamed or config.train.refit
     final = (scorer or build_model(config, stats)) if copy else model
     if config.train.refit:  # slots for the best epoch's optimizer state to restore into
