@@ -226,7 +226,7 @@ def training_callbacks(
     cursor: EpochCursor,
     steps_per_epoch: int,
     meter: ThroughputMeter,
-    validation: ValidationScore,
+    validation: ValidationScore | None,
     per_step_logs: bool,
 ) -> list[tf.keras.callbacks.Callback]:
     """The run's callbacks in the order they must run (see the module docstring).
@@ -235,6 +235,8 @@ def training_callbacks(
     parameter-server run restarts from its first epoch). ``per_step_logs``: step logs are local
     values, so NaN is caught at the step and TensorBoard is written every 100 steps; otherwise
     (parameter-server step logs are remote values) NaN is caught per epoch, after ``fit``.
+    ``validation``: ``None`` when nothing is held out; every epoch's weights are then saved as the
+    best, so the last one is exported, and nothing stops early.
     """
     backup = None if backup_every is None else RunBackup(work / BACKUP, backup_every, cursor, steps_per_epoch)
 
@@ -244,12 +246,18 @@ def training_callbacks(
         finished = backup.finished_epochs if backup else 0
         return [e["val_score"] for e in epoch_scores(work) if e["epoch"] <= finished]
 
+    if validation is None:
+        selection = [tf.keras.callbacks.ModelCheckpoint(str(work / BEST_WEIGHTS), save_weights_only=True)]
+    else:  # the validation first: the checkpoint and early stopping read the val_score it adds
+        selection = [
+            validation,
+            BestCheckpoint(work / BEST_WEIGHTS, finished_scores),
+            ResumableEarlyStopping(patience, finished_scores),
+        ]
     return [
         *([backup] if backup else []),  # first: restores the backup before the others start
-        meter,  # its epoch ends before the validation below
-        validation,  # before the checkpoint and early-stopping callbacks, which read the val_score it adds
-        BestCheckpoint(work / BEST_WEIGHTS, finished_scores),
-        ResumableEarlyStopping(patience, finished_scores),
+        meter,  # its epoch ends before the validation's
+        *selection,
         *([EpochBackup(backup)] if backup else []),  # marks the epoch finished: after it is scored and saved
         *([tf.keras.callbacks.TerminateOnNaN()] if per_step_logs else []),
         tf.keras.callbacks.TensorBoard(

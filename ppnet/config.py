@@ -56,6 +56,8 @@ class DataConfig:
     """Where the label is, how to split a single log into train/validation, and the shuffle.
 
     ``label`` is the single-task shorthand: with ``[[tasks]]`` it is the first task's label.
+    ``valid_last = 0`` holds nothing out (without ``--valid``): a daily continuation's one pass,
+    which has no epoch to choose, trains on every row and keeps its last epoch.
     """
 
     label: str = "is_click"
@@ -399,5 +401,5 @@ def _check(config: Config, source: str) -> None:
         raise PPNetError(f"{source}: train.memory_limit_gib must be >= 0 (0: this machine's memory)")
     if not 0 <= train.seed < 2**32:  # TensorFlow's seed range
         raise PPNetError(f"{source}: train.seed must be in [0, 2**32), got {train.seed}")
-    if config.data.valid_last < 1:
-        raise PPNetError(f"{source}: data.valid_last must be >= 1")
+    if config.data.valid_last < 0:
+        raise PPNetError(f"{source}: data.valid_last must be >= 0 (0: no validation rows)")

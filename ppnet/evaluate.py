@@ -177,11 +177,12 @@ def training_rows_warning(meta: dict, split: Split, rows: int) -> str | None:
     trained = sum(Split.from_json(record).overlap(split) for record in trained_on)
     if not trained:
         return None
-    advice = (
-        "score days after them (train.refit trained it on its validation rows too)"
-        if "refit" in splits
-        else f"score its validation rows, {splits['valid']['description']}"
-    )
+    if "refit" in splits:
+        advice = "score days after them (train.refit trained it on its validation rows too)"
+    elif "valid" in splits:
+        advice = f"score its validation rows, {splits['valid']['description']}"
+    else:
+        advice = "score days after them (its run held no rows out)"
     where = " and ".join(record["description"] for record in trained_on)
     return (
         f"{trained} of the {rows} rows scored are from the model's training rows, {where}: their metrics flatter it; "

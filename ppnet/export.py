@@ -199,8 +199,9 @@ def serving_model(model: RankingModel, precision: str) -> RankingModel:
 
 def warmup_rows(splits: dict | None, stats: Stats) -> dict[str, np.ndarray]:
     """The warm-up requests' rows: the first ``WARMUP_ROWS`` of the run's validation split
-    (``splits["valid"]``, read again from its files), else default values (unseen ids, zero
-    numerics), which run the same ops but are not rows a user would send.
+    (``splits["valid"]``, read again from its files; its training split when it held nothing out),
+    else default values (unseen ids, zero numerics), which run the same ops but are not rows a user
+    would send.
 
     Defaults when no split is recorded (a caller without a run, a run from before ppnet recorded
     its splits) or, with a warning saying why, when its files are gone or no longer read as the
@@ -211,7 +212,7 @@ def warmup_rows(splits: dict | None, stats: Stats) -> dict[str, np.ndarray]:
         log.info("no validation split recorded: the warm-up requests carry default values")
     else:
         try:
-            return Split.from_json(splits["valid"]).first_rows(stats.kinds, WARMUP_ROWS)
+            return Split.from_json(splits.get("valid", splits["train"])).first_rows(stats.kinds, WARMUP_ROWS)
         except PPNetError as err:
             log.warning("the warm-up requests carry default values, not the validation rows: %s", err)
     return {name: values.numpy() for name, values in dummy_batch(stats, WARMUP_ROWS).items()}

@@ -38,13 +38,17 @@ def replay(config: Config, base_run: str | Path, days: list[str | Path], out: st
 
     ``OUT/export/1`` is the base model, ``OUT/export/<i+1>`` the model after day ``i``, and
     ``OUT/runs/<i>-<day>/`` that day's continued run. Each day is one pass (``train.epochs = 1``,
-    the daily step; there is no held-out day to choose among epochs, and ``train.refit`` is off: it
-    would be a second pass over the same day).
+    the daily step) over all its rows: there is no epoch to choose, so nothing is held out
+    (``data.valid_last = 0``) and ``train.refit`` is off (it would be a second pass over the day).
     """
     out = Path(out)
     if out.exists():
         raise PPNetError(f"{out}: already exists; a replay writes a new directory")
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1, refit=False))
+    config = dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, valid_last=0),
+        train=dataclasses.replace(config.train, epochs=1, refit=False),
+    )
     exports, parent, rows = out / "export", Path(base_run), []
     current = publish(parent, exports)
     for i, day in enumerate(map(Path, days), start=1):
@@ -52,7 +56,7 @@ def replay(config: Config, base_run: str | Path, days: list[str | Path], out: st
         rows.append({"day": str(day), "export": current.name, **{key: scored[key] for key in METRICS}})
         log.info("replay %s: auc %.4f gauc %.4f logloss %.4f", day, scored["auc"], scored["gauc"], scored["logloss"])
         run, started = out / "runs" / f"{i}-{day.stem}", time.perf_counter()
-        train(config, str(day), run, valid_path=str(day), init_from=parent)
+        train(config, str(day), run, init_from=parent)
         rows[-1]["train_seconds"] = time.perf_counter() - started  # the daily step: continuing on the day
         current, parent = publish(run, exports), run
     report = {"base": str(Path(base_run).resolve()), "days": rows, "mean": means(rows)}

@@ -103,6 +103,11 @@ def train(
     continues a finished run (``ppnet.warmstart``): its best weights, Adam state unless
     ``init_optimizer`` is false, and its vocabularies, grown by the new data's ids.
     """
+    if config.train.refit and config.data.valid_last == 0 and valid_path is None:
+        raise PPNetError(
+            "train.refit passes over the validation rows, and data.valid_last = 0 holds none out: "
+            "set data.valid_last >= 1, pass --valid, or set train.refit = false"
+        )
     parent = None
     if init_from is not None:
         parent = Parent.load(init_from)
@@ -147,19 +152,21 @@ def run(
 ) -> dict:
     """``train``'s steps, once this process knows its duties (and, if it owns the run, holds its lock)."""
     train_split, valid_split = make_splits(config, data_path, valid_path)
-    kinds = input_kinds(config, list(train_split.files) + list(valid_split.files))
+    files = [*train_split.files, *(valid_split.files if valid_split else ())]
+    kinds = input_kinds(config, files)
     train_rows = check_labels(train_split, config.tasks)
-    valid_rows = check_labels(valid_split, config.tasks, need_both_classes=True)
+    valid_rows = check_labels(valid_split, config.tasks, need_both_classes=True) if valid_split else 0
     inputs = {
         "data": str(data_path),
         "valid": None if valid_path is None else str(valid_path),
-        "files": fingerprint([*train_split.files, *valid_split.files]),
+        "files": fingerprint(files),
         **start.record(),
     }
     if start.parent is not None:
         check_kinds(start.parent, kinds)
     work, stats = setup_run(config, train_split, kinds, out, inputs, duties, fresh, start)
-    log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description, valid_split.description)
+    validating = valid_split.description if valid_split else "nothing (data.valid_last = 0: the last epoch is kept)"
+    log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description, validating)
 
     tf.keras.utils.set_random_seed(config.train.seed)
     dist = distribute.make_strategy(strategy)
@@ -191,16 +198,15 @@ def run(
         final.optimizer.build(final.trainable_variables)
     restore_best(final, work)
     epochs = epoch_scores(work)
-    best_epoch = max(epochs, key=lambda e: e["val_score"])["epoch"] if epochs else 0
+    epochs_run, best_epoch = chosen_epoch(epochs, config.train.epochs, validated=valid_split is not None)
     # The best epoch was scored when it ended, with these weights; scored again only if that was
     # before a crash (its full metrics are not kept on disk).
     scored = reports.get(best_epoch)
-    metrics = (
-        dict(scored)
-        if scored
-        else score_split(model_predictor(final, kinds), valid_split, kinds, config.tasks, config.data.user_column)
-    )
-    splits = {"train": train_split.to_json(), "valid": valid_split.to_json()}
+    if scored or valid_split is None:
+        metrics = dict(scored or {})
+    else:
+        metrics = score_split(model_predictor(final, kinds), valid_split, kinds, config.tasks, config.data.user_column)
+    splits = {"train": train_split.to_json(), **({"valid": valid_split.to_json()} if valid_split else {})}
     if config.train.refit:
         refit(final, config, valid_split, kinds, valid_rows)
         splits["refit"] = splits["valid"]  # the export has trained on these rows too
@@ -211,7 +217,7 @@ def run(
             "examples_per_sec": meter.examples_per_sec,
             "train_rows": train_rows,
             "workers": duties.workers,
-            "epochs_run": len(epochs),
+            "epochs_run": epochs_run,
             "best_epoch": best_epoch,
             "select_by": config.train.select_by,
             "model": config.model.name,
@@ -230,6 +236,14 @@ def run(
     finish_run(work, out, metrics)
     log.info("run directory: %s (export %s)", out, out / metrics["export"])
     return metrics
+
+
+def chosen_epoch(epochs: list[dict], configured: int, validated: bool) -> tuple[int, int]:
+    """(epochs run, the epoch exported): the best by ``val_score`` among the scored ``epochs``;
+    without validation rows every configured epoch runs (nothing stops early) and the last is kept."""
+    if not validated:
+        return configured, configured
+    return len(epochs), max(epochs, key=lambda e: e["val_score"])["epoch"] if epochs else 0
 
 
 def refit(model: tf.keras.Model, config: Config, valid_split: Split, kinds: dict[str, str], rows: int) -> None:
@@ -304,7 +318,7 @@ def fit(
     dist: tf.distribute.Strategy,
     duties: Duties,
     train_split: Split,
-    valid_split: Split,
+    valid_split: Split | None,
     kinds: dict[str, str],
     train_rows: int,
     work: Path,
@@ -318,14 +332,18 @@ def fit(
     train_ds = make_input(dist, duties, config, train_split, kinds, cursor, train_rows, work)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
     steps = -(-train_rows // (config.train.batch_size * duties.workers))
-    validation = ValidationScore(
-        valid_split,
-        kinds,
-        config.tasks,
-        config.data.user_column,
-        work / EPOCHS_FILE if duties.owns_run else None,
-        config.train.select_by,
-        scorer,
+    validation = (
+        ValidationScore(
+            valid_split,
+            kinds,
+            config.tasks,
+            config.data.user_column,
+            work / EPOCHS_FILE if duties.owns_run else None,
+            config.train.select_by,
+            scorer,
+        )
+        if valid_split is not None
+        else None  # nothing held out: no epoch to choose, the last is kept
     )
     callbacks = training_callbacks(
         work,
@@ -351,7 +369,7 @@ def fit(
             f"lower train.learning_rate or check the numeric features, then rerun with --fresh "
             f"(backups taken before the NaN are in {work / BACKUP})"
         )
-    return validation.reports
+    return validation.reports if validation else {}
 
 
 def make_input(

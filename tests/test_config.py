@@ -212,7 +212,7 @@ def test_dropout_out_of_range(raw: dict, key: str, value: float) -> None:
         ("train", "batch_size", 0),
         ("train", "epochs", 0),
         ("train", "learning_rate", 0.0),
-        ("data", "valid_last", 0),
+        ("data", "valid_last", -1),
         ("train", "early_stopping_patience", -1),
         ("train", "backup_every_steps", -7),
         ("train", "seed", -1),

@@ -118,3 +118,43 @@ def test_an_interrupted_training_says_where_the_partial_run_is_and_how_to_go_on(
         f"ppnet: interrupted; the partial run is kept in {tmp_path / 'run.partial'}: "
         "rerun the same command to resume it, or add --fresh to start over"
     )
+
+
+def test_a_run_that_holds_nothing_out_trains_on_every_row_and_exports_its_last_epoch(synthetic_dir, tmp_path, caplog):
+    """``data.valid_last = 0``, a daily continuation's one pass: every row trains, no epoch is scored,
+    the last is exported, and metrics.json and the export record no validation rows."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    from ppnet.data.pipeline import iter_batches
+    from ppnet.data.split import Split
+
+    files = sorted(synthetic_dir.glob("*.parquet"))
+    runs = {n: tmp_path / f"epochs{n}" for n in (1, 2)}
+    two = [train(small_config("data.valid_last=0", f"train.epochs={n}"), str(synthetic_dir), runs[n]) for n in runs][-1]
+    assert two["train_rows"] == sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    assert "auc" not in two and "valid" not in two["splits"] and two["epochs_run"] == two["best_epoch"] == 2
+    assert not (runs[2] / "epochs.jsonl").exists()
+    kinds = json.loads((runs[2] / "stats.json").read_text())["kinds"]
+    features, _ = next(iter_batches(Split((files[-1],), None, "last day"), kinds, ["is_click"], 256))
+    served = [
+        tf.saved_model.load(str(run / "export" / "1"))
+        .signatures["serving_default"](**{name: tf.constant(values) for name, values in features.items()})[
+            "probability"
+        ]
+        .numpy()
+        for run in runs.values()
+    ]
+    assert np.abs(served[1] - served[0]).max() > 1e-3, "the two-epoch run exports its second epoch, not its first"
+    with caplog.at_level("WARNING", logger="ppnet.evaluate"):
+        evaluate_export(runs[2] / "export" / "1", files[-1])
+    assert "its run held no rows out" in caplog.text
+
+
+def test_refit_without_validation_rows_is_refused_before_anything_is_written(synthetic_dir, tmp_path):
+    from ppnet.errors import PPNetError
+
+    with pytest.raises(PPNetError, match="train.refit passes over the validation rows"):
+        train(small_config("data.valid_last=0", "train.refit=true"), str(synthetic_dir), tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []

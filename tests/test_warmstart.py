@@ -248,7 +248,7 @@ def test_replay_never_scores_a_day_with_a_model_trained_on_it(days, tmp_path):
     train(load_config(config, sets), str(base_data), base)
     report = replay(load_config(config, sets), base, files[4:7], tmp_path / "replay")
     runs = sorted(run for run in (tmp_path / "replay" / "runs").iterdir() if run.is_dir())
-    trained_on_the_day = [json.loads((run / "metrics.json").read_text())["auc"] for run in runs]
+    trained_on_the_day = [evaluate_export(run / "export" / "1", day)["auc"] for run, day in zip(runs, files[4:7])]
     scored_before = [day["auc"] for day in report["days"]]
     assert min(trained_on_the_day) > 0.9, "one pass learns the day's tokens: a model trained on a day would show"
     assert max(scored_before) < 0.8, "every day is scored by a model that has not trained on it"

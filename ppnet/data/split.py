@@ -142,11 +142,14 @@ class Split:
         )
 
 
-def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> tuple[Split, Split]:
-    """Train and validation splits: ``--valid`` files, or the last ``valid_last`` values of the split column."""
+def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> tuple[Split, Split | None]:
+    """Train and validation splits: ``--valid`` files, or the last ``valid_last`` values of the split
+    column; no validation split when ``valid_last`` is 0 and there is no ``--valid``."""
     train_files = tuple(resolve_files(data))
     if valid is not None:
         return Split(train_files, None, str(data)), Split(tuple(resolve_files(valid)), None, str(valid))
+    if config.data.valid_last == 0:
+        return Split(train_files, None, str(data)), None
     column = config.data.split_column
     values: set = set()
     first: tuple[Path, pa.DataType] | None = None  # the first file and its split column's type
