@@ -155,6 +155,6 @@ def test_a_run_that_holds_nothing_out_trains_on_every_row_and_exports_its_last_e
 def test_refit_without_validation_rows_is_refused_before_anything_is_written(synthetic_dir, tmp_path):
     from ppnet.errors import PPNetError
 
-    with pytest.raises(PPNetError, match="train.refit passes over the validation rows"):
+    with pytest.raises(PPNetError, match=r"train\.refit passes over the validation rows"):
         train(small_config("data.valid_last=0", "train.refit=true"), str(synthetic_dir), tmp_path / "run")
     assert list(tmp_path.iterdir()) == []
