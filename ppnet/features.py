@@ -74,29 +74,36 @@ class VocabularyIndex(tf.keras.layers.Layer):
 
     def __init__(self, vocabularies: dict[str, list], kinds: dict[str, str], num_oov: dict[str, int], **kwargs):
         super().__init__(**kwargs)
-        self.vocabularies = {n: list(v) for n, v in vocabularies.items()}
         self.kinds, self.num_oov = dict(kinds), {n: int(k) for n, k in num_oov.items()}
+        # numpy arrays: Keras would wrap Python lists in attributes element by element, which made
+        # building the index (an export's) slow on vocabularies of many ids.
+        self.vocabularies = {
+            n: np.asarray(v, dtype=np.int64 if self.kinds[n] == INT else str) for n, v in vocabularies.items()
+        }
         ints = [n for n in self.vocabularies if self.kinds[n] == INT]
         self.shift = 63 - len(ints).bit_length()  # i * 2**shift + v stays inside int64
         limit = 2 ** (self.shift - 1)
-        packed = [n for n in ints if all(-limit <= v < limit for v in self.vocabularies[n])]
+        packed = [n for n in ints if np.all((self.vocabularies[n] >= -limit) & (self.vocabularies[n] < limit))]
         strings = [n for n in self.vocabularies if self.kinds[n] == STRING]
         self.groups = [columns for columns in [packed, *[[n] for n in ints if n not in packed], strings] if columns]
         self.tables = [self._table(columns) for columns in self.groups]
 
-    def _key(self, columns: list[str], position: int, value):
+    def _keys(self, columns: list[str], position: int, values: np.ndarray) -> np.ndarray:
+        """The table keys of ``values`` of the column at ``position`` of ``columns``."""
         if self.kinds[columns[0]] == STRING:
-            return f"{position}\x1f{value}"
-        return value + position * 2**self.shift if len(columns) > 1 else value
+            return np.char.add(string_key_prefix(position), values.astype(str))
+        return values + np.int64(position) * np.int64(2**self.shift) if len(columns) > 1 else values
 
     def _table(self, columns: list[str]) -> tf.lookup.StaticHashTable:
         """One table for ``columns``: key of (column position, value) → the value's row in its column."""
-        keys, rows = [], []
-        for position, name in enumerate(columns):
-            keys += [self._key(columns, position, v) for v in self.vocabularies[name]]
-            rows += range(self.num_oov[name], self.num_oov[name] + len(self.vocabularies[name]))
+        keys = [self._keys(columns, position, self.vocabularies[name]) for position, name in enumerate(columns)]
+        rows = [
+            np.arange(self.num_oov[n], self.num_oov[n] + len(self.vocabularies[n]), dtype=np.int64) for n in columns
+        ]
         dtype = tf.string if self.kinds[columns[0]] == STRING else tf.int64
-        initializer = tf.lookup.KeyValueTensorInitializer(tf.constant(keys, dtype), tf.constant(rows, tf.int64))
+        initializer = tf.lookup.KeyValueTensorInitializer(
+            tf.constant(np.concatenate(keys), dtype), tf.constant(np.concatenate(rows), tf.int64)
+        )
         return tf.lookup.StaticHashTable(initializer, default_value=-1)
 
     def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -130,7 +137,7 @@ class VocabularyIndex(tf.keras.layers.Layer):
         return tf.where((found >= 0) & (inside == values), found, unseen)
 
     def _string_rows(self, columns: list[str], table: tf.lookup.StaticHashTable, values: tf.Tensor) -> tf.Tensor:
-        found = table.lookup(tf.constant([self._key(columns, i, "") for i in range(len(columns))]) + values)
+        found = table.lookup(tf.constant([string_key_prefix(i) for i in range(len(columns))]) + values)
         num_oov = tf.constant([self.num_oov[n] for n in columns], tf.int64)
         unseen = tf.zeros_like(found)
         for buckets in sorted({self.num_oov[n] for n in columns} - {1}):  # StringLookup's OOV hash, per bucket count
@@ -138,7 +145,13 @@ class VocabularyIndex(tf.keras.layers.Layer):
         return tf.where(found >= 0, found, unseen)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "vocabularies": self.vocabularies, "kinds": self.kinds, "num_oov": self.num_oov}
+        vocabularies = {n: values.tolist() for n, values in self.vocabularies.items()}
+        return {**super().get_config(), "vocabularies": vocabularies, "kinds": self.kinds, "num_oov": self.num_oov}
+
+
+def string_key_prefix(position: int) -> str:
+    """What ``VocabularyIndex`` puts before the strings of the column at ``position`` of its table."""
+    return f"{position}\x1f"
 
 
 def vocabulary_index(features: list[Feature], stats: Stats) -> VocabularyIndex | None:
