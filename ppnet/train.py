@@ -21,7 +21,7 @@ from ppnet.callbacks import ThroughputMeter, ValidationScore, training_callbacks
 from ppnet.config import Config
 from ppnet.data.pipeline import EpochCursor, make_dataset
 from ppnet.data.schema import fingerprint, input_kinds
-from ppnet.data.split import Split, check_labels, make_splits
+from ppnet.data.split import Split, check_labels, holds_out, make_splits
 from ppnet.data.tfrecord import tfrecord_dataset, write_tfrecord_shards
 from ppnet.errors import PPNetError
 from ppnet.evaluate import model_predictor, score_split
@@ -103,7 +103,7 @@ def train(
     continues a finished run (``ppnet.warmstart``): its best weights, Adam state unless
     ``init_optimizer`` is false, and its vocabularies, grown by the new data's ids.
     """
-    if config.train.refit and config.data.valid_last == 0 and valid_path is None:
+    if config.train.refit and not holds_out(config, valid_path):
         raise PPNetError(
             "train.refit passes over the validation rows, and data.valid_last = 0 holds none out: "
             "set data.valid_last >= 1, pass --valid, or set train.refit = false"
@@ -201,9 +201,10 @@ def run(
     epochs_run, best_epoch = chosen_epoch(epochs, config.train.epochs, validated=valid_split is not None)
     # The best epoch was scored when it ended, with these weights; scored again only if that was
     # before a crash (its full metrics are not kept on disk).
-    scored = reports.get(best_epoch)
-    if scored or valid_split is None:
-        metrics = dict(scored or {})
+    if valid_split is None:
+        metrics = {}
+    elif best_epoch in reports:
+        metrics = dict(reports[best_epoch])
     else:
         metrics = score_split(model_predictor(final, kinds), valid_split, kinds, config.tasks, config.data.user_column)
     splits = {"train": train_split.to_json(), **({"valid": valid_split.to_json()} if valid_split else {})}

@@ -142,13 +142,18 @@ class Split:
         )
 
 
+def holds_out(config: Config, valid: str | Path | None) -> bool:
+    """Whether a run has validation rows: ``--valid`` files, or ``data.valid_last`` above 0."""
+    return valid is not None or config.data.valid_last > 0
+
+
 def make_splits(config: Config, data: str | Path, valid: str | Path | None) -> tuple[Split, Split | None]:
     """Train and validation splits: ``--valid`` files, or the last ``valid_last`` values of the split
     column; no validation split when ``valid_last`` is 0 and there is no ``--valid``."""
     train_files = tuple(resolve_files(data))
     if valid is not None:
         return Split(train_files, None, str(data)), Split(tuple(resolve_files(valid)), None, str(valid))
-    if config.data.valid_last == 0:
+    if not holds_out(config, valid):
         return Split(train_files, None, str(data)), None
     column = config.data.split_column
     values: set = set()
