@@ -64,12 +64,12 @@ class LogisticRegression(tf.keras.Model):
         }
         self.tables = {
             name: tf.keras.layers.Embedding(
-                table_size(lookup),
+                table_size(config.feature(name), stats),
                 1,
                 embeddings_initializer="zeros",
                 embeddings_regularizer=tf.keras.regularizers.L2(l2),
             )
-            for name, lookup in self.lookups.items()
+            for name in self.lookups
         }
         self.normalizer = numeric_normalizer(config.features, stats)
         bias = tf.keras.initializers.Constant(stats.log_odds(config.data.label))  # the training CTR, as the ranker

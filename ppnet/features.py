@@ -41,11 +41,13 @@ def vocabulary_values(kind: str, vocabulary: list) -> list:
     return [str(v) for v in vocabulary] if kind == STRING else [v for v in vocabulary if v != NULL_INT_ID]
 
 
-def table_size(lookup: tf.keras.layers.Layer) -> int:
-    """Rows the embedding table behind ``lookup`` needs."""
-    if isinstance(lookup, tf.keras.layers.Hashing):
-        return lookup.num_bins
-    return lookup.vocabulary_size()
+def table_size(feature: Feature, stats: Stats) -> int:
+    """Rows the embedding table of categorical ``feature`` needs: its hash buckets, or its OOV rows
+    and its vocabulary, as its ``make_lookup`` layer indexes them. From the statistics alone, so a
+    parent run's table sizes are known without building its lookups (``warmstart``)."""
+    if feature.kind == "hash":
+        return feature.bins
+    return feature.num_oov + len(vocabulary_values(stats.kinds[feature.name], stats.vocabularies[feature.name]))
 
 
 class VocabularyIndex(tf.keras.layers.Layer):

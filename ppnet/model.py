@@ -194,13 +194,20 @@ class RankingModel(tfrs.Model):
 
     def _tables(self, names: list[str], layer_name: str) -> GroupedEmbedding:
         return GroupedEmbedding(
-            [table_size(self.lookups[n]) for n in names], self.config.feature(names[0]).dim, name=layer_name
+            [table_size(self.config.feature(n), self.stats) for n in names],
+            self.config.feature(names[0]).dim,
+            name=layer_name,
         )
 
     def embedding_tables(self) -> list[GroupedEmbedding]:
         """Every embedding table of the model: the tower's, the gates' own and EPNet's domain tables."""
         domain = list(self.domain_embeddings.values()) if self.groups.domain else []
         return [*self.embeddings.values(), *self.gate_embeddings.values(), *domain]
+
+    def table_fields(self) -> list[list[str]]:
+        """The features of each of ``embedding_tables()``, in the same order."""
+        domain = list(self.domain_fields.values()) if self.groups.domain else []
+        return [*self.fields.values(), *self.gate_fields.values(), *domain]
 
     def table_rows(self, name: str, gate: bool = False) -> tuple[tf.Variable, slice]:
         """The grouped variable holding feature ``name``'s table (the DNN's, or the gates' own) and its rows."""

@@ -8,13 +8,16 @@ or tf-keras upgrade that moves one of these names breaks here and in ``tests/tes
 from __future__ import annotations
 
 import tensorflow as tf
+from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 __all__ = [
     "SparseGradientsAsIs",
+    "adam_moment_keys",
     "adam_moments",
     "called_graph",
+    "checkpoint_keys",
     "freeze",
     "resume_counters",
     "skip_log_sync",
@@ -72,6 +75,36 @@ def adam_moments(optimizer: tf.keras.optimizers.Adam, variable: tf.Variable) -> 
     """Adam's first and second moment slots of ``variable`` (tf-keras keeps them in private lists)."""
     slot = optimizer._index_dict[optimizer._var_key(variable)]
     return optimizer._momentums[slot], optimizer._velocities[slot]
+
+
+def adam_moment_keys(index: int) -> tuple[str, str]:
+    """The checkpoint keys (``model.save_weights``) of Adam's first and second moments of the
+    model's ``index``-th trainable variable: tf-keras' Adam tracks its step count, then each
+    trainable variable's ``m`` and ``v`` in order, in its private ``_variables`` list."""
+    first = 1 + 2 * index
+    return tuple(f"optimizer/_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE" for i in (first, first + 1))
+
+
+def checkpoint_keys(root: tf.Module, reader: tf.train.CheckpointReader, skip: tuple[str, ...] = ()) -> dict[int, str]:
+    """Each variable of ``root`` (by ``id``) that the checkpoint read by ``reader`` holds → its key,
+    found as restoring would find it: the checkpoint's object graph followed from ``root`` child by
+    child name. Children named in ``skip`` are not followed. The graph's proto has no public reader."""
+    graph = TrackableObjectGraph.FromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    keys, stack, seen = {}, [(0, root)], set()
+    while stack:
+        node_id, obj = stack.pop()
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        node = graph.nodes[node_id]
+        keys.update({id(obj): a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"})
+        children = tf.train.TrackableView.children(obj)
+        stack.extend(
+            (child.node_id, children[child.local_name])
+            for child in node.children
+            if child.local_name in children and child.local_name not in skip
+        )
+    return keys
 
 
 class SparseGradientsAsIs:

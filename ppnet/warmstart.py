@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+import ppnet
 from ppnet.config import Config, config_from_dict
 from ppnet.errors import PPNetError
-from ppnet.model import RankingModel, build_model, logical_weights, shards
-from ppnet.rundir import changed_keys, read_json, restore_best
+from ppnet.features import table_size
+from ppnet.model import RankingModel, logical_weights, shards
+from ppnet.rundir import BEST_WEIGHTS, changed_keys, read_json
 from ppnet.stats import Stats
-from ppnet.tf_private import adam_moments
+from ppnet.tf_private import adam_moment_keys, adam_moments, checkpoint_keys
 
 log = logging.getLogger(__name__)
 
@@ -95,30 +97,30 @@ def _at(tree, dotted: str):
 def warm_start(model: RankingModel, parent: Parent, with_optimizer: bool = True) -> None:
     """Copy the parent's best weights (and Adam state) into ``model``, built on the grown statistics.
 
-    Tables are copied field by field: a field's known rows keep their place (its vocabulary only
-    grew at the end), the rows added for new ids keep their fresh initial values. Everything else
-    has the parent's shape and is copied as it is. ``model`` may live under any strategy: mirrored
-    variables take the value on every replica, tables that parameter servers hold in shards take
-    their rows shard by shard. Call it outside ``model``'s strategy scope: the parent is read as a
-    local model, whatever trained it.
+    The values are read from the parent's checkpoint directly, by the keys ``model``'s own object
+    graph gives them (it is the parent's, with larger tables): building the parent's model to
+    restore into took a noticeable share of a daily continuation. Tables are copied field by
+    field: a field's known rows keep their place (its vocabulary only grew at the end), the rows
+    added for new ids keep their fresh initial values. Everything else has the parent's shape and
+    is copied as it is. ``model`` may live under any strategy: mirrored variables take the value on
+    every replica, tables that parameter servers hold in shards take their rows shard by shard.
     """
-    old = build_model(parent.config, parent.stats)
+    reader = tf.train.load_checkpoint(str(parent.run_dir / BEST_WEIGHTS))
     optimizers = {parent.config.train.optimizer, model.config.train.optimizer}
     carry = with_optimizer and optimizers <= set(ADAM_FAMILY)
-    if carry:  # create the slots so that the checkpoint's moments restore into them
-        old.optimizer.build(old.trainable_variables)
+    if carry:  # create the slots the parent's moments go into
         with model.distribute_strategy.scope():
             model.optimizer.build(model.trainable_variables)
-    restore_best(old, parent.run_dir)
-    rows = _row_maps(old, model)
-    for source, target in zip(old.weights, logical_weights(model), strict=True):
-        _copy(source, shards(target), rows.get(id(target)))
+    keys = checkpoint_keys(model, reader)
+    rows = _known_rows(model, parent.config, parent.stats)
+    for weight in logical_weights(model):
+        _copy(_read(reader, keys, weight, parent), shards(weight), rows.get(id(weight)))
     if carry:
-        for source, target in zip(old.trainable_variables, logical_weights(model, trainable=True), strict=True):
-            moments = zip(*(adam_moments(model.optimizer, part) for part in shards(target)))  # (m parts, v parts)
-            for source_slot, target_slots in zip(adam_moments(old.optimizer, source), moments):
-                _copy(source_slot, list(target_slots), rows.get(id(target)))
-        model.optimizer.iterations.assign(old.optimizer.iterations)
+        for index, weight in enumerate(logical_weights(model, trainable=True)):
+            moments = zip(*(adam_moments(model.optimizer, part) for part in shards(weight)))  # (m parts, v parts)
+            for key, target_slots in zip(adam_moment_keys(index), moments):
+                _copy(reader.get_tensor(key), list(target_slots), rows.get(id(weight)))
+        model.optimizer.iterations.assign(_read(reader, keys, model.optimizer.iterations, parent))
     elif with_optimizer:
         log.info(
             "optimizer state is carried over between adam and lazy_adam only; %s starts afresh", sorted(optimizers)
@@ -126,26 +128,33 @@ def warm_start(model: RankingModel, parent: Parent, with_optimizer: bool = True)
     log.info("initialised from %s (best epoch), optimizer state %s", parent.run_dir, "kept" if carry else "new")
 
 
-def _row_maps(old: RankingModel, new: RankingModel) -> dict:
-    """Per embedding variable of ``new`` (by ``id``): (rows in new, rows in old) of the known ids."""
-    maps = {}
-    for old_table, new_table in zip(old.embedding_tables(), new.embedding_tables(), strict=True):
-        new_rows = [
-            np.arange(new_table.rows(i).start, new_table.rows(i).start + size) for i, size in enumerate(old_table.sizes)
-        ]
-        old_rows = [np.arange(old_table.rows(i).start, old_table.rows(i).stop) for i in range(len(old_table.sizes))]
-        maps[id(new_table.embeddings)] = (np.concatenate(new_rows), np.concatenate(old_rows))
-    return maps
+def _read(reader: tf.train.CheckpointReader, keys: dict[int, str], variable, parent: Parent) -> np.ndarray:
+    """``variable``'s value in the parent's checkpoint; a one-line error if it has none."""
+    if id(variable) not in keys:
+        raise PPNetError(
+            f"--init-from {parent.run_dir}: its checkpoint has no value for {variable.name} (written by "
+            f"another ppnet version? this is {ppnet.__version__}); retrain the parent with this version"
+        )
+    return reader.get_tensor(keys[id(variable)])
 
 
-def _copy(source: tf.Variable, target: list[tf.Variable], rows: tuple[np.ndarray, np.ndarray] | None) -> None:
-    """``target = source`` (``target``: the variable's shards along the first axis, or itself), or
-    for a grown table its known rows only."""
-    value = source.numpy()
+def _known_rows(model: RankingModel, parent_config: Config, parent_stats: Stats) -> dict[int, np.ndarray]:
+    """Per embedding variable of ``model`` (by ``id``): the rows, in order, of the parent's table's
+    rows (its fields' known ids, each field's block now starting at its grown offset)."""
+    rows = {}
+    for table, names in zip(model.embedding_tables(), model.table_fields(), strict=True):
+        sizes = [table_size(parent_config.feature(name), parent_stats) for name in names]
+        starts = [table.rows(i).start for i in range(len(names))]
+        rows[id(table.embeddings)] = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes)])
+    return rows
+
+
+def _copy(value: np.ndarray, target: list[tf.Variable], rows: np.ndarray | None) -> None:
+    """``target = value`` (``target``: the variable's shards along the first axis, or itself), or
+    for a grown table ``target[rows] = value``: the known rows only."""
     if rows is not None:
-        new_rows, old_rows = rows
         grown = np.concatenate([tf.convert_to_tensor(part).numpy() for part in target])
-        grown[new_rows] = value[old_rows]
+        grown[rows] = value
         value = grown
     if len(target) == 1:
         target[0].assign(value)

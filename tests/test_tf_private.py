@@ -5,8 +5,10 @@ import tensorflow as tf
 
 from ppnet.tf_private import (
     SparseGradientsAsIs,
+    adam_moment_keys,
     adam_moments,
     called_graph,
+    checkpoint_keys,
     freeze,
     resume_counters,
     skip_log_sync,
@@ -78,6 +80,32 @@ def test_adam_moments_are_the_slots_adam_updates():
     m, v = adam_moments(adam, variable)
     np.testing.assert_allclose(m.numpy(), [0.05, -0.1], rtol=1e-6)
     np.testing.assert_allclose(v.numpy(), [0.00025, 0.001], rtol=1e-5)
+
+
+def saved_two_layer_model(path) -> tf.keras.Model:
+    """A trained two-layer model with Adam, saved with ``save_weights`` (as ppnet's checkpoints are)."""
+    model = tf.keras.Sequential([tf.keras.layers.Dense(3, input_shape=(2,)), tf.keras.layers.Dense(1)])
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.1), loss="mse")
+    model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0)
+    model.save_weights(str(path))
+    return model
+
+
+def test_checkpoint_keys_name_each_variable_as_restoring_finds_it(tmp_path):
+    saved = saved_two_layer_model(tmp_path / "ckpt")
+    fresh = tf.keras.Sequential([tf.keras.layers.Dense(3, input_shape=(2,)), tf.keras.layers.Dense(1)])
+    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt"))
+    keys = checkpoint_keys(fresh, reader)
+    for new, old in zip(fresh.weights, saved.weights, strict=True):
+        np.testing.assert_array_equal(reader.get_tensor(keys[id(new)]), old.numpy())
+
+
+def test_adam_moment_keys_hold_each_trainable_variables_moments(tmp_path):
+    saved = saved_two_layer_model(tmp_path / "ckpt")
+    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt"))
+    for index, variable in enumerate(saved.trainable_variables):
+        for key, moment in zip(adam_moment_keys(index), adam_moments(saved.optimizer, variable), strict=True):
+            np.testing.assert_array_equal(reader.get_tensor(key), moment.numpy())
 
 
 def test_sparse_gradients_reach_update_step_with_duplicate_rows_unmerged():
