@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,9 @@ class Stats:
         return math.log(rate / (1 - rate))
 
     def save(self, path: Path) -> None:
-        write_text_atomic(path, json.dumps(asdict(self)))  # other workers read it as soon as it exists
+        # vars, not asdict (which deep-copies every vocabulary entry); other workers read the file
+        # as soon as it exists.
+        write_text_atomic(path, json.dumps(vars(self)))
 
     @classmethod
     def load(cls, path: Path) -> Stats:
