@@ -230,7 +230,12 @@ def run_worker(
     )
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS")}
     env["TF_ENABLE_ONEDNN_OPTS"] = onednn
-    subprocess.run(command, env=env, cwd=out.parent, check=True, stdout=subprocess.DEVNULL)
+    # TensorFlow's start-up lines (written before absl's logging exists) are shown only on failure.
+    done = subprocess.run(
+        command, env=env, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"{SERVING_WORKER.name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())
 
 
