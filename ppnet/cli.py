@@ -127,7 +127,11 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--config", required=True, help="the base run's config (TOML)")
     replay.add_argument("--base", required=True, help="a finished run directory to start from")
     replay.add_argument("--days", nargs="+", required=True, help="parquet files or directories, oldest first")
-    replay.add_argument("--out", required=True, help="new directory: replay.json, export/<version>/, runs/")
+    replay.add_argument(
+        "--out",
+        required=True,
+        help="new directory (replay.json, export/<version>/, runs/), or a replay's to resume or extend",
+    )
     replay.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     add_verbose(replay)
     replay.set_defaults(handler=run_replay)

@@ -21,9 +21,8 @@ import pandas as pd
 from ppnet.config import Config
 from ppnet.errors import PPNetError
 from ppnet.evaluate import evaluate_export, is_export
-from ppnet.export import next_version
-from ppnet.files import atomic_directory, write_text_atomic
-from ppnet.rundir import read_json
+from ppnet.files import atomic_directory, exclusive_lock, write_text_atomic
+from ppnet.rundir import changed_keys, read_json
 from ppnet.train import train
 
 log = logging.getLogger(__name__)
@@ -40,42 +39,106 @@ def replay(config: Config, base_run: str | Path, days: list[str | Path], out: st
     ``OUT/runs/<i>-<day>/`` that day's continued run. Each day is one pass (``train.epochs = 1``,
     the daily step) over all its rows: there is no epoch to choose, so nothing is held out
     (``data.valid_last = 0``) and ``train.refit`` is off (it would be a second pass over the day).
+
+    The report is rewritten as each day ends (``complete`` false until the last), so the same
+    command run again after a crash resumes: the days it records are kept, the next is scored by
+    the export of the run before it and continued (a run the crash interrupted resumes as ``ppnet
+    train`` does). Run again with days added after the recorded ones, a replay goes on from its
+    last model. It refuses an ``OUT`` that is not a replay of the same base, config and first days.
     """
-    out = Path(out)
-    if out.exists():
-        raise PPNetError(f"{out}: already exists; a replay writes a new directory")
-    config = dataclasses.replace(
+    out, config, days = Path(out), replay_config(config), [Path(day) for day in days]
+    with exclusive_lock(out, "replay directory"):
+        report = started_report(out, config, Path(base_run), days)
+        rows, exports = report["days"], out / "export"
+        report["complete"] = False
+        parent = out / "runs" / run_name(len(rows), days[len(rows) - 1]) if rows else Path(base_run)
+        for i, day in enumerate(days[len(rows) :], start=len(rows) + 1):
+            current = publish(parent, exports, version=i)
+            scored = evaluate_export(current, day)  # before the model has seen a row of this day
+            log.info(
+                "replay %s: auc %.4f gauc %.4f logloss %.4f", day, scored["auc"], scored["gauc"], scored["logloss"]
+            )
+            run, started = out / "runs" / run_name(i, day), time.perf_counter()
+            # overwrite: a run finished before a crash kept it from the report is trained again
+            train(config, str(day), run, init_from=parent, overwrite=True)
+            row = {"day": str(day), "export": current.name, **{key: scored[key] for key in METRICS}}
+            rows.append({**row, "train_seconds": time.perf_counter() - started})  # the daily step's time
+            write_report(out, report)
+            parent = run
+        publish(parent, exports, version=len(days) + 1)
+        report["complete"] = True  # every day scored and continued, the last model published
+        write_report(out, report)
+    return with_means(report)
+
+
+def replay_config(config: Config) -> Config:
+    """The daily step's config: one pass (``train.epochs = 1``), nothing held out, no refit."""
+    return dataclasses.replace(
         config,
         data=dataclasses.replace(config.data, valid_last=0),
         train=dataclasses.replace(config.train, epochs=1, refit=False),
     )
-    exports, parent, rows = out / "export", Path(base_run), []
-    current = publish(parent, exports)
-    for i, day in enumerate(map(Path, days), start=1):
-        scored = evaluate_export(current, day)  # before the model has seen a row of this day
-        rows.append({"day": str(day), "export": current.name, **{key: scored[key] for key in METRICS}})
-        log.info("replay %s: auc %.4f gauc %.4f logloss %.4f", day, scored["auc"], scored["gauc"], scored["logloss"])
-        run, started = out / "runs" / f"{i}-{day.stem}", time.perf_counter()
-        train(config, str(day), run, init_from=parent)
-        rows[-1]["train_seconds"] = time.perf_counter() - started  # the daily step: continuing on the day
-        current, parent = publish(run, exports), run
-    report = {"base": str(Path(base_run).resolve()), "days": rows, "mean": means(rows)}
-    write_text_atomic(out / REPORT, json.dumps(report, indent=2))
-    return report
 
 
-def publish(run: Path, exports: Path) -> Path:
-    """``run``'s export (its best model, with the rows it trained on) as the next version under
-    ``exports``: a copy of the directory the run already wrote, appearing whole or not at all."""
+def run_name(index: int, day: Path) -> str:
+    """The directory of the run continued on the ``index``-th day (from 1)."""
+    return f"{index}-{day.stem}"
+
+
+def started_report(out: Path, config: Config, base_run: Path, days: list[Path]) -> dict:
+    """The report so far: a new one (``out`` created) or, to resume, the one ``out`` holds, when
+    it is a replay of the same base and config whose recorded days begin ``days``."""
+    fresh = {"base": str(base_run.resolve()), "config": config.to_dict(), "complete": False, "days": []}
+    if not out.exists():
+        out.mkdir(parents=True)
+        write_report(out, fresh)
+        return fresh
+    if not (out / REPORT).is_file():
+        raise PPNetError(f"{out}: already exists and is not a replay directory (no {REPORT}); choose a new --out")
+    report = read_json(out / REPORT, "the replay's report")
+    changed = changed_keys(report.get("config"), fresh["config"])
+    recorded = [Path(row["day"]) for row in report.get("days", [])]
+    if report.get("base") != fresh["base"]:
+        reason = f"its base is {report.get('base')}, not {fresh['base']}"
+    elif changed:
+        reason = f"its config differs at {changed[0]}"
+    elif [d.resolve() for d in recorded] != [d.resolve() for d in days[: len(recorded)]]:
+        reason = f"its days begin {[str(d) for d in recorded]}, not {[str(d) for d in days[: len(recorded)]]}"
+    else:
+        log.info("resuming the replay in %s after %d of %d days", out, len(recorded), len(days))
+        return report
+    raise PPNetError(
+        f"{out}: a replay already there cannot be resumed with these arguments ({reason}); choose a new --out"
+    )
+
+
+def write_report(out: Path, report: dict) -> None:
+    """``OUT/replay.json``: the report with the means over the days recorded so far."""
+    write_text_atomic(out / REPORT, json.dumps(with_means(report), indent=2))
+
+
+def with_means(report: dict) -> dict:
+    """``report`` with ``mean``: the per-day metrics' means over its days."""
+    return {**report, "mean": means(report["days"])}
+
+
+def publish(run: Path, exports: Path, version: int) -> Path:
+    """``run``'s export (its best model, with the rows it trained on) as ``exports/<version>``: a
+    copy of the directory the run already wrote, appearing whole or not at all (kept if a replay
+    that resumes published it already)."""
+    target = exports / str(version)
+    if target.is_dir():
+        return target
     source = run / read_json(run / "metrics.json", "the run's metrics")["export"]
-    target = exports / str(next_version(exports) if exports.exists() else 1)
     with atomic_directory(target, False, "export version", ours=is_export) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
     return target
 
 
 def means(rows: list[dict]) -> dict:
-    """The per-day metrics' unweighted means over the days (each day counts once)."""
+    """The per-day metrics' unweighted means over the days (each day counts once; none before the first)."""
+    if not rows:
+        return {}
     frame = pd.DataFrame(rows)
     return {key: float(frame[key].mean()) for key in SCORES}
 

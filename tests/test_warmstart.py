@@ -22,7 +22,7 @@ from ppnet.data.split import Split, make_splits
 from ppnet.errors import PPNetError
 from ppnet.evaluate import evaluate_export
 from ppnet.model import build_model
-from ppnet.replay import replay
+from ppnet.replay import replay, replay_config
 from ppnet.rundir import load_run, restore_best
 from ppnet.stats import compute_stats
 from ppnet.tf_private import adam_moments
@@ -219,6 +219,59 @@ def test_replay_scores_each_day_before_training_on_it(parent_run, days, tmp_path
     assert report["mean"]["auc"] == pytest.approx(np.mean([row["auc"] for row in report["days"]]))
     assert all(row["train_seconds"] > 0 for row in report["days"]), "each day records its continuation's time"
     assert "mean" in printed and str(out / "replay.json") in printed
+
+
+def test_a_replay_run_again_after_a_crash_resumes_at_the_day_it_stopped(parent_run, days, tmp_path, monkeypatch):
+    later = sorted(days[1].glob("*.parquet"))[5:7]
+    config, out = small_config(*SETS), tmp_path / "replay"
+    trained, crash_at = [], [1]  # the days each call trained on; the call that is stopped
+
+    def stoppable_train(config, data, run, **kwargs):
+        if len(trained) in crash_at:
+            raise KeyboardInterrupt  # the process is stopped during that day
+        trained.append(data)
+        return train(config, data, run, **kwargs)
+
+    monkeypatch.setattr("ppnet.replay.train", stoppable_train)
+    with pytest.raises(KeyboardInterrupt):
+        replay(config, parent_run, later, out)
+    first = json.loads((out / "replay.json").read_text())
+    assert not first["complete"] and [row["day"] for row in first["days"]] == [str(later[0])]
+
+    crash_at.clear()
+    report = replay(config, parent_run, later, out)
+    assert trained == [str(later[0]), str(later[1])], "the recorded day is not trained again"
+    assert report["complete"] and report["days"][0] == first["days"][0]
+    assert [row["export"] for row in report["days"]] == ["1", "2"], "day 2 is scored by the model after day 1"
+    assert sorted(p.name for p in (out / "export").iterdir()) == ["1", "2", "3"]
+    assert json.loads((out / "replay.json").read_text()) == report
+    assert replay(config, parent_run, later, out) == report and len(trained) == 2, "a finished replay stays as it is"
+    extended = sorted(days[1].glob("*.parquet"))[5:8]  # tomorrow's day added
+    report = replay(config, parent_run, extended, out)
+    assert trained[2:] == [str(extended[2])] and report["days"][2]["export"] == "3" and report["complete"]
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [("base", "its base is"), ("config", "its config differs at train.learning_rate"), ("days", "its days begin")],
+)
+def test_a_replay_directory_of_other_arguments_is_refused(parent_run, days, tmp_path, change, reason):
+    later = sorted(days[1].glob("*.parquet"))[5:7]
+    config, out = small_config(*SETS), tmp_path / "replay"
+    recorded = {"base": str(parent_run.resolve()), "config": replay_config(config).to_dict(), "days": []}
+    if change == "base":
+        recorded["base"] = str(tmp_path / "another-run")
+    if change == "config":
+        recorded["config"]["train"]["learning_rate"] = 0.5
+    if change == "days":
+        recorded["days"] = [{"day": str(later[1])}]
+    out.mkdir()
+    (out / "replay.json").write_text(json.dumps({**recorded, "complete": False}))
+    with pytest.raises(PPNetError, match=reason):
+        replay(config, parent_run, later, out)
+    (out / "replay.json").unlink()
+    with pytest.raises(PPNetError, match="is not a replay directory"):
+        replay(config, parent_run, later, out)
 
 
 def test_a_column_of_another_type_than_the_parents_is_refused(parent_run):
