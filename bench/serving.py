@@ -232,7 +232,7 @@ def run_worker(
     env["TF_ENABLE_ONEDNN_OPTS"] = onednn
     # TensorFlow's start-up lines (written before absl's logging exists) are shown only on failure.
     done = subprocess.run(
-        command, env=env, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        command, env=env, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace"
     )
     if done.returncode:
         raise RuntimeError(f"{SERVING_WORKER.name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")

@@ -17,7 +17,7 @@ from ppnet.stats import Stats
 
 
 def make_lookup(feature: Feature, kind: str, vocabulary: list | None) -> tf.keras.layers.Layer:
-    """The index layer of a categorical feature; its ``vocabulary_size()``/``num_bins`` sizes the table."""
+    """The index layer of a categorical feature: raw values → rows ``0 .. table_size - 1``."""
     name = f"{feature.name}_lookup"
     if feature.kind == "hash":
         return tf.keras.layers.Hashing(num_bins=feature.bins, name=name)

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from ppnet.config import Config, Feature
-from ppnet.features import make_lookup, numeric_normalizer, table_size, vocabulary_values
+from ppnet.features import make_lookup, numeric_normalizer, table_size
 from ppnet.layers import (
     GatedTower,
     GateNNs,
@@ -27,6 +27,7 @@ from ppnet.layers import (
 )
 from ppnet.optimizers import OPTIMIZERS
 from ppnet.stats import Stats
+from ppnet.tf_private import sharded_container
 
 
 @dataclass(frozen=True)
@@ -354,16 +355,12 @@ def weight_bytes(config: Config, stats: Stats) -> dict[str, int]:
     groups = FeatureGroups.of(config)
     slots = OPTIMIZER_SLOTS[config.train.optimizer]
 
-    def rows(name: str) -> int:
-        feature, kind = config.feature(name), stats.kinds[name]
-        if feature.kind == "hash":
-            return feature.bins
-        return len(vocabulary_values(kind, stats.vocabularies[name])) + feature.num_oov
-
     tables: dict[str, int] = {}
     for name in [*groups.tower, *groups.gate_ids, *groups.domain]:  # a feature may have two tables
         key = f"features.{name}"
-        tables[key] = tables.get(key, 0) + rows(name) * config.feature(name).dim * 4 * (1 + slots)
+        tables[key] = tables.get(key, 0) + table_size(config.feature(name), stats) * config.feature(name).dim * 4 * (
+            1 + slots
+        )
     width = sum(config.feature(n).dim for n in groups.tower) + sum(f.kind == "numeric" for f in config.features)
     return {**tables, "model.hidden_units": dense_weights(config, width) * 4 * (2 + slots)}
 
@@ -408,17 +405,12 @@ def build_model(config: Config, stats: Stats, compile: bool = True, precision: s
 
 
 def logical_weights(model: RankingModel, trainable: bool = False) -> list:
-    """``model.weights`` (or its trainable ones) with each embedding table that parameter servers
-    hold in shards as the one ``ShardedVariable`` the shards make up: the variables of the same
-    model built outside ``tf.distribute``, in their order."""
-    whole_of = {
-        id(part): table.embeddings
-        for table in model.embedding_tables()
-        for part in getattr(table.embeddings, "variables", [])
-    }
+    """``model.weights`` (or its trainable ones) with each variable that parameter servers hold in
+    shards (embedding tables, large dense kernels) as the one ``ShardedVariable`` the shards make
+    up: the variables of the same model built outside ``tf.distribute``, in their order."""
     variables, seen = [], set()
     for weight in model.trainable_weights if trainable else model.weights:
-        whole = whole_of.get(id(weight), weight)  # the first shard stands for the table
+        whole = sharded_container(weight) or weight  # the first shard stands for the whole
         if id(whole) not in seen:
             seen.add(id(whole))
             variables.append(whole)

@@ -46,23 +46,27 @@ def replay(config: Config, base_run: str | Path, days: list[str | Path], out: st
     train`` does). Run again with days added after the recorded ones, a replay goes on from its
     last model. It refuses an ``OUT`` that is not a replay of the same base, config and first days.
     """
-    out, config, days = Path(out), replay_config(config), [Path(day) for day in days]
+    # Absolute paths: a rerun from another directory, or with relative paths, is the same replay.
+    out, config, days = Path(out), replay_config(config), [Path(day).absolute() for day in days]
     with exclusive_lock(out, "replay directory"):
         report = started_report(out, config, Path(base_run), days)
         rows, exports = report["days"], out / "export"
-        report["complete"] = False
-        parent = out / "runs" / run_name(len(rows), days[len(rows) - 1]) if rows else Path(base_run)
+        if report["complete"] and len(days) > len(rows):  # days added to a finished replay
+            report["complete"] = False
+            write_report(out, report)
+        parent = out / "runs" / rows[-1]["run"] if rows else Path(base_run)
         for i, day in enumerate(days[len(rows) :], start=len(rows) + 1):
             current = publish(parent, exports, version=i)
             scored = evaluate_export(current, day)  # before the model has seen a row of this day
             log.info(
                 "replay %s: auc %.4f gauc %.4f logloss %.4f", day, scored["auc"], scored["gauc"], scored["logloss"]
             )
-            run, started = out / "runs" / run_name(i, day), time.perf_counter()
+            run, started = out / "runs" / f"{i}-{day.stem}", time.perf_counter()
             # overwrite: a run finished before a crash kept it from the report is trained again
             train(config, str(day), run, init_from=parent, overwrite=True)
-            row = {"day": str(day), "export": current.name, **{key: scored[key] for key in METRICS}}
-            rows.append({**row, "train_seconds": time.perf_counter() - started})  # the daily step's time
+            seconds = time.perf_counter() - started  # the daily step's (this process's part, if resumed)
+            row = {"day": str(day), "run": run.name, "export": current.name, **{k: scored[k] for k in METRICS}}
+            rows.append({**row, "train_seconds": seconds})
             write_report(out, report)
             parent = run
         publish(parent, exports, version=len(days) + 1)
@@ -80,17 +84,12 @@ def replay_config(config: Config) -> Config:
     )
 
 
-def run_name(index: int, day: Path) -> str:
-    """The directory of the run continued on the ``index``-th day (from 1)."""
-    return f"{index}-{day.stem}"
-
-
 def started_report(out: Path, config: Config, base_run: Path, days: list[Path]) -> dict:
     """The report so far: a new one (``out`` created) or, to resume, the one ``out`` holds, when
     it is a replay of the same base and config whose recorded days begin ``days``."""
     fresh = {"base": str(base_run.resolve()), "config": config.to_dict(), "complete": False, "days": []}
-    if not out.exists():
-        out.mkdir(parents=True)
+    if not out.exists() or not any(out.iterdir()):  # empty: a replay stopped before its first report
+        out.mkdir(parents=True, exist_ok=True)
         write_report(out, fresh)
         return fresh
     if not (out / REPORT).is_file():
@@ -102,7 +101,7 @@ def started_report(out: Path, config: Config, base_run: Path, days: list[Path]) 
         reason = f"its base is {report.get('base')}, not {fresh['base']}"
     elif changed:
         reason = f"its config differs at {changed[0]}"
-    elif [d.resolve() for d in recorded] != [d.resolve() for d in days[: len(recorded)]]:
+    elif recorded != days[: len(recorded)]:
         reason = f"its days begin {[str(d) for d in recorded]}, not {[str(d) for d in days[: len(recorded)]]}"
     else:
         log.info("resuming the replay in %s after %d of %d days", out, len(recorded), len(days))

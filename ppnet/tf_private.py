@@ -20,6 +20,7 @@ __all__ = [
     "checkpoint_keys",
     "freeze",
     "resume_counters",
+    "sharded_container",
     "skip_log_sync",
     "take_backup",
     "xplane_pb2",
@@ -85,10 +86,10 @@ def adam_moment_keys(index: int) -> tuple[str, str]:
     return tuple(f"optimizer/_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE" for i in (first, first + 1))
 
 
-def checkpoint_keys(root: tf.Module, reader: tf.train.CheckpointReader, skip: tuple[str, ...] = ()) -> dict[int, str]:
+def checkpoint_keys(root: tf.Module, reader: tf.train.CheckpointReader) -> dict[int, str]:
     """Each variable of ``root`` (by ``id``) that the checkpoint read by ``reader`` holds → its key,
     found as restoring would find it: the checkpoint's object graph followed from ``root`` child by
-    child name. Children named in ``skip`` are not followed. The graph's proto has no public reader."""
+    child name. The graph's proto has no public reader."""
     graph = TrackableObjectGraph.FromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     keys, stack, seen = {}, [(0, root)], set()
     while stack:
@@ -100,11 +101,17 @@ def checkpoint_keys(root: tf.Module, reader: tf.train.CheckpointReader, skip: tu
         keys.update({id(obj): a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"})
         children = tf.train.TrackableView.children(obj)
         stack.extend(
-            (child.node_id, children[child.local_name])
-            for child in node.children
-            if child.local_name in children and child.local_name not in skip
+            (child.node_id, children[child.local_name]) for child in node.children if child.local_name in children
         )
     return keys
+
+
+def sharded_container(variable: tf.Variable):
+    """The ``ShardedVariable`` that ``variable`` is one shard of (a parameter-server partitioner
+    splits every variable above its size: tables, and large dense kernels too), or ``None``.
+    TensorFlow keeps that link only as a private weak reference on the shard."""
+    container = getattr(variable, "_sharded_container", None)
+    return container() if container is not None else None
 
 
 class SparseGradientsAsIs:

@@ -105,22 +105,29 @@ def warm_start(model: RankingModel, parent: Parent, with_optimizer: bool = True)
     is copied as it is. ``model`` may live under any strategy: mirrored variables take the value on
     every replica, tables that parameter servers hold in shards take their rows shard by shard.
     """
-    reader = tf.train.load_checkpoint(str(parent.run_dir / BEST_WEIGHTS))
+    checkpoint = ParentCheckpoint(parent.run_dir)
     optimizers = {parent.config.train.optimizer, model.config.train.optimizer}
     carry = with_optimizer and optimizers <= set(ADAM_FAMILY)
     if carry:  # create the slots the parent's moments go into
         with model.distribute_strategy.scope():
             model.optimizer.build(model.trainable_variables)
-    keys = checkpoint_keys(model, reader)
+    keys = checkpoint_keys(model, checkpoint.reader)
     rows = _known_rows(model, parent.config, parent.stats)
+
+    def copy(key: str | None, weight, target: list[tf.Variable], what: str) -> None:
+        known = rows.get(id(weight))  # a grown table: only its known rows are in the checkpoint
+        shape = tuple(weight.shape) if known is None else (len(known), weight.shape[1])
+        _copy(checkpoint.value(key, shape, what), target, known)
+
     for weight in logical_weights(model):
-        _copy(_read(reader, keys, weight, parent), shards(weight), rows.get(id(weight)))
+        copy(keys.get(id(weight)), weight, shards(weight), weight.name)
     if carry:
         for index, weight in enumerate(logical_weights(model, trainable=True)):
             moments = zip(*(adam_moments(model.optimizer, part) for part in shards(weight)))  # (m parts, v parts)
-            for key, target_slots in zip(adam_moment_keys(index), moments):
-                _copy(reader.get_tensor(key), list(target_slots), rows.get(id(weight)))
-        model.optimizer.iterations.assign(_read(reader, keys, model.optimizer.iterations, parent))
+            for key, name, slots in zip(adam_moment_keys(index), "mv", moments):
+                copy(key, weight, list(slots), f"Adam's {name} of {weight.name}")
+        iterations = model.optimizer.iterations
+        iterations.assign(checkpoint.value(keys.get(id(iterations)), (), "the optimizer's step count"))
     elif with_optimizer:
         log.info(
             "optimizer state is carried over between adam and lazy_adam only; %s starts afresh", sorted(optimizers)
@@ -128,14 +135,26 @@ def warm_start(model: RankingModel, parent: Parent, with_optimizer: bool = True)
     log.info("initialised from %s (best epoch), optimizer state %s", parent.run_dir, "kept" if carry else "new")
 
 
-def _read(reader: tf.train.CheckpointReader, keys: dict[int, str], variable, parent: Parent) -> np.ndarray:
-    """``variable``'s value in the parent's checkpoint; a one-line error if it has none."""
-    if id(variable) not in keys:
-        raise PPNetError(
-            f"--init-from {parent.run_dir}: its checkpoint has no value for {variable.name} (written by "
-            f"another ppnet version? this is {ppnet.__version__}); retrain the parent with this version"
-        )
-    return reader.get_tensor(keys[id(variable)])
+class ParentCheckpoint:
+    """The parent's best checkpoint, read value by value, each checked against the shape expected."""
+
+    def __init__(self, run_dir: Path):
+        path = run_dir / BEST_WEIGHTS
+        if not Path(f"{path}.index").is_file():
+            raise PPNetError(f"--init-from {run_dir}: no best checkpoint in {BEST_WEIGHTS}")
+        self.run_dir, self.reader = run_dir, tf.train.load_checkpoint(str(path))
+        self.shapes = self.reader.get_variable_to_shape_map()
+
+    def value(self, key: str | None, shape: tuple, what: str) -> np.ndarray:
+        """The value at ``key``; a one-line error if there is none or it has another shape."""
+        found = self.shapes.get(key) if key else None
+        if found is None or tuple(found) != tuple(shape):
+            held = "no value" if found is None else f"shape {tuple(found)}, not {tuple(shape)},"
+            raise PPNetError(
+                f"--init-from {self.run_dir}: its checkpoint has {held} for {what} (written by another "
+                f"ppnet version? this is {ppnet.__version__}); retrain the parent with this version"
+            )
+        return self.reader.get_tensor(key)
 
 
 def _known_rows(model: RankingModel, parent_config: Config, parent_stats: Stats) -> dict[int, np.ndarray]:

@@ -17,13 +17,16 @@ from ppnet.data.schema import input_kinds, to_arrays
 from ppnet.data.split import Split
 from ppnet.errors import PPNetError
 from ppnet.evaluate import load_export
+from ppnet.rundir import load_run
 from ppnet.stats import Stats
 from ppnet.train import train
 from tests.helpers import MULTITASK_CONFIG, SMALL_OVERRIDES, multitask_config
 
 # A parent run and its continuation: the user_id table (hashed, 4 MiB) makes the 16-dim tables big
-# enough for the parameter servers to shard them; video_id (min_count 1, in the same table) grows.
+# enough for the parameter servers to shard them, and so do the towers' first kernels (1024 units);
+# video_id (min_count 1, in the same table) grows.
 CONTINUED = (
+    "model.hidden_units=[1024, 16]",
     "train.epochs=1",
     "train.precision=float32",
     "features.user_id.kind=hash",
@@ -149,6 +152,8 @@ def test_a_cluster_run_continues_a_local_run_grows_its_tables_and_exports(
     grown = Stats.load(run / "stats.json").vocabularies["video_id"]
     assert grown[: len(known)] == known and len(grown) > len(known)
     if "--ps" in cluster:
+        [kernel] = [w for w in load_run(local_parent).tower.weights if "dense_0/kernel" in w.name]  # every tower's
+        assert kernel.shape[1] == 1024 and kernel.shape.num_elements() * 4 > distribute.MIN_SHARD_BYTES
         shards = metrics["table_shards"]
         assert shards["embedding_dim16"] == 2 and shards["gate_embedding_dim16"] == 2  # split over both servers
         assert shards["embedding_dim4"] == 1 and shards["domain_embedding_dim4"] == 1  # small tables stay whole

@@ -11,6 +11,7 @@ from ppnet.tf_private import (
     checkpoint_keys,
     freeze,
     resume_counters,
+    sharded_container,
     skip_log_sync,
     take_backup,
     xplane_pb2,
@@ -106,6 +107,15 @@ def test_adam_moment_keys_hold_each_trainable_variables_moments(tmp_path):
     for index, variable in enumerate(saved.trainable_variables):
         for key, moment in zip(adam_moment_keys(index), adam_moments(saved.optimizer, variable), strict=True):
             np.testing.assert_array_equal(reader.get_tensor(key), moment.numpy())
+
+
+def test_sharded_container_is_the_sharded_variable_a_shard_belongs_to():
+    from tensorflow.python.distribute.sharded_variable import ShardedVariable  # what a partitioner makes
+
+    parts = [tf.Variable(tf.zeros([2, 3])), tf.Variable(tf.ones([1, 3]))]
+    whole = ShardedVariable(parts)
+    assert all(sharded_container(part) is whole for part in parts)
+    assert sharded_container(tf.Variable(1.0)) is None
 
 
 def test_sparse_gradients_reach_update_step_with_duplicate_rows_unmerged():

@@ -27,7 +27,7 @@ from ppnet.rundir import load_run, restore_best
 from ppnet.stats import compute_stats
 from ppnet.tf_private import adam_moments
 from ppnet.train import train
-from ppnet.warmstart import Parent, check_kinds, warm_start
+from ppnet.warmstart import Parent, ParentCheckpoint, check_kinds, warm_start
 from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES, small_config
 
 # min_count 1: every id of the parent's training rows has a row of its own, so before any step the
@@ -103,6 +103,18 @@ def test_known_ids_keep_their_rows_and_moments_and_new_ids_get_new_rows(parent_r
         np.testing.assert_array_equal(new_moment.numpy(), old_moment.numpy())
         assert np.abs(new_moment.numpy()).max() > 0, "a trained moment"
     assert int(child.optimizer.iterations) == int(old.optimizer.iterations) > 0
+
+
+def test_a_parent_checkpoint_without_a_value_of_the_shape_expected_is_refused(parent_run, tmp_path):
+    checkpoint = ParentCheckpoint(parent_run)
+    key, shape = next((k, s) for k, s in checkpoint.shapes.items() if len(s) == 2)
+    assert checkpoint.value(key, tuple(shape), "a kernel").shape == tuple(shape)
+    with pytest.raises(PPNetError, match=r"has shape .* for a kernel \(written by another ppnet version"):
+        checkpoint.value(key, (shape[0] + 1, shape[1]), "a kernel")
+    with pytest.raises(PPNetError, match="has no value for a kernel"):
+        checkpoint.value(None, tuple(shape), "a kernel")
+    with pytest.raises(PPNetError, match="no best checkpoint"):
+        ParentCheckpoint(tmp_path)
 
 
 def test_weights_only_starts_a_fresh_optimizer(parent_run, days):
@@ -239,7 +251,8 @@ def test_a_replay_run_again_after_a_crash_resumes_at_the_day_it_stopped(parent_r
     assert not first["complete"] and [row["day"] for row in first["days"]] == [str(later[0])]
 
     crash_at.clear()
-    report = replay(config, parent_run, later, out)
+    monkeypatch.chdir(later[0].parent)  # resumed from another directory, with relative paths
+    report = replay(config, parent_run, [Path(day.name) for day in later], out)
     assert trained == [str(later[0]), str(later[1])], "the recorded day is not trained again"
     assert report["complete"] and report["days"][0] == first["days"][0]
     assert [row["export"] for row in report["days"]] == ["1", "2"], "day 2 is scored by the model after day 1"
@@ -270,6 +283,7 @@ def test_a_replay_directory_of_other_arguments_is_refused(parent_run, days, tmp_
     with pytest.raises(PPNetError, match=reason):
         replay(config, parent_run, later, out)
     (out / "replay.json").unlink()
+    (out / "notes.txt").write_text("someone else's")
     with pytest.raises(PPNetError, match="is not a replay directory"):
         replay(config, parent_run, later, out)
 
