@@ -27,7 +27,7 @@ from ppnet.errors import PPNetError
 from ppnet.evaluate import model_predictor, score_split
 from ppnet.export import export_model
 from ppnet.files import exclusive_lock
-from ppnet.model import build_model, weight_bytes
+from ppnet.model import RankingModel, build_model, weight_bytes
 from ppnet.rundir import (
     BACKUP,
     EPOCHS_FILE,
@@ -140,6 +140,28 @@ class Start:
         return {"init_from": str(self.parent.run_dir.resolve()), "init_optimizer": self.with_optimizer}
 
 
+@dataclass(frozen=True)
+class RunData:
+    """The rows a run reads: its splits (no validation split when nothing is held out), their
+    columns' input kinds and their row counts, labels checked."""
+
+    train: Split
+    valid: Split | None
+    files: list[Path]  # of both splits
+    kinds: dict[str, str]
+    train_rows: int
+    valid_rows: int
+
+    @classmethod
+    def read(cls, config: Config, data_path: str, valid_path: str | None) -> RunData:
+        train_split, valid_split = make_splits(config, data_path, valid_path)
+        files = [*train_split.files, *(valid_split.files if valid_split else ())]
+        kinds = input_kinds(config, files)  # first: it names a file's missing column, labels included
+        train_rows = check_labels(train_split, config.tasks)
+        valid_rows = check_labels(valid_split, config.tasks, need_both_classes=True) if valid_split else 0
+        return cls(train_split, valid_split, files, kinds, train_rows, valid_rows)
+
+
 def run(
     config: Config,
     data_path: str,
@@ -151,22 +173,18 @@ def run(
     start: Start,
 ) -> dict:
     """``train``'s steps, once this process knows its duties (and, if it owns the run, holds its lock)."""
-    train_split, valid_split = make_splits(config, data_path, valid_path)
-    files = [*train_split.files, *(valid_split.files if valid_split else ())]
-    kinds = input_kinds(config, files)
-    train_rows = check_labels(train_split, config.tasks)
-    valid_rows = check_labels(valid_split, config.tasks, need_both_classes=True) if valid_split else 0
+    data = RunData.read(config, data_path, valid_path)
     inputs = {
         "data": str(data_path),
         "valid": None if valid_path is None else str(valid_path),
-        "files": fingerprint(files),
+        "files": fingerprint(data.files),
         **start.record(),
     }
     if start.parent is not None:
-        check_kinds(start.parent, kinds)
-    work, stats = setup_run(config, train_split, kinds, out, inputs, duties, fresh, start)
-    validating = valid_split.description if valid_split else "nothing (data.valid_last = 0: the last epoch is kept)"
-    log.info("training on %d rows (%s), validating on %s", train_rows, train_split.description, validating)
+        check_kinds(start.parent, data.kinds)
+    work, stats = setup_run(config, data, out, inputs, duties, fresh, start)
+    validating = data.valid.description if data.valid else "nothing (data.valid_last = 0: the last epoch is kept)"
+    log.info("training on %d rows (%s), validating on %s", data.train_rows, data.train.description, validating)
 
     tf.keras.utils.set_random_seed(config.train.seed)
     dist = distribute.make_strategy(strategy)
@@ -184,7 +202,7 @@ def run(
     if fitted.exists() and not duties.streamed:
         log.info("training had finished before the crash; scoring and exporting the best epoch")
     else:
-        reports = fit(model, config, dist, duties, train_split, valid_split, kinds, train_rows, work, meter, scorer)
+        reports = fit(model, config, dist, duties, data, work, meter, scorer)
         if duties.owns_run:
             fitted.touch()
     if not duties.owns_run:
@@ -194,41 +212,17 @@ def run(
     # to fit again).
     copy = scorer is not None or duties.streamed or config.train.refit
     final = (scorer or build_model(config, stats)) if copy else model
-    if config.train.refit:  # slots for the best epoch's optimizer state to restore into
-        final.optimizer.build(final.trainable_variables)
-    restore_best(final, work)
-    epochs = epoch_scores(work)
-    epochs_run, best_epoch = chosen_epoch(epochs, config.train.epochs, validated=valid_split is not None)
-    # The best epoch was scored when it ended, with these weights; scored again only if that was
-    # before a crash (its full metrics are not kept on disk).
-    if valid_split is None:
-        metrics = {}
-    elif best_epoch in reports:
-        metrics = dict(reports[best_epoch])
-    else:
-        metrics = score_split(model_predictor(final, kinds), valid_split, kinds, config.tasks, config.data.user_column)
-    splits = {"train": train_split.to_json(), **({"valid": valid_split.to_json()} if valid_split else {})}
-    if config.train.refit:
-        refit(final, config, valid_split, kinds, valid_rows)
-        splits["refit"] = splits["valid"]  # the export has trained on these rows too
-        metrics["refit"] = {"rows": valid_rows, "split": valid_split.description}
-    export_dir = export_model(final, work / "export", splits=splits)
-    metrics.update(
-        {
-            "examples_per_sec": meter.examples_per_sec,
-            "train_rows": train_rows,
-            "workers": duties.workers,
-            "epochs_run": epochs_run,
-            "best_epoch": best_epoch,
-            "select_by": config.train.select_by,
-            "model": config.model.name,
-            "precision": {"towers": chosen.policy, "why": chosen.reason},
-            **start.record(),
-            **gate_settings(config),
-            "export": str(Path("export") / export_dir.name),
-            "splits": splits,
-        }
-    )
+    metrics = {
+        **export_best(final, config, data, reports, work),
+        "examples_per_sec": meter.examples_per_sec,
+        "train_rows": data.train_rows,
+        "workers": duties.workers,
+        "select_by": config.train.select_by,
+        "model": config.model.name,
+        "precision": {"towers": chosen.policy, "why": chosen.reason},
+        **start.record(),
+        **gate_settings(config),
+    }
     if duties.input == "tfrecord":  # how each embedding table was split across the parameter servers
         metrics["table_shards"] = {
             layer.name: len(getattr(layer.embeddings, "variables", [layer.embeddings]))
@@ -239,6 +233,35 @@ def run(
     return metrics
 
 
+def export_best(final: RankingModel, config: Config, data: RunData, reports: dict[int, dict], work: Path) -> dict:
+    """Load the chosen epoch into ``final``, refit it if configured, export it; its metrics.
+
+    The chosen epoch was scored when it ended, with these weights (``reports``); it is scored again
+    only if that was before a crash (its full metrics are not kept on disk). Returns the validation
+    metrics (none when nothing was held out) with ``epochs_run``, ``best_epoch``, ``export``
+    (relative to the run directory), ``splits`` and, after a refit, ``refit``.
+    """
+    if config.train.refit:  # slots for the best epoch's optimizer state to restore into
+        final.optimizer.build(final.trainable_variables)
+    restore_best(final, work)
+    epochs_run, best_epoch = chosen_epoch(epoch_scores(work), config.train.epochs, validated=data.valid is not None)
+    if data.valid is None:
+        metrics = {}
+    elif best_epoch in reports:
+        metrics = dict(reports[best_epoch])
+    else:
+        predict = model_predictor(final, data.kinds)
+        metrics = score_split(predict, data.valid, data.kinds, config.tasks, config.data.user_column)
+    splits = {"train": data.train.to_json(), **({"valid": data.valid.to_json()} if data.valid else {})}
+    if config.train.refit:
+        refit(final, config, data)
+        splits["refit"] = splits["valid"]  # the export has trained on these rows too
+        metrics["refit"] = {"rows": data.valid_rows, "split": data.valid.description}
+    export_dir = export_model(final, work / "export", splits=splits)
+    export = str(Path("export") / export_dir.name)
+    return {**metrics, "epochs_run": epochs_run, "best_epoch": best_epoch, "export": export, "splits": splits}
+
+
 def chosen_epoch(epochs: list[dict], configured: int, validated: bool) -> tuple[int, int]:
     """(epochs run, the epoch exported): the best by ``val_score`` among the scored ``epochs``;
     without validation rows every configured epoch runs (nothing stops early) and the last is kept."""
@@ -247,19 +270,19 @@ def chosen_epoch(epochs: list[dict], configured: int, validated: bool) -> tuple[
     return len(epochs), max(epochs, key=lambda e: e["val_score"])["epoch"] if epochs else 0
 
 
-def refit(model: tf.keras.Model, config: Config, valid_split: Split, kinds: dict[str, str], rows: int) -> None:
+def refit(model: tf.keras.Model, config: Config, data: RunData) -> None:
     """``train.refit``: one pass over the validation rows from the best epoch's weights and optimizer
     state, so the export has seen the newest day (the one a ranker most needs). Run by this process
     on a local model, whatever the strategy: one day's rows."""
-    log.info("refitting the best epoch on the validation rows (%d, %s)", rows, valid_split.description)
+    log.info("refitting the best epoch on the validation rows (%d, %s)", data.valid_rows, data.valid.description)
     dataset = make_dataset(
-        valid_split,
-        kinds,
+        data.valid,
+        data.kinds,
         config.target_columns,
         config.train.batch_size,
         config.data.shuffle_buffer,
         config.train.seed,
-        rows=rows,
+        rows=data.valid_rows,
     )
     model.fit(dataset, epochs=1, verbose=1 if sys.stdout.isatty() else 2)
 
@@ -276,8 +299,7 @@ def gate_settings(config: Config) -> dict:
 
 def setup_run(
     config: Config,
-    train_split: Split,
-    kinds: dict[str, str],
+    data: RunData,
     out: Path,
     inputs: dict,
     duties: Duties,
@@ -289,7 +311,7 @@ def setup_run(
     if not duties.owns_run:
         work = partial_dir(out)
         return work, Stats.load(distribute.wait_for_file(work / "stats.json", lambda p: Stats.load(p).run == run))
-    stats = compute_stats(config, train_split, kinds, start.parent.stats if start.parent else None)
+    stats = compute_stats(config, data.train, data.kinds, start.parent.stats if start.parent else None)
     check_memory(config, stats)  # before the model is built and before the run directory exists
     stats.run = run
     work = prepare_run_dir(out, config, inputs, fresh)
@@ -318,10 +340,7 @@ def fit(
     config: Config,
     dist: tf.distribute.Strategy,
     duties: Duties,
-    train_split: Split,
-    valid_split: Split | None,
-    kinds: dict[str, str],
-    train_rows: int,
+    data: RunData,
     work: Path,
     meter: ThroughputMeter,
     scorer: tf.keras.Model | None = None,
@@ -330,20 +349,20 @@ def fit(
     ``scorer``: the float32 model each epoch is scored with (``ValidationScore``), if not ``model``.
     Returns the validation metrics of each epoch it trained, by epoch number."""
     cursor = EpochCursor()
-    train_ds = make_input(dist, duties, config, train_split, kinds, cursor, train_rows, work)
+    train_ds = make_input(dist, duties, config, data.train, data.kinds, cursor, data.train_rows, work)
     # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
-    steps = -(-train_rows // (config.train.batch_size * duties.workers))
+    steps = -(-data.train_rows // (config.train.batch_size * duties.workers))
     validation = (
         ValidationScore(
-            valid_split,
-            kinds,
+            data.valid,
+            data.kinds,
             config.tasks,
             config.data.user_column,
             work / EPOCHS_FILE if duties.owns_run else None,
             config.train.select_by,
             scorer,
         )
-        if valid_split is not None
+        if data.valid is not None
         else None  # nothing held out: no epoch to choose, the last is kept
     )
     callbacks = training_callbacks(
