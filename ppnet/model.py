@@ -357,10 +357,8 @@ def weight_bytes(config: Config, stats: Stats) -> dict[str, int]:
 
     tables: dict[str, int] = {}
     for name in [*groups.tower, *groups.gate_ids, *groups.domain]:  # a feature may have two tables
-        key = f"features.{name}"
-        tables[key] = tables.get(key, 0) + table_size(config.feature(name), stats) * config.feature(name).dim * 4 * (
-            1 + slots
-        )
+        feature, key = config.feature(name), f"features.{name}"
+        tables[key] = tables.get(key, 0) + table_size(feature, stats) * feature.dim * 4 * (1 + slots)
     width = sum(config.feature(n).dim for n in groups.tower) + sum(f.kind == "numeric" for f in config.features)
     return {**tables, "model.hidden_units": dense_weights(config, width) * 4 * (2 + slots)}
 

@@ -147,7 +147,6 @@ class RunData:
 
     train: Split
     valid: Split | None
-    files: list[Path]  # of both splits
     kinds: dict[str, str]
     train_rows: int
     valid_rows: int
@@ -155,11 +154,20 @@ class RunData:
     @classmethod
     def read(cls, config: Config, data_path: str, valid_path: str | None) -> RunData:
         train_split, valid_split = make_splits(config, data_path, valid_path)
-        files = [*train_split.files, *(valid_split.files if valid_split else ())]
-        kinds = input_kinds(config, files)  # first: it names a file's missing column, labels included
+        # first: it names a file's missing column, labels included
+        kinds = input_kinds(config, split_files(train_split, valid_split))
         train_rows = check_labels(train_split, config.tasks)
         valid_rows = check_labels(valid_split, config.tasks, need_both_classes=True) if valid_split else 0
-        return cls(train_split, valid_split, files, kinds, train_rows, valid_rows)
+        return cls(train_split, valid_split, kinds, train_rows, valid_rows)
+
+    @property
+    def files(self) -> list[Path]:
+        return split_files(self.train, self.valid)
+
+
+def split_files(train: Split, valid: Split | None) -> list[Path]:
+    """The files of a run's splits, training first."""
+    return [*train.files, *(valid.files if valid else ())]
 
 
 def run(

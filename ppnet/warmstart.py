@@ -48,6 +48,8 @@ class Parent:
         run_dir = Path(run_dir)
         if not (run_dir / "metrics.json").is_file():
             raise PPNetError(f"--init-from {run_dir}: not a finished run directory (no metrics.json)")
+        if not (run_dir / f"{BEST_WEIGHTS}.index").is_file():  # checked before the new run writes anything
+            raise PPNetError(f"--init-from {run_dir}: no best checkpoint in {BEST_WEIGHTS}")
         config_path = run_dir / "config.json"
         config = config_from_dict(read_json(config_path, "the run's config"), source=str(config_path))
         return cls(run_dir, config, Stats.load(run_dir / "stats.json"))
@@ -139,10 +141,7 @@ class ParentCheckpoint:
     """The parent's best checkpoint, read value by value, each checked against the shape expected."""
 
     def __init__(self, run_dir: Path):
-        path = run_dir / BEST_WEIGHTS
-        if not Path(f"{path}.index").is_file():
-            raise PPNetError(f"--init-from {run_dir}: no best checkpoint in {BEST_WEIGHTS}")
-        self.run_dir, self.reader = run_dir, tf.train.load_checkpoint(str(path))
+        self.run_dir, self.reader = run_dir, tf.train.load_checkpoint(str(run_dir / BEST_WEIGHTS))
         self.shapes = self.reader.get_variable_to_shape_map()
 
     def value(self, key: str | None, shape: tuple, what: str) -> np.ndarray:

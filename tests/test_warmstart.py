@@ -113,8 +113,10 @@ def test_a_parent_checkpoint_without_a_value_of_the_shape_expected_is_refused(pa
         checkpoint.value(key, (shape[0] + 1, shape[1]), "a kernel")
     with pytest.raises(PPNetError, match="has no value for a kernel"):
         checkpoint.value(None, tuple(shape), "a kernel")
+    for name in ("metrics.json", "config.json", "stats.json"):  # a finished run's files, its checkpoint lost
+        shutil.copy(parent_run / name, tmp_path / name)
     with pytest.raises(PPNetError, match="no best checkpoint"):
-        ParentCheckpoint(tmp_path)
+        Parent.load(tmp_path)
 
 
 def test_weights_only_starts_a_fresh_optimizer(parent_run, days):
