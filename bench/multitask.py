@@ -22,12 +22,16 @@ from ppnet.train import train
 
 SINGLE = "ppnet_single_task"
 # The multi-task contenders: the multi-task config with the model swapped. EPNet's domain gate is
-# pepnet's alone, so the others drop the domain features the config names for it.
+# pepnet's alone, so the others drop the domain features the config names for it. The baselines
+# are the paper's: a shared bottom (dnn) and MMoE, every task training the shared parts; ppnet and
+# pepnet share as the config says, and pepnet_joint is pepnet with every task training them.
+JOINT = 'model.task_sharing="joint"'
 MODELS = {
-    "dnn": ["model.name=dnn", "model.domain_features=[]"],
-    "mmoe": ["model.name=mmoe", "model.domain_features=[]"],
+    "dnn": ["model.name=dnn", "model.domain_features=[]", JOINT],
+    "mmoe": ["model.name=mmoe", "model.domain_features=[]", JOINT],
     "ppnet": ["model.name=ppnet", "model.domain_features=[]"],
     "pepnet": ["model.name=pepnet"],
+    "pepnet_joint": ["model.name=pepnet", JOINT],
 }
 # The multi-task config of a log, by its single-task config's file name, in the same directory.
 MULTITASK_CONFIGS = {"kuairand.toml": "kuairand_multitask.toml", "default.toml": "multitask.toml"}

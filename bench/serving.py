@@ -29,7 +29,7 @@ from ppnet.data.schema import input_kinds
 from ppnet.data.split import Split, make_splits
 from ppnet.data.tfrecord import to_example
 from ppnet.export import frozen_heads, serving_model
-from ppnet.model import RankingModel, TowerInputs
+from ppnet.model import RankingModel, TowerInputs, dummy_batch
 
 SERVING_WORKER = BENCH / "serving_worker.py"
 # Timed calls per request size (candidates of one user); the smoke run's are few.
@@ -62,17 +62,20 @@ class MultiplyColumns(tf.Module):
 
 class FrozenTower(tf.Module):
     """The model's tower and gates alone, weights frozen as in the export, fed their input tensors
-    (``x0`` the tower's, ``x1``... the parts of the gates'): the floor its own arithmetic sets for a
-    call, with no parsing, lookups or embeddings."""
+    (``x0`` the tower's, ``x1``... the parts of the gates', then later tasks' own embeddings, in
+    ``TowerInputs.head_inputs()`` order): the floor its own arithmetic sets for a call, with no
+    parsing, lookups or embeddings."""
 
     def __init__(self, model: RankingModel, inputs: list[np.ndarray]):
         super().__init__()
         heads = frozen_heads(model)
+        structure = model.tower_inputs(dummy_batch(model.stats)).head_inputs()
         specs = {f"x{i}": tf.TensorSpec([None, x.shape[1]], tf.float32, name=f"x{i}") for i, x in enumerate(inputs)}
 
         def serve(xs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            tower, *gate_parts = xs.values()
-            logits = heads(TowerInputs(tower, gate_parts, [])).logits  # every task's tower, as the export runs
+            flat = [xs[f"x{i}"] for i in range(len(xs))]  # in order: a signature's dict comes sorted by key
+            inputs = TowerInputs.of_heads(tf.nest.pack_sequence_as(structure, flat))
+            logits = heads(inputs).logits  # every task's tower, as the export runs
             return {f"logit_{task}": logit for task, logit in logits.items()}
 
         self.serve = tf.function(serve, input_signature=[specs])
@@ -194,7 +197,7 @@ def save_floors(model: RankingModel, kinds: dict[str, str], rows: Path, work: Pa
     tower's inputs computed from ``rows`` (an .npz of ``x0``, ``x1``...)."""
     columns = {name: tf.constant(values) for name, values in np.load(rows).items()}
     inputs = model.tower_inputs(columns)
-    tower_inputs = [x.numpy() for x in [inputs.tower, *inputs.gate_parts]]
+    tower_inputs = [x.numpy() for x in tf.nest.flatten(inputs.head_inputs())]
     tower_rows = work / "tower-rows.npz"
     np.savez(tower_rows, **{f"x{i}": x for i, x in enumerate(tower_inputs)})
     floors = {

@@ -82,6 +82,10 @@ class ModelConfig:
     batch_norm: bool = False
     embedding_l2: float = 0.0
     experts: int = 4  # mmoe: shared experts, each a ReLU MLP of hidden_units[:-1]
+    # Who trains the shared parts (embeddings, EPNet, the ids' gate tables) with several tasks:
+    # every task ("joint"), or the first alone ("primary"; the others read them under stop_gradient
+    # beside tables of their own). See docs/multitask.md.
+    task_sharing: Literal["joint", "primary"] = "joint"
 
     @property
     def gated(self) -> bool:
@@ -330,6 +334,17 @@ def _check_tasks(config: Config, source: str) -> None:
     dupes = sorted({n for n in tasks if tasks.count(n) > 1})
     if dupes:
         raise PPNetError(f"{source}: task(s) {dupes} listed more than once in [[tasks]]")
+    sharing = config.model.task_sharing
+    if sharing == "primary" and (len(tasks) < 2 or config.model.name == "mmoe"):
+        raise PPNetError(
+            f'{source}: model.task_sharing = "primary" needs two or more [[tasks]] and a model with a tower '
+            f"per task reading the embeddings (dnn, ppnet, pepnet), got {len(tasks)} task(s) and {config.model.name!r}"
+        )
+    if sharing == "primary" and config.model.gated and config.model.gate_stop_gradient != "shared":
+        raise PPNetError(
+            f'{source}: model.task_sharing = "primary" needs gate_stop_gradient = "shared" '
+            "(each task then gets gate tables of its own for the ids)"
+        )
     if config.train.select_by not in ("mean", *tasks):
         raise PPNetError(
             f'{source}: train.select_by must be "mean" or a task name {tasks}, got {config.train.select_by!r}'

@@ -117,16 +117,14 @@ def saved_state(layers: list[tf.keras.layers.Layer]) -> list:
 
 def frozen_heads(model: RankingModel) -> Callable[[TowerInputs], ModelOutput]:
     """``model.heads`` at inference with the towers' and gates' weights frozen as constants."""
-    example = model.tower_inputs(dummy_batch(model.stats))
+    structure = model.tower_inputs(dummy_batch(model.stats)).head_inputs()
     traced = tf.function(
-        lambda x, *gate: model.heads(TowerInputs(x, list(gate), []), training=False)
-    ).get_concrete_function(
-        *[tf.TensorSpec([None, x.shape[-1]], x.dtype) for x in [example.tower, *example.gate_parts]]
-    )
+        lambda *xs: model.heads(TowerInputs.of_heads(tf.nest.pack_sequence_as(structure, xs)), training=False)
+    ).get_concrete_function(*[tf.TensorSpec([None, x.shape[-1]], x.dtype) for x in tf.nest.flatten(structure)])
     frozen = freeze(traced)
 
     def heads(inputs: TowerInputs) -> ModelOutput:
-        outputs = frozen(inputs.tower, *inputs.gate_parts)
+        outputs = frozen(*tf.nest.flatten(inputs.head_inputs()))
         return tf.nest.pack_sequence_as(traced.structured_outputs, outputs)  # frozen outputs come flat
 
     return heads

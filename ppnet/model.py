@@ -62,13 +62,27 @@ class FeatureGroups:
 class TowerInputs(NamedTuple):
     """What the towers read: the tower's input ``[batch, d]``, the parts of the gates' input
     (``[batch, g_i]`` each, none for the DNN), the embedding rows looked up (``[batch, fields,
-    dim]`` per table group, for the L2 penalty), and EPNet's gate on the shared embeddings
-    (``[batch, e]``, ``pepnet`` only)."""
+    dim]`` per table group, for the L2 penalty), EPNet's gate on the shared embeddings (``[batch,
+    e]``, ``pepnet`` only), and under ``model.task_sharing = "primary"`` each later task's own
+    embeddings by task (its tower fields' ``[batch, d_t]``, then, if gated, its ids' ``[batch, g_t]``).
+    """
 
     tower: tf.Tensor
     gate_parts: list[tf.Tensor]
     embedding_rows: list[tf.Tensor]
     epnet_gate: tf.Tensor | None = None
+    task_parts: dict[str, list[tf.Tensor]] | None = None
+
+    def head_inputs(self) -> tuple:
+        """The tensors the heads read, as one nested structure (``tf.nest`` flattens it for the
+        export's frozen towers)."""
+        return (self.tower, self.gate_parts, self.task_parts or {})
+
+    @classmethod
+    def of_heads(cls, structure: tuple) -> "TowerInputs":
+        """Inputs holding only what the heads read, from a ``head_inputs()`` structure."""
+        tower, gate_parts, task_parts = structure
+        return cls(tower, list(gate_parts), [], task_parts=dict(task_parts))
 
 
 class ModelOutput(NamedTuple):
@@ -134,6 +148,20 @@ class RankingModel(tfrs.Model):
             }
             shared_width = sum(config.feature(n).dim for n in self.groups.tower)
             self.epnet = GateNNs([shared_width], model.gate_hidden, dtype=precision, name="epnet")
+        if model.task_sharing == "primary":
+            # The first task trains every shared table; each later task adds tables of its own,
+            # trained by its loss alone (see ``task_input``).
+            self.task_embeddings = {
+                task: {group: self._tables(names, f"{task}_embedding_{group}") for group, names in self.fields.items()}
+                for task in self.task_names[1:]
+            }
+            self.task_gate_embeddings = {
+                task: {
+                    group: self._tables(names, f"{task}_gate_embedding_{group}")
+                    for group, names in self.gate_fields.items()
+                }
+                for task in self.task_names[1:]
+            }
         self.normalizer = numeric_normalizer(config.features, stats)
         if model.name == "mmoe":
             self.mmoe = MixtureOfExperts(
@@ -201,14 +229,23 @@ class RankingModel(tfrs.Model):
         )
 
     def embedding_tables(self) -> list[GroupedEmbedding]:
-        """Every embedding table of the model: the tower's, the gates' own and EPNet's domain tables."""
-        domain = list(self.domain_embeddings.values()) if self.groups.domain else []
-        return [*self.embeddings.values(), *self.gate_embeddings.values(), *domain]
+        """Every embedding table of the model: the tower's, the gates' own, EPNet's domain tables
+        and the later tasks' own."""
+        return [table for tables, _ in self._table_groups() for table in tables.values()]
 
     def table_fields(self) -> list[list[str]]:
         """The features of each of ``embedding_tables()``, in the same order."""
-        domain = list(self.domain_fields.values()) if self.groups.domain else []
-        return [*self.fields.values(), *self.gate_fields.values(), *domain]
+        return [names for tables, fields in self._table_groups() for names in fields.values()]
+
+    def _table_groups(self) -> list[tuple[dict[str, GroupedEmbedding], dict[str, list[str]]]]:
+        """Each dict of tables by group with its fields by group: the tower's, the gates' own,
+        EPNet's domain tables, then each later task's own (``task_sharing = "primary"``)."""
+        groups = [(self.embeddings, self.fields), (self.gate_embeddings, self.gate_fields)]
+        if self.groups.domain:
+            groups.append((self.domain_embeddings, self.domain_fields))
+        for task in getattr(self, "task_embeddings", {}):
+            groups += [(self.task_embeddings[task], self.fields), (self.task_gate_embeddings[task], self.gate_fields)]
+        return groups
 
     def table_rows(self, name: str, gate: bool = False) -> tuple[tf.Variable, slice]:
         """The grouped variable holding feature ``name``'s table (the DNN's, or the gates' own) and its rows."""
@@ -245,7 +282,16 @@ class RankingModel(tfrs.Model):
             shared, epnet_gate = self.epnet_scaled(tf.concat(shared, axis=-1), domain_rows, training)
         tower_input = tf.concat(shared + numeric, axis=-1)
         gate_parts = self.gate_input(tower_input, tower_rows, numeric, id_rows) if self.gate_input else []
-        return TowerInputs(tower_input, gate_parts, tower_rows + id_rows + domain_rows, epnet_gate)
+        task_parts, task_rows = {}, []
+        for task in getattr(self, "task_embeddings", {}):
+            own = self._embed(self.task_embeddings[task], self.fields, index).values()
+            own_ids = self._embed(self.task_gate_embeddings[task], self.gate_fields, index).values()
+            task_parts[task] = [
+                tf.concat([flatten(rows) for rows in group], axis=-1) for group in (own, own_ids) if group
+            ]
+            task_rows += [*own, *own_ids]
+        rows = tower_rows + id_rows + domain_rows + task_rows
+        return TowerInputs(tower_input, gate_parts, rows, epnet_gate, task_parts or None)
 
     def epnet_scaled(
         self, shared: tf.Tensor, domain_rows: list[tf.Tensor], training: bool
@@ -264,7 +310,8 @@ class RankingModel(tfrs.Model):
 
     def heads(self, inputs: TowerInputs, training: bool = False) -> ModelOutput:
         """Each task's tower on the inputs (under ``mmoe``, on the task's mixture of the experts):
-        logits and gate values by task. All towers read the same gate input."""
+        logits and gate values by task. All towers read the same inputs, except later tasks'
+        under ``task_sharing = "primary"`` (``task_input``)."""
         towers = self.towers()
         if self.config.model.name == "mmoe":
             tower_inputs = self.mmoe(inputs.tower, training=training)
@@ -272,8 +319,23 @@ class RankingModel(tfrs.Model):
             tower_inputs = [inputs.tower] * len(towers)
         logits, gates = {}, {}
         for (task, tower), x in zip(towers.items(), tower_inputs, strict=True):
-            logits[task], gates[task] = tower(x, inputs.gate_parts or None, training=training, return_gates=True)
+            x, gate_parts = self.task_input(inputs, task, x)
+            logits[task], gates[task] = tower(x, gate_parts or None, training=training, return_gates=True)
         return ModelOutput(logits, gates)
+
+    @staticmethod
+    def task_input(inputs: TowerInputs, task: str, shared: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """``task``'s tower input and gate parts. Under ``task_sharing = "primary"`` a later task
+        reads the shared input under ``stop_gradient`` beside its own embeddings, and its gates
+        read that stopped input and its own ids: its loss trains only its own tables and tower, so
+        the first task learns exactly as it would alone, and every task can peak together."""
+        own = (inputs.task_parts or {}).get(task)
+        if own is None:
+            return shared, inputs.gate_parts
+        stopped = tf.stop_gradient(shared)
+        tower_part, *id_part = own
+        gate_parts = [stopped, *id_part] if inputs.gate_parts else []
+        return tf.concat([stopped, tf.cast(tower_part, stopped.dtype)], axis=-1), gate_parts
 
     def forward(self, features: dict[str, tf.Tensor], training: bool = False) -> ModelOutput:
         """Logits and gate values by task, from raw columns ``{name: [batch]}``."""

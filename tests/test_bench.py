@@ -249,7 +249,7 @@ def test_the_dnn_baseline_gets_its_own_tuning_and_the_user_set_wins() -> None:
 
 # --- the multi-task leaderboard -------------------------------------------------------------------
 
-MULTITASK_MODELS = ["ppnet_single_task", "dnn", "mmoe", "ppnet", "pepnet"]
+MULTITASK_MODELS = ["ppnet_single_task", "dnn", "mmoe", "ppnet", "pepnet", "pepnet_joint"]
 TASKS = ["is_click", "long_view", "is_like"]
 
 

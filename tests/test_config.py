@@ -373,6 +373,22 @@ def test_tasks_set_the_label_and_round_trip(raw: dict) -> None:
         ([], {}, "non-empty list of [[tasks]]"),
         ([{"name": "a"}, {"name": "b"}], {"train": {"select_by": "c"}}, "train.select_by"),
         ([{"name": "a"}], {"data": {"label": "b"}}, "data.label = 'b' but the first task is 'a'"),
+        ([{"name": "a"}], {"model": {"task_sharing": "primary"}}, "needs two or more [[tasks]]"),
+        (
+            [{"name": "a"}, {"name": "b"}],
+            {"model": {"task_sharing": "primary", "name": "mmoe"}},
+            "got 2 task(s) and 'mmoe'",
+        ),
+        (
+            [{"name": "a"}, {"name": "b"}],
+            {"model": {"task_sharing": "primary", "gate_stop_gradient": "ids"}},
+            'task_sharing = "primary" needs gate_stop_gradient = "shared"',
+        ),
+        (
+            [{"name": "a"}, {"name": "b"}],
+            {"model": {"task_sharing": "first"}},
+            "[model].task_sharing: expected one of ['joint', 'primary']",
+        ),
     ],
 )
 def test_bad_tasks(raw: dict, tasks: list, sets: dict, expected: str) -> None:

@@ -225,3 +225,75 @@ def test_tensorboard_has_every_task_validation_metrics(multitask_run):
         for value in event.summary.value
     }
     assert {f"epoch_{m}_{t}" for m in ("auc", "gauc", "logloss") for t in TASKS} | {"epoch_score"} <= tags
+
+
+def shared_and_own_variables(model) -> tuple[list[tf.Variable], dict[str, list[tf.Variable]]]:
+    """The variables every task's tower reads (shared tables, EPNet) and each task's own (its
+    tower, and under ``task_sharing = "primary"`` its own tables), by task."""
+    own_tables = getattr(model, "task_embeddings", {})
+    own = {
+        task: [
+            *tower.trainable_variables,
+            *[
+                v
+                for tables in (own_tables.get(task, {}), getattr(model, "task_gate_embeddings", {}).get(task, {}))
+                for table in tables.values()
+                for v in table.trainable_variables
+            ],
+        ]
+        for task, tower in model.towers().items()
+    }
+    owned = {id(v) for variables in own.values() for v in variables}
+    return [v for v in model.trainable_variables if id(v) not in owned], own
+
+
+@pytest.mark.parametrize("name", ["ppnet", "pepnet", "dnn"])
+def test_primary_sharing_trains_the_shared_parts_by_the_first_task_alone(split_and_stats, name):
+    """Under ``task_sharing = "primary"`` a later task's loss reaches only its own tables and
+    tower, and the shared parts get exactly the first task's gradient: it learns as it would alone."""
+    train_split, _, kinds = split_and_stats
+    sets = [f"model.name={name}", *([] if name == "pepnet" else ["model.domain_features=[]"])]
+    config = multitask_config(*sets, 'model.task_sharing="primary"', "model.embedding_l2=0", "model.dropout=0")
+    model = build_model(config, compute_stats(config, train_split, kinds))
+    features, targets = batch(train_split, kinds, TASKS)
+    shared, own = shared_and_own_variables(model)
+    assert shared and all(len(own[task]) > len(model.towers()[task].trainable_variables) for task in TASKS[1:])
+    with tf.GradientTape(persistent=True) as tape:
+        total = model.compute_loss((features, targets), training=True)
+        logits = model.forward(features, training=True).logits
+        losses = {
+            task: tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(targets[task], logits[task])) for task in TASKS
+        }
+    for task in TASKS[1:]:
+        assert all(g is None for g in tape.gradient(losses[task], shared)), task
+        assert all(g is not None for g in tape.gradient(losses[task], own[task])), task  # (gates start flat: zeros)
+        tables = [table.embeddings for table in model.task_embeddings[task].values()]
+        assert all(
+            float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) > 0 for g in tape.gradient(losses[task], tables)
+        )
+    first = tape.gradient(losses[TASKS[0]], shared)
+    for alone, joint in zip(first, tape.gradient(total, shared), strict=True):
+        if alone is not None:
+            np.testing.assert_allclose(tf.convert_to_tensor(joint), tf.convert_to_tensor(alone), rtol=1e-4, atol=1e-7)
+
+
+def test_primary_sharing_exports_every_task_served_without_ppnet(split_and_stats, tmp_path):
+    from ppnet.export import export_model
+
+    train_split, valid_split, kinds = split_and_stats
+    config = multitask_config('model.task_sharing="primary"')
+    model = build_model(config, compute_stats(config, train_split, kinds))
+    export = export_model(model, tmp_path / "export")
+    _, rows = next(valid_split.batches(list(kinds), 200))
+    arrays = to_arrays(rows, kinds)
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    command = [sys.executable, "-c", RELOAD_SCRIPT, str(export), str(tmp_path / "inputs.npz"), str(tmp_path / "o.npz")]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    served = dict(np.load(tmp_path / "o.npz"))
+    logits = model.forward({k: tf.constant(v) for k, v in arrays.items()}).logits
+    for task in TASKS:
+        np.testing.assert_allclose(
+            served[f"probability_{task}"], tf.sigmoid(logits[task]).numpy(), rtol=1e-5, atol=1e-6
+        )
