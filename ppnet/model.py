@@ -79,7 +79,7 @@ class TowerInputs(NamedTuple):
         return (self.tower, self.gate_parts, self.task_parts or {})
 
     @classmethod
-    def of_heads(cls, structure: tuple) -> "TowerInputs":
+    def of_heads(cls, structure: tuple) -> TowerInputs:
         """Inputs holding only what the heads read, from a ``head_inputs()`` structure."""
         tower, gate_parts, task_parts = structure
         return cls(tower, list(gate_parts), [], task_parts=dict(task_parts))
