@@ -83,8 +83,8 @@ class ModelConfig:
     embedding_l2: float = 0.0
     experts: int = 4  # mmoe: shared experts, each a ReLU MLP of hidden_units[:-1]
     # Who trains the shared parts (embeddings, EPNet, the ids' gate tables) with several tasks:
-    # every task ("joint"), or the first alone ("primary"; the others read them under stop_gradient
-    # beside tables of their own). See docs/multitask.md.
+    # every task ("joint"), or the first alone ("primary"; the others read them under stop_gradient,
+    # their gates beside id tables of their own). See docs/multitask.md.
     task_sharing: Literal["joint", "primary"] = "joint"
 
     @property
@@ -335,15 +335,16 @@ def _check_tasks(config: Config, source: str) -> None:
     if dupes:
         raise PPNetError(f"{source}: task(s) {dupes} listed more than once in [[tasks]]")
     sharing = config.model.task_sharing
-    if sharing == "primary" and (len(tasks) < 2 or config.model.name == "mmoe"):
+    if sharing == "primary" and (len(tasks) < 2 or not config.model.gated):
         raise PPNetError(
-            f'{source}: model.task_sharing = "primary" needs two or more [[tasks]] and a model with a tower '
-            f"per task reading the embeddings (dnn, ppnet, pepnet), got {len(tasks)} task(s) and {config.model.name!r}"
+            f'{source}: model.task_sharing = "primary" needs two or more [[tasks]] and a gated model '
+            f"(ppnet or pepnet: later tasks personalise through their gates), got {len(tasks)} task(s) "
+            f"and {config.model.name!r}"
         )
-    if sharing == "primary" and config.model.gated and config.model.gate_stop_gradient != "shared":
+    if sharing == "primary" and config.model.gate_stop_gradient != "shared":
         raise PPNetError(
             f'{source}: model.task_sharing = "primary" needs gate_stop_gradient = "shared" '
-            "(each task then gets gate tables of its own for the ids)"
+            "(each later task's gates then read id tables of their own)"
         )
     if config.train.select_by not in ("mean", *tasks):
         raise PPNetError(

@@ -64,25 +64,25 @@ class TowerInputs(NamedTuple):
     (``[batch, g_i]`` each, none for the DNN), the embedding rows looked up (``[batch, fields,
     dim]`` per table group, for the L2 penalty), EPNet's gate on the shared embeddings (``[batch,
     e]``, ``pepnet`` only), and under ``model.task_sharing = "primary"`` each later task's own
-    embeddings by task (its tower fields' ``[batch, d_t]``, then, if gated, its ids' ``[batch, g_t]``).
+    embeddings of the personal ids, by task (``[batch, g]``, its gates' input beside the shared one).
     """
 
     tower: tf.Tensor
     gate_parts: list[tf.Tensor]
     embedding_rows: list[tf.Tensor]
     epnet_gate: tf.Tensor | None = None
-    task_parts: dict[str, list[tf.Tensor]] | None = None
+    task_ids: dict[str, tf.Tensor] | None = None
 
     def head_inputs(self) -> tuple:
         """The tensors the heads read, as one nested structure (``tf.nest`` flattens it for the
         export's frozen towers)."""
-        return (self.tower, self.gate_parts, self.task_parts or {})
+        return (self.tower, self.gate_parts, self.task_ids or {})
 
     @classmethod
     def of_heads(cls, structure: tuple) -> TowerInputs:
         """Inputs holding only what the heads read, from a ``head_inputs()`` structure."""
-        tower, gate_parts, task_parts = structure
-        return cls(tower, list(gate_parts), [], task_parts=dict(task_parts))
+        tower, gate_parts, task_ids = structure
+        return cls(tower, list(gate_parts), [], task_ids=dict(task_ids))
 
 
 class ModelOutput(NamedTuple):
@@ -149,12 +149,8 @@ class RankingModel(tfrs.Model):
             shared_width = sum(config.feature(n).dim for n in self.groups.tower)
             self.epnet = GateNNs([shared_width], model.gate_hidden, dtype=precision, name="epnet")
         if model.task_sharing == "primary":
-            # The first task trains every shared table; each later task adds tables of its own,
-            # trained by its loss alone (see ``task_input``).
-            self.task_embeddings = {
-                task: {group: self._tables(names, f"{task}_embedding_{group}") for group, names in self.fields.items()}
-                for task in self.task_names[1:]
-            }
+            # The first task trains every shared table; each later task's gates read personal-id
+            # tables of its own, trained by its loss alone (see ``task_input``).
             self.task_gate_embeddings = {
                 task: {
                     group: self._tables(names, f"{task}_gate_embedding_{group}")
@@ -243,8 +239,7 @@ class RankingModel(tfrs.Model):
         groups = [(self.embeddings, self.fields), (self.gate_embeddings, self.gate_fields)]
         if self.groups.domain:
             groups.append((self.domain_embeddings, self.domain_fields))
-        for task in getattr(self, "task_embeddings", {}):
-            groups += [(self.task_embeddings[task], self.fields), (self.task_gate_embeddings[task], self.gate_fields)]
+        groups += [(tables, self.gate_fields) for tables in getattr(self, "task_gate_embeddings", {}).values()]
         return groups
 
     def table_rows(self, name: str, gate: bool = False) -> tuple[tf.Variable, slice]:
@@ -282,16 +277,13 @@ class RankingModel(tfrs.Model):
             shared, epnet_gate = self.epnet_scaled(tf.concat(shared, axis=-1), domain_rows, training)
         tower_input = tf.concat(shared + numeric, axis=-1)
         gate_parts = self.gate_input(tower_input, tower_rows, numeric, id_rows) if self.gate_input else []
-        task_parts, task_rows = {}, []
-        for task in getattr(self, "task_embeddings", {}):
-            own = self._embed(self.task_embeddings[task], self.fields, index).values()
-            own_ids = self._embed(self.task_gate_embeddings[task], self.gate_fields, index).values()
-            task_parts[task] = [
-                tf.concat([flatten(rows) for rows in group], axis=-1) for group in (own, own_ids) if group
-            ]
-            task_rows += [*own, *own_ids]
+        task_ids, task_rows = {}, []
+        for task, tables in getattr(self, "task_gate_embeddings", {}).items():
+            own = list(self._embed(tables, self.gate_fields, index).values())
+            task_ids[task] = tf.concat([flatten(rows) for rows in own], axis=-1)
+            task_rows += own
         rows = tower_rows + id_rows + domain_rows + task_rows
-        return TowerInputs(tower_input, gate_parts, rows, epnet_gate, task_parts or None)
+        return TowerInputs(tower_input, gate_parts, rows, epnet_gate, task_ids or None)
 
     def epnet_scaled(
         self, shared: tf.Tensor, domain_rows: list[tf.Tensor], training: bool
@@ -325,17 +317,15 @@ class RankingModel(tfrs.Model):
 
     @staticmethod
     def task_input(inputs: TowerInputs, task: str, shared: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        """``task``'s tower input and gate parts. Under ``task_sharing = "primary"`` a later task
-        reads the shared input under ``stop_gradient`` beside its own embeddings, and its gates
-        read that stopped input and its own ids: its loss trains only its own tables and tower, so
-        the first task learns exactly as it would alone, and every task can peak together."""
-        own = (inputs.task_parts or {}).get(task)
-        if own is None:
+        """``task``'s tower input and gate parts. Under ``task_sharing = "primary"`` a later task's
+        tower reads the shared input under ``stop_gradient``, and its gates read that and its own
+        personal-id embeddings: its loss trains only its tower, gates and id tables, so the first
+        task learns exactly as it would alone, and every task can peak at the same epoch."""
+        own_ids = (inputs.task_ids or {}).get(task)
+        if own_ids is None:
             return shared, inputs.gate_parts
         stopped = tf.stop_gradient(shared)
-        tower_part, *id_part = own
-        gate_parts = [stopped, *id_part] if inputs.gate_parts else []
-        return tf.concat([stopped, tf.cast(tower_part, stopped.dtype)], axis=-1), gate_parts
+        return stopped, [stopped, own_ids]
 
     def forward(self, features: dict[str, tf.Tensor], training: bool = False) -> ModelOutput:
         """Logits and gate values by task, from raw columns ``{name: [batch]}``."""

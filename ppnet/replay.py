@@ -22,7 +22,7 @@ from ppnet.config import Config
 from ppnet.errors import PPNetError
 from ppnet.evaluate import evaluate_export, is_export
 from ppnet.files import atomic_directory, exclusive_lock, write_text_atomic
-from ppnet.rundir import changed_keys, read_json
+from ppnet.rundir import changed_keys, partial_dir, read_json
 from ppnet.train import train
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,14 @@ def replay(config: Config, base_run: str | Path, days: list[str | Path], out: st
                 "replay %s: auc %.4f gauc %.4f logloss %.4f", day, scored["auc"], scored["gauc"], scored["logloss"]
             )
             run, started = out / "runs" / f"{i}-{day.stem}", time.perf_counter()
+            resumed = partial_dir(run).exists()  # a crash interrupted this day's run: it resumes
             # overwrite: a run finished before a crash kept it from the report is trained again
             train(config, str(day), run, init_from=parent, overwrite=True)
-            seconds = time.perf_counter() - started  # the daily step's (this process's part, if resumed)
             row = {"day": str(day), "run": run.name, "export": current.name, **{k: scored[k] for k in METRICS}}
-            rows.append({**row, "train_seconds": seconds})
+            # a resumed day's seconds are this process's part only: the row says so
+            rows.append(
+                {**row, "train_seconds": time.perf_counter() - started, **({"resumed": True} if resumed else {})}
+            )
             write_report(out, report)
             parent = run
         publish(parent, exports, version=len(days) + 1)
@@ -95,8 +98,9 @@ def started_report(out: Path, config: Config, base_run: Path, days: list[Path]) 
     if not (out / REPORT).is_file():
         raise PPNetError(f"{out}: already exists and is not a replay directory (no {REPORT}); choose a new --out")
     report = read_json(out / REPORT, "the replay's report")
+    check_report(out / REPORT, report)
     changed = changed_keys(report.get("config"), fresh["config"])
-    recorded = [Path(row["day"]) for row in report.get("days", [])]
+    recorded = [Path(row["day"]) for row in report["days"]]
     if report.get("base") != fresh["base"]:
         reason = f"its base is {report.get('base')}, not {fresh['base']}"
     elif changed:
@@ -109,6 +113,18 @@ def started_report(out: Path, config: Config, base_run: Path, days: list[Path]) 
     raise PPNetError(
         f"{out}: a replay already there cannot be resumed with these arguments ({reason}); choose a new --out"
     )
+
+
+def check_report(path: Path, report: dict) -> None:
+    """A report to resume has what ``replay`` reads back (``complete``, and ``days`` rows each
+    naming its ``day`` and ``run``); anything else, e.g. a hand-edited file, is one line."""
+    rows = report.get("days") if isinstance(report, dict) else None
+    shape_ok = isinstance(rows, list) and all(isinstance(r, dict) and {"day", "run"} <= r.keys() for r in rows)
+    if not shape_ok or not isinstance(report.get("complete"), bool):
+        raise PPNetError(
+            f"{path}: not a replay report ppnet wrote (expected a true/false 'complete' and 'days' rows "
+            "with 'day' and 'run'); choose a new --out"
+        )
 
 
 def write_report(out: Path, report: dict) -> None:

@@ -376,8 +376,8 @@ def test_tasks_set_the_label_and_round_trip(raw: dict) -> None:
         ([{"name": "a"}], {"model": {"task_sharing": "primary"}}, "needs two or more [[tasks]]"),
         (
             [{"name": "a"}, {"name": "b"}],
-            {"model": {"task_sharing": "primary", "name": "mmoe"}},
-            "got 2 task(s) and 'mmoe'",
+            {"model": {"task_sharing": "primary", "name": "dnn"}},
+            "got 2 task(s) and 'dnn'",
         ),
         (
             [{"name": "a"}, {"name": "b"}],

@@ -24,9 +24,11 @@ from tests.helpers import MULTITASK_CONFIG, SMALL_OVERRIDES, multitask_config
 
 # A parent run and its continuation: the user_id table (hashed, 4 MiB) makes the 16-dim tables big
 # enough for the parameter servers to shard them, and so do the towers' first kernels (1024 units);
-# video_id (min_count 1, in the same table) grows.
+# video_id (min_count 1, in the same table) grows. Later tasks have id tables of their own
+# ("primary" sharing), which grow and shard as the shared ones do.
 CONTINUED = (
     "model.hidden_units=[1024, 16]",
+    'model.task_sharing="primary"',
     "train.epochs=1",
     "train.precision=float32",
     "features.user_id.kind=hash",
@@ -156,6 +158,7 @@ def test_a_cluster_run_continues_a_local_run_grows_its_tables_and_exports(
         assert kernel.shape[1] == 1024 and kernel.shape.num_elements() * 4 > distribute.MIN_SHARD_BYTES
         shards = metrics["table_shards"]
         assert shards["embedding_dim16"] == 2 and shards["gate_embedding_dim16"] == 2  # split over both servers
+        assert shards["is_like_gate_embedding_dim16"] == 2  # a later task's own id table
         assert shards["embedding_dim4"] == 1 and shards["domain_embedding_dim4"] == 1  # small tables stay whole
         assert not (run / "shards").exists()  # the workers' TFRecord input shards are scratch
         assert_tensorflow_alone_loads_the_export(run)

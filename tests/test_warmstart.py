@@ -23,7 +23,7 @@ from ppnet.errors import PPNetError
 from ppnet.evaluate import evaluate_export
 from ppnet.model import build_model
 from ppnet.replay import replay, replay_config
-from ppnet.rundir import load_run, restore_best
+from ppnet.rundir import load_run, partial_dir, restore_best
 from ppnet.stats import compute_stats
 from ppnet.tf_private import adam_moments
 from ppnet.train import train
@@ -242,7 +242,8 @@ def test_a_replay_run_again_after_a_crash_resumes_at_the_day_it_stopped(parent_r
 
     def stoppable_train(config, data, run, **kwargs):
         if len(trained) in crash_at:
-            raise KeyboardInterrupt  # the process is stopped during that day
+            partial_dir(Path(run)).mkdir(parents=True)  # the process is stopped during that day's run
+            raise KeyboardInterrupt
         trained.append(data)
         return train(config, data, run, **kwargs)
 
@@ -257,6 +258,7 @@ def test_a_replay_run_again_after_a_crash_resumes_at_the_day_it_stopped(parent_r
     report = replay(config, parent_run, [Path(day.name) for day in later], out)
     assert trained == [str(later[0]), str(later[1])], "the recorded day is not trained again"
     assert report["complete"] and report["days"][0] == first["days"][0]
+    assert [row.get("resumed", False) for row in report["days"]] == [False, True], "day 2's seconds are partial"
     assert [row["export"] for row in report["days"]] == ["1", "2"], "day 2 is scored by the model after day 1"
     assert sorted(p.name for p in (out / "export").iterdir()) == ["1", "2", "3"]
     assert json.loads((out / "replay.json").read_text()) == report
@@ -268,7 +270,12 @@ def test_a_replay_run_again_after_a_crash_resumes_at_the_day_it_stopped(parent_r
 
 @pytest.mark.parametrize(
     "change, reason",
-    [("base", "its base is"), ("config", "its config differs at train.learning_rate"), ("days", "its days begin")],
+    [
+        ("base", "its base is"),
+        ("config", "its config differs at train.learning_rate"),
+        ("days", "its days begin"),
+        ("damaged", "not a replay report ppnet wrote"),
+    ],
 )
 def test_a_replay_directory_of_other_arguments_is_refused(parent_run, days, tmp_path, change, reason):
     later = sorted(days[1].glob("*.parquet"))[5:7]
@@ -279,7 +286,9 @@ def test_a_replay_directory_of_other_arguments_is_refused(parent_run, days, tmp_
     if change == "config":
         recorded["config"]["train"]["learning_rate"] = 0.5
     if change == "days":
-        recorded["days"] = [{"day": str(later[1])}]
+        recorded["days"] = [{"day": str(later[1]), "run": "1-x"}]
+    if change == "damaged":  # edited by hand
+        del recorded["days"]
     out.mkdir()
     (out / "replay.json").write_text(json.dumps({**recorded, "complete": False}))
     with pytest.raises(PPNetError, match=reason):
