@@ -266,7 +266,7 @@ def test_multitask_leaderboard_scores_every_task_of_every_model(smoke):
     for run in board["runs"]:
         labels = [s.split("=", 1)[1] for s in run["sets"] if s.startswith("data.label=")]
         assert list(run["tasks"]) == (labels if run["model"] == "ppnet_single_task" else TASKS), run["sets"]
-    assert len(board["runs"]) == len(board["seeds"]) * (len(TASKS) + 4)
+    assert len(board["runs"]) == len(board["seeds"]) * (len(TASKS) + len(MULTITASK_MODELS) - 1)
     assert all(1 <= run["best_epoch"] <= run["epochs_run"] == 1 for run in board["runs"])  # smoke: 1 epoch
     assert list(board["speed"]) == MULTITASK_MODELS
     assert board["speed"]["ppnet_single_task"]["vs_single_task"] == 1.0
@@ -292,14 +292,18 @@ def test_multitask_plan_runs_every_model_per_seed_with_valid_configs():
     assert multi == CONFIGS / "kuairand_multitask.toml" and multitask_config(CONFIGS / "other.toml") is None
     entries = plan(single, multi, ["train.epochs=1"], [7, 8])
     assert [(model, sets[-1]) for model, _, sets in entries] == [
-        (model, f"train.seed={seed}") for seed in (7, 8) for model in [SINGLE] * 3 + ["dnn", "mmoe", "ppnet", "pepnet"]
+        (model, f"train.seed={seed}") for seed in (7, 8) for model in [SINGLE] * 3 + MULTITASK_MODELS[1:]
     ]
     configs = {(model, load_config(path, sets).data.label): load_config(path, sets) for model, path, sets in entries}
     for (model, label), config in configs.items():
-        assert config.train.epochs == 1 and config.model.name == (model if model != SINGLE else "ppnet")
+        name = {SINGLE: "ppnet", "pepnet_joint": "pepnet"}.get(model, model)
+        assert config.train.epochs == 1 and config.model.name == name
         assert not config.train.refit, "the leaderboard scores the chosen epoch: no pass over the validation day"
         assert config.task_names == ([label] if model == SINGLE else TASKS), model
-        assert config.model.domain_features == (["tab"] if model == "pepnet" else []), model
+        assert config.model.domain_features == (["tab"] if name == "pepnet" else []), model
+        # the paper's baselines (and pepnet_joint) let every task train the shared parts
+        joint = model in ("dnn", "mmoe", "pepnet_joint") or model == SINGLE
+        assert (config.model.task_sharing == "joint") == joint, model
     assert {label for model, label in configs if model == SINGLE} == set(TASKS)
 
 

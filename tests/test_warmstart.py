@@ -240,10 +240,14 @@ def test_a_replay_run_again_after_a_crash_resumes_at_the_day_it_stopped(parent_r
     config, out = small_config(*SETS), tmp_path / "replay"
     trained, crash_at = [], [1]  # the days each call trained on; the call that is stopped
 
+    def interrupted_fit(*args, **kwargs):
+        raise KeyboardInterrupt
+
     def stoppable_train(config, data, run, **kwargs):
-        if len(trained) in crash_at:
-            partial_dir(Path(run)).mkdir(parents=True)  # the process is stopped during that day's run
-            raise KeyboardInterrupt
+        if len(trained) in crash_at:  # the process is stopped while that day's run trains
+            with monkeypatch.context() as patch:
+                patch.setattr("ppnet.train.fit", interrupted_fit)
+                train(config, data, run, **kwargs)
         trained.append(data)
         return train(config, data, run, **kwargs)
 
@@ -252,6 +256,7 @@ def test_a_replay_run_again_after_a_crash_resumes_at_the_day_it_stopped(parent_r
         replay(config, parent_run, later, out)
     first = json.loads((out / "replay.json").read_text())
     assert not first["complete"] and [row["day"] for row in first["days"]] == [str(later[0])]
+    assert partial_dir(out / "runs" / f"2-{later[1].stem}").is_dir(), "day 2's run was stopped part-way"
 
     crash_at.clear()
     monkeypatch.chdir(later[0].parent)  # resumed from another directory, with relative paths
