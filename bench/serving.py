@@ -28,8 +28,8 @@ from ppnet.data.pipeline import input_specs, iter_batches
 from ppnet.data.schema import input_kinds
 from ppnet.data.split import Split, make_splits
 from ppnet.data.tfrecord import to_example
-from ppnet.export import frozen_heads, serving_model
-from ppnet.model import RankingModel, TowerInputs, dummy_batch
+from ppnet.export import frozen_heads, head_structure, serving_model
+from ppnet.model import RankingModel, TowerInputs
 
 SERVING_WORKER = BENCH / "serving_worker.py"
 # Timed calls per request size (candidates of one user); the smoke run's are few.
@@ -69,7 +69,7 @@ class FrozenTower(tf.Module):
     def __init__(self, model: RankingModel, inputs: list[np.ndarray]):
         super().__init__()
         heads = frozen_heads(model)
-        structure = model.tower_inputs(dummy_batch(model.stats)).head_inputs()
+        structure = head_structure(model)
         specs = {f"x{i}": tf.TensorSpec([None, x.shape[1]], tf.float32, name=f"x{i}") for i, x in enumerate(inputs)}
 
         def serve(xs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -180,6 +180,16 @@ def _valid(raw: dict[str, Any]) -> bool:
     return True
 
 
+def as_written_now(raw: Any) -> Any:
+    """A config an earlier run saved, as this version writes it: keys added since take their
+    defaults, so resuming a run or a replay across an upgrade compares only what was set. One
+    that no longer loads is returned as it is (and then differs)."""
+    try:
+        return config_from_dict(raw).to_dict() if isinstance(raw, dict) else raw
+    except PPNetError:
+        return raw
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     """Build and validate a ``Config`` from plain data (TOML table or saved JSON)."""
     raw = dict(raw)

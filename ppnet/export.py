@@ -115,9 +115,15 @@ def saved_state(layers: list[tf.keras.layers.Layer]) -> list:
     return [obj for layer in layers for obj in tf.train.TrackableView(layer).descendants() if isinstance(obj, kinds)]
 
 
+def head_structure(model: RankingModel) -> tuple:
+    """The nested structure of what ``model``'s heads read (``TowerInputs.head_inputs()``), from a
+    dummy batch: flattened with ``tf.nest`` it is the order of the frozen towers' inputs."""
+    return model.tower_inputs(dummy_batch(model.stats)).head_inputs()
+
+
 def frozen_heads(model: RankingModel) -> Callable[[TowerInputs], ModelOutput]:
     """``model.heads`` at inference with the towers' and gates' weights frozen as constants."""
-    structure = model.tower_inputs(dummy_batch(model.stats)).head_inputs()
+    structure = head_structure(model)
     traced = tf.function(
         lambda *xs: model.heads(TowerInputs.of_heads(tf.nest.pack_sequence_as(structure, xs)), training=False)
     ).get_concrete_function(*[tf.TensorSpec([None, x.shape[-1]], x.dtype) for x in tf.nest.flatten(structure)])

@@ -104,6 +104,10 @@ class RankingModel(tfrs.Model):
       the gates cannot disturb the shared embeddings, and the ids get tables of their own.
     * ``ids``: the DNN's own embeddings, with ``stop_gradient`` on the personalisation ids only.
 
+    With several tasks and ``model.task_sharing = "primary"`` the later tasks' towers and gates
+    read the shared input under ``stop_gradient``, their gates beside id tables of their own
+    (``task_input``).
+
     With ``model.personal_ids_in_tower = false`` (``shared`` mode only) the ids feed the gates
     alone, as in Kuaishou's PPNet: the tower cannot memorise them directly, only let them scale
     its units.
@@ -319,8 +323,9 @@ class RankingModel(tfrs.Model):
     def task_input(inputs: TowerInputs, task: str, shared: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
         """``task``'s tower input and gate parts. Under ``task_sharing = "primary"`` a later task's
         tower reads the shared input under ``stop_gradient``, and its gates read that and its own
-        personal-id embeddings: its loss trains only its tower, gates and id tables, so the first
-        task learns exactly as it would alone, and every task can peak at the same epoch."""
+        personal-id embeddings: its loss trains only its tower, gates and id tables, so the shared
+        parts get the first task's gradient alone, as with one task, and every task can peak at
+        the same epoch."""
         own_ids = (inputs.task_ids or {}).get(task)
         if own_ids is None:
             return shared, inputs.gate_parts
@@ -407,8 +412,10 @@ def weight_bytes(config: Config, stats: Stats) -> dict[str, int]:
     groups = FeatureGroups.of(config)
     slots = OPTIMIZER_SLOTS[config.train.optimizer]
 
+    # a feature may have several tables: the tower's, the gates' own, and each later task's own
+    later_tasks = len(config.task_names) - 1 if config.model.task_sharing == "primary" else 0
     tables: dict[str, int] = {}
-    for name in [*groups.tower, *groups.gate_ids, *groups.domain]:  # a feature may have two tables
+    for name in [*groups.tower, *groups.gate_ids * (1 + later_tasks), *groups.domain]:
         feature, key = config.feature(name), f"features.{name}"
         tables[key] = tables.get(key, 0) + table_size(feature, stats) * feature.dim * 4 * (1 + slots)
     width = sum(config.feature(n).dim for n in groups.tower) + sum(f.kind == "numeric" for f in config.features)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ppnet.config import Config
+from ppnet.config import Config, as_written_now
 from ppnet.errors import PPNetError
 from ppnet.evaluate import evaluate_export, is_export
 from ppnet.files import atomic_directory, exclusive_lock, write_text_atomic
@@ -66,7 +66,7 @@ def replay(config: Config, base_run: str | Path, days: list[str | Path], out: st
             # overwrite: a run finished before a crash kept it from the report is trained again
             train(config, str(day), run, init_from=parent, overwrite=True)
             row = {"day": str(day), "run": run.name, "export": current.name, **{k: scored[k] for k in METRICS}}
-            # a resumed day's seconds are this process's part only: the row says so
+            # a run interrupted and resumed: its seconds are this process's only, the row says so
             rows.append(
                 {**row, "train_seconds": time.perf_counter() - started, **({"resumed": True} if resumed else {})}
             )
@@ -99,7 +99,7 @@ def started_report(out: Path, config: Config, base_run: Path, days: list[Path]) 
         raise PPNetError(f"{out}: already exists and is not a replay directory (no {REPORT}); choose a new --out")
     report = read_json(out / REPORT, "the replay's report")
     check_report(out / REPORT, report)
-    changed = changed_keys(report.get("config"), fresh["config"])
+    changed = changed_keys(as_written_now(report.get("config")), fresh["config"])
     recorded = [Path(row["day"]) for row in report["days"]]
     if report.get("base") != fresh["base"]:
         reason = f"its base is {report.get('base')}, not {fresh['base']}"
@@ -117,13 +117,14 @@ def started_report(out: Path, config: Config, base_run: Path, days: list[Path]) 
 
 def check_report(path: Path, report: dict) -> None:
     """A report to resume has what ``replay`` reads back (``complete``, and ``days`` rows each
-    naming its ``day`` and ``run``); anything else, e.g. a hand-edited file, is one line."""
+    naming its ``day``, ``run`` and scores); anything else, e.g. a hand-edited file, is one line."""
     rows = report.get("days") if isinstance(report, dict) else None
-    shape_ok = isinstance(rows, list) and all(isinstance(r, dict) and {"day", "run"} <= r.keys() for r in rows)
+    keys = {"day", "run", *METRICS}
+    shape_ok = isinstance(rows, list) and all(isinstance(r, dict) and keys <= r.keys() for r in rows)
     if not shape_ok or not isinstance(report.get("complete"), bool):
         raise PPNetError(
             f"{path}: not a replay report ppnet wrote (expected a true/false 'complete' and 'days' rows "
-            "with 'day' and 'run'); choose a new --out"
+            f"with {sorted(keys)}); choose a new --out"
         )
 
 

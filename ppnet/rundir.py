@@ -33,7 +33,7 @@ from typing import Any
 import tensorflow as tf
 
 import ppnet
-from ppnet.config import Config, config_from_dict, save_config
+from ppnet.config import Config, as_written_now, config_from_dict, save_config
 from ppnet.errors import PPNetError
 from ppnet.files import remove_leftovers, replace_directory, write_text_atomic
 from ppnet.model import RankingModel, build_model
@@ -119,8 +119,9 @@ def identity_change(saved: dict, current: dict) -> str | None:
         return "its run.json is missing or unreadable"
     if saved.get("ppnet") != current["ppnet"]:
         return f"it was written by ppnet {saved.get('ppnet')}, this is {current['ppnet']}"
-    if saved.get("config") != current["config"]:
-        keys = changed_keys(saved.get("config", {}), current["config"])
+    saved_config = as_written_now(saved.get("config", {}))
+    if saved_config != current["config"]:
+        keys = changed_keys(saved_config, current["config"])
         return f"its config differs in {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
     old, new = saved.get("inputs", {}), current["inputs"]
     for key in ("data", "valid"):

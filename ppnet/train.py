@@ -299,10 +299,11 @@ def gate_settings(config: Config) -> dict:
     """The gate settings a run used, for ``metrics.json``: none for the models without gates."""
     if not config.model.gated:
         return {}
-    return {
+    settings = {
         "gate_stop_gradient": config.model.gate_stop_gradient,
         "personal_ids_in_tower": config.model.personal_ids_in_tower,
     }
+    return {**settings, "task_sharing": config.model.task_sharing} if len(config.tasks) > 1 else settings
 
 
 def setup_run(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ppnet.config import Config, apply_override, config_from_dict, load_config
+from ppnet.config import Config, apply_override, as_written_now, config_from_dict, load_config
 from ppnet.errors import PPNetError
 from tests.helpers import DEFAULT_CONFIG
 
@@ -415,3 +415,13 @@ def test_a_bad_file_is_blamed_on_the_file_even_with_overrides(tmp_path: Path) ->
     config.write_text(DEFAULT_CONFIG.read_text().replace("dropout = 0.1", "dropout = 5.0"))
     assert _error(load_config, config, ["train.epochs=1"]).startswith(f"{config}: model.dropout")
     assert load_config(config, ["model.dropout=0.2"]).model.dropout == 0.2  # an override may fix the file
+
+
+def test_a_saved_config_from_before_a_new_key_reads_as_written_now(raw: dict) -> None:
+    """Resuming across an upgrade compares configs as this version writes them: a key added since
+    (absent from the saved one) takes its default; a config that no longer loads is left as is."""
+    written = config_from_dict(raw).to_dict()
+    del written["model"]["task_sharing"]
+    assert as_written_now(written) == config_from_dict(raw).to_dict()
+    broken = {**written, "model": {**written["model"], "name": "nope"}}
+    assert as_written_now(broken) == broken and as_written_now(None) is None

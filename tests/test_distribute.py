@@ -24,11 +24,9 @@ from tests.helpers import MULTITASK_CONFIG, SMALL_OVERRIDES, multitask_config
 
 # A parent run and its continuation: the user_id table (hashed, 4 MiB) makes the 16-dim tables big
 # enough for the parameter servers to shard them, and so do the towers' first kernels (1024 units);
-# video_id (min_count 1, in the same table) grows. Later tasks have id tables of their own
-# ("primary" sharing), which grow and shard as the shared ones do.
+# video_id (min_count 1, in the same table) grows.
 CONTINUED = (
     "model.hidden_units=[1024, 16]",
-    'model.task_sharing="primary"',
     "train.epochs=1",
     "train.precision=float32",
     "features.user_id.kind=hash",
@@ -116,11 +114,18 @@ def early_days(synthetic_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_parent(early_days, tmp_path_factory):
-    """A run trained without tf.distribute on the first five days."""
-    run = tmp_path_factory.mktemp("parent") / "run"
-    train(multitask_config(*CONTINUED), str(early_days), run)
-    return run
+def local_parents(early_days, tmp_path_factory):
+    """Runs trained without tf.distribute on the first five days, by ``model.task_sharing``
+    (each trained when first asked for)."""
+    runs = {}
+
+    def parent(sharing: str):
+        if sharing not in runs:
+            runs[sharing] = tmp_path_factory.mktemp(f"parent-{sharing}") / "run"
+            train(multitask_config(*CONTINUED, f'model.task_sharing="{sharing}"'), str(early_days), runs[sharing])
+        return runs[sharing]
+
+    return parent
 
 
 def export_scores(run, split: Split) -> dict[str, np.ndarray]:
@@ -135,16 +140,19 @@ TOLERANCE = 1e-4  # of a probability
 
 
 @pytest.mark.parametrize(
-    "cluster", [["--workers", "2"], ["--workers", "2", "--ps", "2"]], ids=["multi_worker", "parameter_server"]
+    "cluster, sharing",
+    [(["--workers", "2"], "joint"), (["--workers", "2", "--ps", "2"], "primary")],
+    ids=["multi_worker", "parameter_server"],
 )
 def test_a_cluster_run_continues_a_local_run_grows_its_tables_and_exports(
-    local_parent, early_days, synthetic_dir, tmp_path, cluster
+    local_parents, early_days, synthetic_dir, tmp_path, cluster, sharing
 ):
-    run = tmp_path / "run"
+    # under parameter servers the later tasks' own id tables ("primary") grow and shard as the shared ones
+    local_parent, run = local_parents(sharing), tmp_path / "run"
     # All eight days (new video ids), at a learning rate too small to move a weight visibly: the
     # continued export must score the parent's rows as the parent does, new rows and all. Nothing
     # held out, as a production daily step runs (the other cluster tests validate every epoch).
-    sets = [*CONTINUED, "train.learning_rate=1e-9", "data.valid_last=0"]
+    sets = [*CONTINUED, f'model.task_sharing="{sharing}"', "train.learning_rate=1e-9", "data.valid_last=0"]
     result = launch_local(synthetic_dir, run, cluster, sets, ("--init-from", str(local_parent)))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())

@@ -264,6 +264,7 @@ def test_untrained_pepnet_is_ppnet_and_epnet_reads_the_shared_embeddings_under_s
         ["model.name=mmoe", "model.experts=3", "train.optimizer=sgd"],
         ["features.user_id.kind=hash", "features.user_id.bins=1000"],
         ["multitask"],  # pepnet, three towers
+        ["multitask", 'model.task_sharing="primary"'],  # and the later tasks' own id tables
         ["multitask", "model.name=mmoe", "model.domain_features=[]"],
     ],
 )

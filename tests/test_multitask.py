@@ -269,6 +269,7 @@ def test_primary_sharing_trains_the_shared_parts_by_the_first_task_alone(split_a
         assert all(float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) > 0 for g in gradients), task
     first = tape.gradient(losses[TASKS[0]], shared)
     for alone, joint in zip(first, tape.gradient(total, shared), strict=True):
+        assert (alone is None) == (joint is None)
         if alone is not None:
             np.testing.assert_allclose(tf.convert_to_tensor(joint), tf.convert_to_tensor(alone), rtol=1e-4, atol=1e-7)
 

@@ -291,7 +291,8 @@ def test_a_replay_directory_of_other_arguments_is_refused(parent_run, days, tmp_
     if change == "config":
         recorded["config"]["train"]["learning_rate"] = 0.5
     if change == "days":
-        recorded["days"] = [{"day": str(later[1]), "run": "1-x"}]
+        scores = {"auc": 0.6, "gauc": 0.6, "logloss": 0.6, "rows": 10}
+        recorded["days"] = [{"day": str(later[1]), "run": "1-x", **scores}]
     if change == "damaged":  # edited by hand
         del recorded["days"]
     out.mkdir()
