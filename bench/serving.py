@@ -62,7 +62,7 @@ class MultiplyColumns(tf.Module):
 
 class FrozenTower(tf.Module):
     """The model's tower and gates alone, weights frozen as in the export, fed their input tensors
-    (``x0`` the tower's, ``x1``... the parts of the gates', then later tasks' own embeddings, in
+    (``x0`` the tower's, ``x1``... the parts of the gates', then later tasks' own id embeddings, in
     ``TowerInputs.head_inputs()`` order): the floor its own arithmetic sets for a call, with no
     parsing, lookups or embeddings."""
 

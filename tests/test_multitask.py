@@ -38,6 +38,17 @@ np.savez(output, **{k: v.numpy() for k, v in {**served, **gates}.items()})
 """
 
 
+def served_without_ppnet(export, arrays: dict[str, np.ndarray], tmp_path) -> dict[str, np.ndarray]:
+    """Every output of ``export``'s ``serving_default`` and ``gates`` on ``arrays``, computed in a
+    fresh process that cannot import ppnet."""
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    command = [sys.executable, "-c", RELOAD_SCRIPT, str(export), str(tmp_path / "inputs.npz"), str(tmp_path / "o.npz")]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return dict(np.load(tmp_path / "o.npz"))
+
+
 def with_tasks(tasks: list[dict], *sets: str):
     """The multi-task config with ``tasks`` as its ``[[tasks]]`` (shrunk like the test config)."""
     from ppnet.config import apply_override
@@ -81,13 +92,7 @@ def test_export_names_every_task_and_serves_the_model_without_ppnet(multitask_ru
     kinds = json.loads((multitask_run / "stats.json").read_text())["kinds"]
     _, rows = next(Split((sorted(synthetic_dir.glob("*.parquet"))[-1],)).batches(list(kinds), 300))
     arrays = to_arrays(rows, kinds)
-    np.savez(tmp_path / "inputs.npz", **arrays)
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    export = multitask_run / "export" / "1"
-    command = [sys.executable, "-c", RELOAD_SCRIPT, str(export), str(tmp_path / "inputs.npz"), str(tmp_path / "o.npz")]
-    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    served = dict(np.load(tmp_path / "o.npz"))
+    served = served_without_ppnet(multitask_run / "export" / "1", arrays, tmp_path)
     model = load_run(multitask_run)
     output = model.forward({k: tf.constant(v) for k, v in arrays.items()})
     for task in TASKS:
@@ -283,12 +288,7 @@ def test_primary_sharing_exports_every_task_served_without_ppnet(split_and_stats
     export = export_model(model, tmp_path / "export")
     _, rows = next(valid_split.batches(list(kinds), 200))
     arrays = to_arrays(rows, kinds)
-    np.savez(tmp_path / "inputs.npz", **arrays)
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    command = [sys.executable, "-c", RELOAD_SCRIPT, str(export), str(tmp_path / "inputs.npz"), str(tmp_path / "o.npz")]
-    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    served = dict(np.load(tmp_path / "o.npz"))
+    served = served_without_ppnet(export, arrays, tmp_path)
     logits = model.forward({k: tf.constant(v) for k, v in arrays.items()}).logits
     for task in TASKS:
         np.testing.assert_allclose(
