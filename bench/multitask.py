@@ -33,6 +33,9 @@ MODELS = {
     "pepnet": ["model.name=pepnet"],
     "pepnet_joint": ["model.name=pepnet", JOINT],
 }
+# pepnet without any task building on another's logit (``[[tasks]] builds_on``), where the config
+# has one: what that transfer is worth.
+UNBUILT = "pepnet_no_builds_on"
 # The multi-task config of a log, by its single-task config's file name, in the same directory.
 MULTITASK_CONFIGS = {"kuairand.toml": "kuairand_multitask.toml", "default.toml": "multitask.toml"}
 # The single-task PPNet on each label; no refit pass after the chosen epoch (the leaderboard scores
@@ -59,14 +62,16 @@ def plan(
     alike instead of the ones that happened to run during it, so their speeds stay comparable.
     The user's overrides come first; the model's own settings and the seed win.
     """
-    tasks = load_config(multi_path, overrides).task_names
+    config = load_config(multi_path, overrides)
+    unbuilt = [f'tasks.{task.name}.builds_on=""' for task in config.tasks if task.builds_on]
+    models = {**MODELS, **({UNBUILT: [*MODELS["pepnet"], *unbuilt]} if unbuilt else {})}
     runs = []
     for seed in seeds:
         runs += [
             (SINGLE, single_path, [*overrides, *SINGLE_SETS, f"data.label={task}", f"train.seed={seed}"])
-            for task in tasks
+            for task in config.task_names
         ]
-        runs += [(model, multi_path, [*overrides, *sets, f"train.seed={seed}"]) for model, sets in MODELS.items()]
+        runs += [(model, multi_path, [*overrides, *sets, f"train.seed={seed}"]) for model, sets in models.items()]
     return runs
 
 

@@ -43,12 +43,15 @@ class Task:
     """One objective: a 0/1 label column (``name``), its loss ``weight`` and an optional ``mask``.
 
     ``mask`` names a 0/1 column: the task's loss and metrics count only the rows where it is 1
-    (e.g. a conversion task that only exists after a click).
+    (e.g. a conversion task that only exists after a click). ``builds_on`` names an earlier task
+    whose logit, under ``stop_gradient``, this task's logit adds a learned multiple of (from 0):
+    for a task whose positives are nearly all the other's (a long view is a click).
     """
 
     name: str
     weight: float = 1.0
     mask: str = ""
+    builds_on: str = ""
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,8 @@ def save_config(config: Config, path: Path) -> None:
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``--set`` override such as ``model.name=dnn`` or ``features.user_id.dim=32``.
+    """Apply one ``--set`` override such as ``model.name=dnn``, ``features.user_id.dim=32`` or
+    ``tasks.is_like.weight=3``.
 
     The value is parsed as a TOML value (numbers, booleans, lists), falling back to a string.
     """
@@ -227,12 +231,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     except tomllib.TOMLDecodeError:
         value = text
     parts = key.split(".")
-    if parts[0] == "features":
+    if parts[0] in ("features", "tasks"):  # lists of tables, addressed by name
+        kind = parts[0][:-1]
         if len(parts) != 3:
-            raise PPNetError(f"--set {item!r}: feature overrides look like features.NAME.KEY=VALUE")
-        matches = [f for f in raw.get("features", []) if f.get("name") == parts[1]]
+            raise PPNetError(f"--set {item!r}: {kind} overrides look like {parts[0]}.NAME.KEY=VALUE")
+        matches = [table for table in raw.get(parts[0], []) if table.get("name") == parts[1]]
         if not matches:
-            raise PPNetError(f"--set {item!r}: no feature named {parts[1]!r} in the config")
+            raise PPNetError(f"--set {item!r}: no {kind} named {parts[1]!r} in the config's [[{parts[0]}]]")
         matches[0][parts[2]] = value
         return
     if len(parts) != 2:
@@ -341,6 +346,10 @@ def _check_tasks(config: Config, source: str) -> None:
             )
         if task.mask == task.name:
             raise PPNetError(f"{where}.mask is the task's own label")
+        if task.builds_on and task.builds_on not in tasks[:i]:
+            raise PPNetError(
+                f"{where}.builds_on {task.builds_on!r}: expected an earlier task's name, one of {tasks[:i]}"
+            )
     dupes = sorted({n for n in tasks if tasks.count(n) > 1})
     if dupes:
         raise PPNetError(f"{source}: task(s) {dupes} listed more than once in [[tasks]]")

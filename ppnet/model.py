@@ -20,6 +20,7 @@ from ppnet.layers import (
     GatedTower,
     GateNNs,
     GroupedEmbedding,
+    LogitTransfer,
     MixtureOfExperts,
     StoppedIdFields,
     StoppedTowerInput,
@@ -131,6 +132,7 @@ class RankingModel(tfrs.Model):
         model = config.model
         self.gated = model.gated
         self.task_names = config.task_names  # the label columns; the first is the primary task
+        self.builds_on = {task.name: task.builds_on for task in config.tasks if task.builds_on}
         self.groups = FeatureGroups.of(config)
         self.lookups = {
             f.name: make_lookup(f, stats.kinds[f.name], stats.vocabularies.get(f.name))
@@ -175,6 +177,8 @@ class RankingModel(tfrs.Model):
         if len(self.task_names) > 1:
             self.task_towers = dict(zip(self.task_names[1:], towers[1:]))
             self.task_rankings = dict(zip(self.task_names[1:], rankings[1:]))
+        if self.builds_on:  # created only then: the other models' checkpoints keep their layout
+            self.logit_transfers = {task: LogitTransfer(name=f"{task}_builds_on") for task in self.builds_on}
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
     def _tower(self, task: str, name: str) -> GatedTower:
@@ -307,7 +311,8 @@ class RankingModel(tfrs.Model):
     def heads(self, inputs: TowerInputs, training: bool = False) -> ModelOutput:
         """Each task's tower on the inputs (under ``mmoe``, on the task's mixture of the experts):
         logits and gate values by task. All towers read the same inputs, except later tasks'
-        under ``task_sharing = "primary"`` (``task_input``)."""
+        under ``task_sharing = "primary"`` (``task_input``); a task that ``builds_on`` an earlier
+        one adds a learned multiple of that task's logit to its own (``LogitTransfer``)."""
         towers = self.towers()
         if self.config.model.name == "mmoe":
             tower_inputs = self.mmoe(inputs.tower, training=training)
@@ -317,6 +322,8 @@ class RankingModel(tfrs.Model):
         for (task, tower), x in zip(towers.items(), tower_inputs, strict=True):
             x, gate_parts = self.task_input(inputs, task, x)
             logits[task], gates[task] = tower(x, gate_parts or None, training=training, return_gates=True)
+            if task in self.builds_on:  # an earlier task's: already computed
+                logits[task] = self.logit_transfers[task](logits[task], logits[self.builds_on[task]])
         return ModelOutput(logits, gates)
 
     @staticmethod

@@ -82,7 +82,11 @@ def _shape_keys(config: Config) -> dict:
     raw = config.to_dict()
     model = {k: v for k, v in raw["model"].items() if k not in FREE_MODEL_KEYS}
     features = [{k: v for k, v in f.items() if k != "min_count"} for f in raw["features"]]
-    return {"features": features, "model": model, "tasks": [t["name"] for t in raw["tasks"]]}
+    return {
+        "features": features,
+        "model": model,
+        "tasks": [{k: t[k] for k in ("name", "builds_on")} for t in raw["tasks"]],
+    }
 
 
 def _at(tree, dotted: str):

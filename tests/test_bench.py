@@ -284,19 +284,22 @@ def test_markdown_has_the_multitask_leaderboard(smoke):
 
 def test_multitask_plan_runs_every_model_per_seed_with_valid_configs():
     from bench.harness import CONFIGS
-    from bench.multitask import SINGLE, multitask_config, plan
+    from bench.multitask import SINGLE, UNBUILT, multitask_config, plan
     from ppnet.config import load_config
 
     single = CONFIGS / "kuairand.toml"
     multi = multitask_config(single)
     assert multi == CONFIGS / "kuairand_multitask.toml" and multitask_config(CONFIGS / "other.toml") is None
     entries = plan(single, multi, ["train.epochs=1"], [7, 8])
+    models = [SINGLE] * 3 + MULTITASK_MODELS[1:] + [UNBUILT]  # the KuaiRand config builds long view on click
     assert [(model, sets[-1]) for model, _, sets in entries] == [
-        (model, f"train.seed={seed}") for seed in (7, 8) for model in [SINGLE] * 3 + MULTITASK_MODELS[1:]
+        (model, f"train.seed={seed}") for seed in (7, 8) for model in models
     ]
     configs = {(model, load_config(path, sets).data.label): load_config(path, sets) for model, path, sets in entries}
     for (model, label), config in configs.items():
-        name = {SINGLE: "ppnet", "pepnet_joint": "pepnet"}.get(model, model)
+        name = {SINGLE: "ppnet", "pepnet_joint": "pepnet", UNBUILT: "pepnet"}.get(model, model)
+        builds_on = {task.name: task.builds_on for task in config.tasks if task.builds_on}
+        assert builds_on == ({} if model in (SINGLE, UNBUILT) else {"long_view": "is_click"}), model
         assert config.train.epochs == 1 and config.model.name == name
         assert not config.train.refit, "the leaderboard scores the chosen epoch: no pass over the validation day"
         assert config.task_names == ([label] if model == SINGLE else TASKS), model

@@ -10,7 +10,7 @@ import pytest
 
 from ppnet.config import Config, apply_override, as_written_now, config_from_dict, load_config
 from ppnet.errors import PPNetError
-from tests.helpers import DEFAULT_CONFIG
+from tests.helpers import DEFAULT_CONFIG, MULTITASK_CONFIG
 
 KUAIRAND_CONFIG = DEFAULT_CONFIG.parent / "kuairand.toml"
 
@@ -270,6 +270,17 @@ def test_override_feature_key() -> None:
     assert config.feature("video_id").dim == load_config(DEFAULT_CONFIG).feature("video_id").dim
 
 
+def test_override_task_key() -> None:
+    config = load_config(MULTITASK_CONFIG, ["tasks.is_like.weight=3", 'tasks.long_view.builds_on="is_click"'])
+    assert [(t.name, t.weight, t.builds_on) for t in config.tasks] == [
+        ("is_click", 1.0, ""),
+        ("long_view", 1.0, "is_click"),
+        ("is_like", 3.0, ""),
+    ]
+    message = _error(load_config, MULTITASK_CONFIG, ["tasks.is_follow.weight=3"])
+    assert "no task named 'is_follow'" in message
+
+
 def test_override_types_are_parsed(raw: dict) -> None:
     apply_override(raw, "train.learning_rate=0.01")
     apply_override(raw, "model.batch_norm=true")
@@ -368,6 +379,9 @@ def test_tasks_set_the_label_and_round_trip(raw: dict) -> None:
         ([{"name": "a"}, {"name": "b", "mask": "hour"}], {}, "tasks[1].mask 'hour' is a feature"),
         ([{"name": "a"}, {"name": "b", "mask": "b"}], {}, "tasks[1].mask is the task's own label"),
         ([{"name": "a"}, {"name": "b", "weight": 0}], {}, "tasks[1].weight must be > 0"),
+        ([{"name": "a"}, {"name": "b", "builds_on": "b"}], {}, "tasks[1].builds_on 'b': expected an earlier task's"),
+        ([{"name": "a", "builds_on": "b"}, {"name": "b"}], {}, "tasks[0].builds_on 'b': expected an earlier task's"),
+        ([{"name": "a"}, {"name": "b", "builds_on": "c"}], {}, "one of ['a']"),
         ([{"name": "a"}, {"name": "b c"}], {}, "tasks[1].name 'b c'"),
         ([{"name": "a"}, {"nam": "b"}], {}, "tasks[1]: unknown key(s) ['nam']"),
         ([], {}, "non-empty list of [[tasks]]"),

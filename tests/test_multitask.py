@@ -24,6 +24,7 @@ from ppnet.stats import compute_stats
 from tests.helpers import MULTITASK_CONFIG, SMALL_OVERRIDES, multitask_config
 
 TASKS = ["is_click", "long_view", "is_like"]
+BUILDS_ON = 'tasks.long_view.builds_on="is_click"'
 
 RELOAD_SCRIPT = """
 import sys
@@ -279,12 +280,37 @@ def test_primary_sharing_trains_the_shared_parts_by_the_first_task_alone(split_a
             np.testing.assert_allclose(tf.convert_to_tensor(joint), tf.convert_to_tensor(alone), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("sharing", ["joint", "primary"])
+def test_a_task_that_builds_on_another_adds_its_stopped_logit(split_and_stats, sharing):
+    """``builds_on``: long view's logit is its tower's plus a learned multiple (from 0) of click's,
+    and long view's loss trains that multiple but never click's tower."""
+    train_split, _, kinds = split_and_stats
+    config = multitask_config(BUILDS_ON, f'model.task_sharing="{sharing}"', "model.dropout=0")
+    model = build_model(config, compute_stats(config, train_split, kinds))
+    features, targets = batch(train_split, kinds, TASKS)
+    alone = model.forward(features).logits
+    transfer = model.logit_transfers["long_view"]
+    transfer.scale.assign(0.05)
+    with tf.GradientTape() as tape:
+        logits = model.forward(features, training=True).logits
+        loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(targets["long_view"], logits["long_view"]))
+    expected = alone["long_view"] + 0.05 * transfer.speedup * alone["is_click"]
+    np.testing.assert_allclose(logits["long_view"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits["is_like"], alone["is_like"], rtol=1e-6)  # it builds on nothing
+    click_tower = model.towers()["is_click"].trainable_variables
+    gradients = tape.gradient(loss, [transfer.scale, *click_tower])
+    assert float(gradients[0]) != 0
+    assert all(g is None for g in gradients[1:])
+
+
 def test_primary_sharing_exports_every_task_served_without_ppnet(split_and_stats, tmp_path):
     from ppnet.export import export_model
 
     train_split, valid_split, kinds = split_and_stats
-    config = multitask_config('model.task_sharing="primary"')
+    config = multitask_config(BUILDS_ON, 'model.task_sharing="primary"')
     model = build_model(config, compute_stats(config, train_split, kinds))
+    model.logit_transfers["long_view"].build(None)
+    model.logit_transfers["long_view"].scale.assign(0.05)  # not the identity it starts as
     export = export_model(model, tmp_path / "export")
     _, rows = next(valid_split.batches(list(kinds), 200))
     arrays = to_arrays(rows, kinds)

@@ -27,8 +27,8 @@ from ppnet.rundir import load_run, partial_dir, restore_best
 from ppnet.stats import compute_stats
 from ppnet.tf_private import adam_moments
 from ppnet.train import train
-from ppnet.warmstart import Parent, ParentCheckpoint, check_kinds, warm_start
-from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES, small_config
+from ppnet.warmstart import Parent, ParentCheckpoint, check_compatible, check_kinds, warm_start
+from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES, multitask_config, small_config
 
 # min_count 1: every id of the parent's training rows has a row of its own, so before any step the
 # continued model scores those rows as the parent does (ids that reach min_count only with the new
@@ -339,3 +339,12 @@ def test_replay_never_scores_a_day_with_a_model_trained_on_it(days, tmp_path):
     scored_before = [day["auc"] for day in report["days"]]
     assert min(trained_on_the_day) > 0.9, "one pass learns the day's tokens: a model trained on a day would show"
     assert max(scored_before) < 0.8, "every day is scored by a model that has not trained on it"
+
+
+def test_a_task_that_builds_on_another_where_the_parent_did_not_is_refused(tmp_path):
+    """``builds_on`` adds a variable: a parent without it cannot be continued with it."""
+    parent = Parent(tmp_path, multitask_config(), stats=None)
+    child = multitask_config('tasks.long_view.builds_on="is_click"')
+    with pytest.raises(PPNetError, match=r"tasks\[1\]\.builds_on differs from the parent run's \(''"):
+        check_compatible(parent, child)
+    check_compatible(parent, multitask_config("train.learning_rate=0.01"))  # a free key is accepted
