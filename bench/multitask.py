@@ -60,15 +60,17 @@ def plan(
 
     Seed by seed, every model once: a neighbour's burst on a shared machine then slows all models
     alike instead of the ones that happened to run during it, so their speeds stay comparable.
-    The user's overrides come first; the model's own settings and the seed win.
+    The user's overrides come first (``tasks.*`` ones in the multi-task runs only); the model's own
+    settings and the seed win.
     """
     config = load_config(multi_path, overrides)
     unbuilt = [f'tasks.{task.name}.builds_on=""' for task in config.tasks if task.builds_on]
     models = {**MODELS, **({UNBUILT: [*MODELS["pepnet"], *unbuilt]} if unbuilt else {})}
+    single_overrides = [item for item in overrides if not item.startswith("tasks.")]  # it has no [[tasks]]
     runs = []
     for seed in seeds:
         runs += [
-            (SINGLE, single_path, [*overrides, *SINGLE_SETS, f"data.label={task}", f"train.seed={seed}"])
+            (SINGLE, single_path, [*single_overrides, *SINGLE_SETS, f"data.label={task}", f"train.seed={seed}"])
             for task in config.task_names
         ]
         runs += [(model, multi_path, [*overrides, *sets, f"train.seed={seed}"]) for model, sets in models.items()]

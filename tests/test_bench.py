@@ -290,8 +290,8 @@ def test_multitask_plan_runs_every_model_per_seed_with_valid_configs():
     single = CONFIGS / "kuairand.toml"
     multi = multitask_config(single)
     assert multi == CONFIGS / "kuairand_multitask.toml" and multitask_config(CONFIGS / "other.toml") is None
-    entries = plan(single, multi, ["train.epochs=1"], [7, 8])
-    models = [SINGLE] * 3 + MULTITASK_MODELS[1:] + [UNBUILT]  # the KuaiRand config builds long view on click
+    entries = plan(single, multi, ["train.epochs=1", 'tasks.long_view.builds_on="is_click"'], [7, 8])
+    models = [SINGLE] * 3 + MULTITASK_MODELS[1:] + [UNBUILT]  # where a task builds on another: without it too
     assert [(model, sets[-1]) for model, _, sets in entries] == [
         (model, f"train.seed={seed}") for seed in (7, 8) for model in models
     ]
