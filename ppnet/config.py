@@ -89,6 +89,9 @@ class ModelConfig:
     # every task ("joint"), or the first alone ("primary"; the others read them under stop_gradient,
     # their gates beside id tables of their own). See docs/multitask.md.
     task_sharing: Literal["joint", "primary"] = "joint"
+    # Under "primary": categorical features each later task also embeds in tables of its own, which
+    # its tower reads beside the shared input (item and context fields order one user's candidates).
+    task_features: list[str] = field(default_factory=list)
 
     @property
     def gated(self) -> bool:
@@ -328,6 +331,23 @@ def _check_domain(config: Config, source: str) -> None:
         raise PPNetError(f"{source}: model.domain_features lists a feature twice")
 
 
+def _check_task_features(config: Config, source: str) -> None:
+    """``model.task_features``: declared, categorical, listed once, and only under primary sharing."""
+    wanted = config.model.task_features
+    if wanted and config.model.task_sharing != "primary":
+        raise PPNetError(f'{source}: model.task_features needs model.task_sharing = "primary"')
+    names = [f.name for f in config.features]
+    for name in wanted:
+        if name not in names:
+            raise PPNetError(f"{source}: model.task_features names {name!r}, which is not a declared feature")
+        if config.feature(name).kind == "numeric":
+            raise PPNetError(
+                f"{source}: model.task_features: {name!r} is numeric; a task's own tables embed vocab or hash features"
+            )
+    if len(set(wanted)) != len(wanted):
+        raise PPNetError(f"{source}: model.task_features lists a feature twice")
+
+
 def _check_tasks(config: Config, source: str) -> None:
     """Task names usable as output names, unique, not features; masks and the selection rule valid."""
     names = [f.name for f in config.features]
@@ -365,6 +385,7 @@ def _check_tasks(config: Config, source: str) -> None:
             f'{source}: model.task_sharing = "primary" needs gate_stop_gradient = "shared" '
             "(each later task's gates then read id tables of their own)"
         )
+    _check_task_features(config, source)
     if config.train.select_by not in ("mean", *tasks):
         raise PPNetError(
             f'{source}: train.select_by must be "mean" or a task name {tasks}, got {config.train.select_by!r}'

@@ -65,7 +65,9 @@ class TowerInputs(NamedTuple):
     (``[batch, g_i]`` each, none for the DNN), the embedding rows looked up (``[batch, fields,
     dim]`` per table group, for the L2 penalty), EPNet's gate on the shared embeddings (``[batch,
     e]``, ``pepnet`` only), and under ``model.task_sharing = "primary"`` each later task's own
-    embeddings of the personal ids, by task (``[batch, g]``, its gates' input beside the shared one).
+    embeddings of the personal ids, by task (``[batch, g]``, its gates' input beside the shared one),
+    and its own embeddings of ``model.task_features`` (``[batch, t]``, its tower's input beside the
+    shared one).
     """
 
     tower: tf.Tensor
@@ -73,17 +75,18 @@ class TowerInputs(NamedTuple):
     embedding_rows: list[tf.Tensor]
     epnet_gate: tf.Tensor | None = None
     task_ids: dict[str, tf.Tensor] | None = None
+    task_embeddings: dict[str, tf.Tensor] | None = None
 
     def head_inputs(self) -> tuple:
         """The tensors the heads read, as one nested structure (``tf.nest`` flattens it for the
         export's frozen towers)."""
-        return (self.tower, self.gate_parts, self.task_ids or {})
+        return (self.tower, self.gate_parts, self.task_ids or {}, self.task_embeddings or {})
 
     @classmethod
     def of_heads(cls, structure: tuple) -> TowerInputs:
         """Inputs holding only what the heads read, from a ``head_inputs()`` structure."""
-        tower, gate_parts, task_ids = structure
-        return cls(tower, list(gate_parts), [], task_ids=dict(task_ids))
+        tower, gate_parts, task_ids, task_embeddings = structure
+        return cls(tower, list(gate_parts), [], task_ids=dict(task_ids), task_embeddings=dict(task_embeddings))
 
 
 class ModelOutput(NamedTuple):
@@ -161,6 +164,14 @@ class RankingModel(tfrs.Model):
                 task: {
                     group: self._tables(names, f"{task}_gate_embedding_{group}")
                     for group, names in self.gate_fields.items()
+                }
+                for task in self.task_names[1:]
+            }
+        if model.task_features:  # created only then: the other models' checkpoints keep their layout
+            self.task_fields = grouped([config.feature(n) for n in model.task_features])
+            self.task_embeddings = {
+                task: {
+                    group: self._tables(names, f"{task}_embedding_{group}") for group, names in self.task_fields.items()
                 }
                 for task in self.task_names[1:]
             }
@@ -248,6 +259,7 @@ class RankingModel(tfrs.Model):
         if self.groups.domain:
             groups.append((self.domain_embeddings, self.domain_fields))
         groups += [(tables, self.gate_fields) for tables in getattr(self, "task_gate_embeddings", {}).values()]
+        groups += [(tables, self.task_fields) for tables in getattr(self, "task_embeddings", {}).values()]
         return groups
 
     def table_rows(self, name: str, gate: bool = False) -> tuple[tf.Variable, slice]:
@@ -285,13 +297,17 @@ class RankingModel(tfrs.Model):
             shared, epnet_gate = self.epnet_scaled(tf.concat(shared, axis=-1), domain_rows, training)
         tower_input = tf.concat(shared + numeric, axis=-1)
         gate_parts = self.gate_input(tower_input, tower_rows, numeric, id_rows) if self.gate_input else []
-        task_ids, task_rows = {}, []
+        task_ids, task_embeddings, task_rows = {}, {}, []
         for task, tables in getattr(self, "task_gate_embeddings", {}).items():
             own = list(self._embed(tables, self.gate_fields, index).values())
             task_ids[task] = tf.concat([flatten(rows) for rows in own], axis=-1)
             task_rows += own
+        for task, tables in getattr(self, "task_embeddings", {}).items():
+            own = list(self._embed(tables, self.task_fields, index).values())
+            task_embeddings[task] = tf.concat([flatten(rows) for rows in own], axis=-1)
+            task_rows += own
         rows = tower_rows + id_rows + domain_rows + task_rows
-        return TowerInputs(tower_input, gate_parts, rows, epnet_gate, task_ids or None)
+        return TowerInputs(tower_input, gate_parts, rows, epnet_gate, task_ids or None, task_embeddings or None)
 
     def epnet_scaled(
         self, shared: tf.Tensor, domain_rows: list[tf.Tensor], training: bool
@@ -332,12 +348,14 @@ class RankingModel(tfrs.Model):
         tower reads the shared input under ``stop_gradient``, and its gates read that and its own
         personal-id embeddings: its loss trains only its tower, gates and id tables, so the shared
         parts get the first task's gradient alone, as with one task, and every task can peak at
-        the same epoch."""
+        the same epoch. With ``model.task_features`` its tower also reads its own embeddings of
+        those features."""
         own_ids = (inputs.task_ids or {}).get(task)
         if own_ids is None:
             return shared, inputs.gate_parts
         stopped = tf.stop_gradient(shared)
-        return stopped, [stopped, own_ids]
+        own = (inputs.task_embeddings or {}).get(task)
+        return (stopped if own is None else tf.concat([stopped, own], axis=-1)), [stopped, own_ids]
 
     def forward(self, features: dict[str, tf.Tensor], training: bool = False) -> ModelOutput:
         """Logits and gate values by task, from raw columns ``{name: [batch]}``."""
@@ -422,7 +440,8 @@ def weight_bytes(config: Config, stats: Stats) -> dict[str, int]:
     # a feature may have several tables: the tower's, the gates' own, and each later task's own
     later_tasks = len(config.task_names) - 1 if config.model.task_sharing == "primary" else 0
     tables: dict[str, int] = {}
-    for name in [*groups.tower, *groups.gate_ids * (1 + later_tasks), *groups.domain]:
+    task_features = config.model.task_features * later_tasks
+    for name in [*groups.tower, *groups.gate_ids * (1 + later_tasks), *groups.domain, *task_features]:
         feature, key = config.feature(name), f"features.{name}"
         tables[key] = tables.get(key, 0) + table_size(feature, stats) * feature.dim * 4 * (1 + slots)
     width = sum(config.feature(n).dim for n in groups.tower) + sum(f.kind == "numeric" for f in config.features)
@@ -441,16 +460,20 @@ def dense_weights(config: Config, width: int) -> int:
         return (inputs + 1) * hidden + (model.gate_hidden + 1) * sum(widths)
 
     tasks = len(config.tasks)
+    transfers = sum(1 for task in config.tasks if task.builds_on)  # one scalar each (LogitTransfer)
     if model.name == "mmoe":
         experts = model.experts * mlp(model.hidden_units[:-1], width) + tasks * (width + 1) * model.experts
-        return experts + tasks * mlp([model.hidden_units[-1], 1], model.hidden_units[-2])
-    towers = tasks * mlp([*model.hidden_units, 1], width)
+        return experts + tasks * mlp([model.hidden_units[-1], 1], model.hidden_units[-2]) + transfers
+    # the later tasks' towers also read their own embeddings of model.task_features
+    own = sum(config.feature(n).dim for n in model.task_features)
+    widths = [width] + [width + own] * (tasks - 1)
+    towers = sum(mlp([*model.hidden_units, 1], w) for w in widths) + transfers
     if model.name == "dnn":
         return towers
     gate_input = width + sum(config.feature(n).dim for n in groups.gate_ids)
     shared = sum(config.feature(n).dim for n in groups.tower)  # what EPNet scales: the embeddings, not numerics
     epnet = gates(shared + sum(config.feature(n).dim for n in groups.domain), [shared]) if groups.domain else 0
-    return towers + tasks * gates(gate_input, [width, *model.hidden_units]) + epnet
+    return towers + sum(gates(gate_input, [w, *model.hidden_units]) for w in widths) + epnet
 
 
 def build_model(config: Config, stats: Stats, compile: bool = True, precision: str = "float32") -> RankingModel:

@@ -400,6 +400,21 @@ def test_tasks_set_the_label_and_round_trip(raw: dict) -> None:
         ),
         (
             [{"name": "a"}, {"name": "b"}],
+            {"model": {"task_features": ["tab"]}},
+            'model.task_features needs model.task_sharing = "primary"',
+        ),
+        (
+            [{"name": "a"}, {"name": "b"}],
+            {"model": {"task_sharing": "primary", "task_features": ["device"]}},
+            "model.task_features names 'device', which is not a declared feature",
+        ),
+        (
+            [{"name": "a"}, {"name": "b"}],
+            {"model": {"task_sharing": "primary", "task_features": ["tab", "tab"]}},
+            "model.task_features lists a feature twice",
+        ),
+        (
+            [{"name": "a"}, {"name": "b"}],
             {"model": {"task_sharing": "first"}},
             "[model].task_sharing: expected one of ['joint', 'primary']",
         ),

@@ -25,6 +25,7 @@ from tests.helpers import MULTITASK_CONFIG, SMALL_OVERRIDES, multitask_config
 
 TASKS = ["is_click", "long_view", "is_like"]
 BUILDS_ON = 'tasks.long_view.builds_on="is_click"'
+TASK_FEATURES = '["video_type", "tab", "hour"]'  # tables of two dimensions (tab's is 4)
 
 RELOAD_SCRIPT = """
 import sys
@@ -235,12 +236,13 @@ def test_tensorboard_has_every_task_validation_metrics(multitask_run):
 
 def shared_and_own_variables(model) -> tuple[list[tf.Variable], dict[str, list[tf.Variable]]]:
     """The variables every task's tower reads (shared tables, EPNet) and each task's own (its
-    tower, and under ``task_sharing = "primary"`` its personal-id tables), by task."""
-    own_ids = getattr(model, "task_gate_embeddings", {})
+    tower, and under ``task_sharing = "primary"`` its personal-id tables and those of
+    ``model.task_features``), by task."""
+    tables = [getattr(model, "task_gate_embeddings", {}), getattr(model, "task_embeddings", {})]
     own = {
         task: [
             *tower.trainable_variables,
-            *[v for table in own_ids.get(task, {}).values() for v in table.trainable_variables],
+            *[v for by_task in tables for table in by_task.get(task, {}).values() for v in table.trainable_variables],
         ]
         for task, tower in model.towers().items()
     }
@@ -248,13 +250,15 @@ def shared_and_own_variables(model) -> tuple[list[tf.Variable], dict[str, list[t
     return [v for v in model.trainable_variables if id(v) not in owned], own
 
 
-@pytest.mark.parametrize("name", ["ppnet", "pepnet"])
-def test_primary_sharing_trains_the_shared_parts_by_the_first_task_alone(split_and_stats, name):
-    """Under ``task_sharing = "primary"`` a later task's loss reaches only its own id tables and
-    tower, and the shared parts get exactly the first task's gradient: it learns as it would alone."""
+@pytest.mark.parametrize("name, task_features", [("ppnet", "[]"), ("pepnet", "[]"), ("pepnet", TASK_FEATURES)])
+def test_primary_sharing_trains_the_shared_parts_by_the_first_task_alone(split_and_stats, name, task_features):
+    """Under ``task_sharing = "primary"`` a later task's loss reaches only its own tables (id tables
+    and those of ``model.task_features``) and tower, and the shared parts get exactly the first
+    task's gradient: it learns as it would alone."""
     train_split, _, kinds = split_and_stats
     sets = [f"model.name={name}", *([] if name == "pepnet" else ["model.domain_features=[]"])]
-    config = multitask_config(*sets, 'model.task_sharing="primary"', "model.embedding_l2=0", "model.dropout=0")
+    primary = ['model.task_sharing="primary"', f"model.task_features={task_features}"]
+    config = multitask_config(*sets, *primary, "model.embedding_l2=0", "model.dropout=0")
     model = build_model(config, compute_stats(config, train_split, kinds))
     features, targets = batch(train_split, kinds, TASKS)
     model.forward(features)  # built
@@ -307,7 +311,7 @@ def test_primary_sharing_exports_every_task_served_without_ppnet(split_and_stats
     from ppnet.export import export_model
 
     train_split, valid_split, kinds = split_and_stats
-    config = multitask_config(BUILDS_ON, 'model.task_sharing="primary"')
+    config = multitask_config(BUILDS_ON, 'model.task_sharing="primary"', f"model.task_features={TASK_FEATURES}")
     model = build_model(config, compute_stats(config, train_split, kinds))
     model.logit_transfers["long_view"].build(None)
     model.logit_transfers["long_view"].scale.assign(0.05)  # not the identity it starts as
