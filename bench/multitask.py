@@ -25,13 +25,14 @@ SINGLE = "ppnet_single_task"
 # pepnet's alone, so the others drop the domain features the config names for it. The baselines
 # are the paper's: a shared bottom (dnn) and MMoE, every task training the shared parts; ppnet and
 # pepnet share as the config says, and pepnet_joint is pepnet with every task training them.
-JOINT = 'model.task_sharing="joint"'
+# Joint sharing has no later tasks' own tables, so it drops model.task_features too.
+JOINT = ['model.task_sharing="joint"', "model.task_features=[]"]
 MODELS = {
-    "dnn": ["model.name=dnn", "model.domain_features=[]", JOINT],
-    "mmoe": ["model.name=mmoe", "model.domain_features=[]", JOINT],
+    "dnn": ["model.name=dnn", "model.domain_features=[]", *JOINT],
+    "mmoe": ["model.name=mmoe", "model.domain_features=[]", *JOINT],
     "ppnet": ["model.name=ppnet", "model.domain_features=[]"],
     "pepnet": ["model.name=pepnet"],
-    "pepnet_joint": ["model.name=pepnet", JOINT],
+    "pepnet_joint": ["model.name=pepnet", *JOINT],
 }
 # pepnet without any task building on another's logit (``[[tasks]] builds_on``), where the config
 # has one: what that transfer is worth.
