@@ -265,8 +265,8 @@ class LogitTransfer(tf.keras.layers.Layer):
 
     The multiple starts at 0 (the task's own tower alone, as without the transfer). The variable
     holds it divided by ``speedup``: Adam moves a variable by about the learning rate per step,
-    whatever its gradient, and the multiple should reach its value (about 0.4 for long view on
-    click in KuaiRand) within a few hundred steps rather than a few thousand.
+    whatever its gradient, and the multiple should reach its value (docs/multitask.md) within a
+    few hundred steps rather than a few thousand.
 
     Args:
         speedup: the multiple per unit of the variable.
