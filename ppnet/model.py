@@ -160,21 +160,10 @@ class RankingModel(tfrs.Model):
         if model.task_sharing == "primary":
             # The first task trains every shared table; each later task's gates read personal-id
             # tables of its own, trained by its loss alone (see ``task_input``).
-            self.task_gate_embeddings = {
-                task: {
-                    group: self._tables(names, f"{task}_gate_embedding_{group}")
-                    for group, names in self.gate_fields.items()
-                }
-                for task in self.task_names[1:]
-            }
+            self.task_gate_embeddings = self._later_task_tables(self.gate_fields, "gate_embedding")
         if model.task_features:  # created only then: the other models' checkpoints keep their layout
             self.task_fields = grouped([config.feature(n) for n in model.task_features])
-            self.task_embeddings = {
-                task: {
-                    group: self._tables(names, f"{task}_embedding_{group}") for group, names in self.task_fields.items()
-                }
-                for task in self.task_names[1:]
-            }
+            self.task_embeddings = self._later_task_tables(self.task_fields, "embedding")
         self.normalizer = numeric_normalizer(config.features, stats)
         if model.name == "mmoe":
             self.mmoe = MixtureOfExperts(
@@ -243,6 +232,13 @@ class RankingModel(tfrs.Model):
             name=layer_name,
         )
 
+    def _later_task_tables(self, fields: dict[str, list[str]], kind: str) -> dict[str, dict[str, GroupedEmbedding]]:
+        """Tables of ``fields`` (by group) for each later task, named ``<task>_<kind>_<group>``."""
+        return {
+            task: {group: self._tables(names, f"{task}_{kind}_{group}") for group, names in fields.items()}
+            for task in self.task_names[1:]
+        }
+
     def embedding_tables(self) -> list[GroupedEmbedding]:
         """Every embedding table of the model: the tower's, the gates' own, EPNet's domain tables
         and the later tasks' own."""
@@ -297,17 +293,26 @@ class RankingModel(tfrs.Model):
             shared, epnet_gate = self.epnet_scaled(tf.concat(shared, axis=-1), domain_rows, training)
         tower_input = tf.concat(shared + numeric, axis=-1)
         gate_parts = self.gate_input(tower_input, tower_rows, numeric, id_rows) if self.gate_input else []
-        task_ids, task_embeddings, task_rows = {}, {}, []
-        for task, tables in getattr(self, "task_gate_embeddings", {}).items():
-            own = list(self._embed(tables, self.gate_fields, index).values())
-            task_ids[task] = tf.concat([flatten(rows) for rows in own], axis=-1)
-            task_rows += own
-        for task, tables in getattr(self, "task_embeddings", {}).items():
-            own = list(self._embed(tables, self.task_fields, index).values())
-            task_embeddings[task] = tf.concat([flatten(rows) for rows in own], axis=-1)
-            task_rows += own
-        rows = tower_rows + id_rows + domain_rows + task_rows
+        task_ids, id_rows_own = self._embed_later_tasks(
+            getattr(self, "task_gate_embeddings", {}), self.gate_fields, index
+        )
+        task_embeddings, feature_rows_own = self._embed_later_tasks(
+            getattr(self, "task_embeddings", {}), getattr(self, "task_fields", {}), index
+        )
+        rows = tower_rows + id_rows + domain_rows + id_rows_own + feature_rows_own
         return TowerInputs(tower_input, gate_parts, rows, epnet_gate, task_ids or None, task_embeddings or None)
+
+    def _embed_later_tasks(
+        self, tables: dict[str, dict[str, GroupedEmbedding]], fields: dict[str, list[str]], index: dict[str, tf.Tensor]
+    ) -> tuple[dict[str, tf.Tensor], list[tf.Tensor]]:
+        """Each later task's own embeddings of ``fields``, flattened ``[batch, w]`` by task, and the
+        rows looked up (for the L2 penalty)."""
+        flat, rows = {}, []
+        for task, task_tables in tables.items():
+            own = list(self._embed(task_tables, fields, index).values())
+            flat[task] = tf.concat([flatten(r) for r in own], axis=-1)
+            rows += own
+        return flat, rows
 
     def epnet_scaled(
         self, shared: tf.Tensor, domain_rows: list[tf.Tensor], training: bool
