@@ -66,6 +66,12 @@ class GateNNs(tf.keras.layers.Layer):
     computes the same function as the plain one; the factor 2 lets training scale a unit up as
     well as down, in (0, 2).
 
+    The output layers compute in float32 under any policy: their matmuls are only ``hidden_units``
+    deep, so bfloat16 gains little there, while their sigmoid, its gradient and their bias
+    gradients are element-wise passes over the whole width of the tower, which bfloat16 makes
+    slower on CPUs (each element converted); a PEPNet training step with three towers took 14%
+    less time so (``make profile``, docs/performance.md). The gates come out in float32.
+
     ``inputs`` is one tensor or a list of its parts (concatenated in order). In training each part
     is multiplied by its own rows of the hidden kernel, so a part under ``stop_gradient`` (PPNet's
     copy of the tower's input) costs no backward matmul for its input gradient, otherwise a third
@@ -88,7 +94,7 @@ class GateNNs(tf.keras.layers.Layer):
                 activation="sigmoid",
                 kernel_initializer="zeros",
                 bias_initializer="zeros",
-                dtype=self.dtype_policy,
+                dtype="float32",
                 name=f"scale_{i}",
             )
             for i, w in enumerate(self.widths)
@@ -230,7 +236,7 @@ class GatedTower(tf.keras.layers.Layer):
         gate_values = self.gates(gate_input, training=training) if self.gated else []
         for i, dense in enumerate(self.dense):
             if self.gated:
-                x = x * gate_values[i]
+                x = x * tf.cast(gate_values[i], x.dtype)
             x = dense(x)
             if i < len(self.hidden_units):
                 if self.norms[i] is not None:

@@ -325,8 +325,7 @@ class RankingModel(tfrs.Model):
         is PPNet; the shared embeddings train through the towers only, not through their gate.
         """
         domain = tf.concat([flatten(rows) for rows in domain_rows], axis=-1)
-        (gate,) = self.epnet([domain, tf.stop_gradient(shared)], training=training)
-        gate = tf.cast(gate, shared.dtype)  # the embeddings stay float32 under mixed_bfloat16
+        (gate,) = self.epnet([domain, tf.stop_gradient(shared)], training=training)  # float32, as the embeddings
         return [shared * gate], gate
 
     def heads(self, inputs: TowerInputs, training: bool = False) -> ModelOutput:

@@ -4,9 +4,10 @@ hardware multiplies bfloat16 matrices natively.
 Matmuls are most of a training step, and a CPU with AVX512-BF16 or AMX-BF16 (or a GPU of compute
 capability 8.0 or more) multiplies bfloat16 at about twice its float32 rate. Without those
 instructions TensorFlow emulates bfloat16, slower than float32, so ``auto`` never chooses it there.
-Only the towers, their gates, EPNet and MMoE's experts compute in bfloat16: the variables, the
-optimizer state, the embedding lookups, the numeric inputs, the final logit and the loss stay
-float32, and the export is always float32.
+Only the towers' hidden layers, the hidden layers of their gates and of EPNet, and MMoE's experts
+compute in bfloat16: the variables, the optimizer state, the embedding lookups, the numeric
+inputs, the gates' output layers (see ``GateNNs``), the final logit and the loss stay float32, and
+the export is float32 unless ``train.export_precision`` says otherwise.
 """
 
 from __future__ import annotations

@@ -70,8 +70,9 @@ def test_a_bfloat16_model_scores_like_the_float32_one_with_the_same_weights(synt
     for task, logits in full_out.logits.items():
         assert half_out.logits[task].dtype == tf.float32, "the logit the loss reads is float32"
         np.testing.assert_allclose(half_out.logits[task].numpy(), logits.numpy(), atol=0.05)
+    assert all(dense.compute_dtype == "bfloat16" for dense in half.tower.dense[:-1]), "the towers compute in bfloat16"
     gates = half_out.gates[config.task_names[0]]
-    assert all(g.dtype == tf.bfloat16 for g in gates), "the towers compute in bfloat16"
+    assert all(g.dtype == tf.float32 for g in gates), "the gates' output layers compute in float32"
 
 
 def test_a_bfloat16_run_exports_float32_and_says_why(synthetic_dir, tmp_path):
