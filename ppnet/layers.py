@@ -69,8 +69,7 @@ class GateNNs(tf.keras.layers.Layer):
     The output layers compute in float32 under any policy: their matmuls are only ``hidden_units``
     deep, so bfloat16 gains little there, while their sigmoid, its gradient and their bias
     gradients are element-wise passes over the whole width of the tower, which bfloat16 makes
-    slower on CPUs (each element converted); a PEPNet training step with three towers took 14%
-    less time so (``make profile``, docs/performance.md). The gates come out in float32.
+    slower on CPUs (each element converted; docs/performance.md). The gates come out in float32.
 
     ``inputs`` is one tensor or a list of its parts (concatenated in order). In training each part
     is multiplied by its own rows of the hidden kernel, so a part under ``stop_gradient`` (PPNet's
