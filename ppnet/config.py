@@ -46,12 +46,15 @@ class Task:
     (e.g. a conversion task that only exists after a click). ``builds_on`` names an earlier task
     whose logit, under ``stop_gradient``, this task's logit adds a learned multiple of (from 0):
     for a task whose positives are nearly all the other's (a long view is a click).
+    ``hidden_units`` sizes this task's tower when it should differ from ``model.hidden_units``
+    (empty: the model's): a rare task has fewer positives to fit than the first task.
     """
 
     name: str
     weight: float = 1.0
     mask: str = ""
     builds_on: str = ""
+    hidden_units: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,10 @@ class Config:
     def target_columns(self) -> list[str]:
         """Every column the loss reads: the labels, then the masks (see ``target_columns``)."""
         return target_columns(self.tasks)
+
+    def tower_units(self, task: Task) -> list[int]:
+        """The hidden layers' widths of ``task``'s tower: its own ``hidden_units``, or the model's."""
+        return task.hidden_units or self.model.hidden_units
 
     def feature(self, name: str) -> Feature:
         """The feature called ``name`` (validated to exist)."""
@@ -366,6 +373,12 @@ def _check_tasks(config: Config, source: str) -> None:
             )
         if task.mask == task.name:
             raise PPNetError(f"{where}.mask is the task's own label")
+        if task.hidden_units and (min(task.hidden_units) < 1 or config.model.name == "mmoe"):
+            raise PPNetError(
+                f"{where}.hidden_units: expected positive ints, and a model with a tower per task "
+                f"(not mmoe, whose towers are split from model.hidden_units), got {task.hidden_units} "
+                f"with {config.model.name!r}"
+            )
         if task.builds_on and task.builds_on not in tasks[:i]:
             raise PPNetError(
                 f"{where}.builds_on {task.builds_on!r}: expected an earlier task's name, one of {tasks[:i]}"

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from ppnet.config import Config, Feature
+from ppnet.config import Config, Feature, Task
 from ppnet.features import make_lookup, numeric_normalizer, table_size
 from ppnet.layers import (
     GatedTower,
@@ -171,7 +171,7 @@ class RankingModel(tfrs.Model):
             )
         # The first task's tower and loss keep the single-task attribute names (checkpoints of runs
         # from before tasks load); the other tasks' live in dicts, created only when there are some.
-        towers = [self._tower(task, f"tower_{task}" if i else "tower") for i, task in enumerate(self.task_names)]
+        towers = [self._tower(task, f"tower_{task.name}" if i else "tower") for i, task in enumerate(config.tasks)]
         rankings = [self._ranking(task) for task in self.task_names]
         self.tower, self.task = towers[0], rankings[0]
         if len(self.task_names) > 1:
@@ -181,17 +181,17 @@ class RankingModel(tfrs.Model):
             self.logit_transfers = {task: LogitTransfer(name=f"{task}_builds_on") for task in self.builds_on}
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
-    def _tower(self, task: str, name: str) -> GatedTower:
+    def _tower(self, task: Task, name: str) -> GatedTower:
         """``task``'s tower, its logit bias at the log-odds of the task's training rate. Under
         ``mmoe`` it reads its mixture of experts and is the last hidden layer alone, ungated."""
         model = self.config.model
         return GatedTower(
-            model.hidden_units[-1:] if model.name == "mmoe" else model.hidden_units,
+            model.hidden_units[-1:] if model.name == "mmoe" else self.config.tower_units(task),
             gate_hidden=model.gate_hidden,
             gated=self.gated,
             dropout=model.dropout,
             batch_norm=model.batch_norm,
-            output_bias=self.stats.log_odds(task),
+            output_bias=self.stats.log_odds(task.name),
             dtype=self.precision,
             name=name,
         )
@@ -471,13 +471,14 @@ def dense_weights(config: Config, width: int) -> int:
     # the later tasks' towers also read their own embeddings of model.task_features
     own = sum(config.feature(n).dim for n in model.task_features)
     widths = [width] + [width + own] * (tasks - 1)
-    towers = sum(mlp([*model.hidden_units, 1], w) for w in widths) + transfers
+    units = [config.tower_units(task) for task in config.tasks]
+    towers = sum(mlp([*u, 1], w) for u, w in zip(units, widths)) + transfers
     if model.name == "dnn":
         return towers
     gate_input = width + sum(config.feature(n).dim for n in groups.gate_ids)
     shared = sum(config.feature(n).dim for n in groups.tower)  # what EPNet scales: the embeddings, not numerics
     epnet = gates(shared + sum(config.feature(n).dim for n in groups.domain), [shared]) if groups.domain else 0
-    return towers + sum(gates(gate_input, [w, *model.hidden_units]) for w in widths) + epnet
+    return towers + sum(gates(gate_input, [w, *u]) for u, w in zip(units, widths)) + epnet
 
 
 def build_model(config: Config, stats: Stats, compile: bool = True, precision: str = "float32") -> RankingModel:

@@ -85,7 +85,7 @@ def _shape_keys(config: Config) -> dict:
     return {
         "features": features,
         "model": model,
-        "tasks": [{k: t[k] for k in ("name", "builds_on")} for t in raw["tasks"]],
+        "tasks": [{k: t[k] for k in ("name", "builds_on", "hidden_units")} for t in raw["tasks"]],
     }
 
 

@@ -277,6 +277,8 @@ def test_override_task_key() -> None:
         ("long_view", 1.0, "is_click"),
         ("is_like", 3.0, ""),
     ]
+    config = load_config(MULTITASK_CONFIG, ["tasks.is_like.hidden_units=[32, 16]"])
+    assert [config.tower_units(t) for t in config.tasks] == [config.model.hidden_units] * 2 + [[32, 16]]
     message = _error(load_config, MULTITASK_CONFIG, ["tasks.is_follow.weight=3"])
     assert "no task named 'is_follow'" in message
 
@@ -382,6 +384,12 @@ def test_tasks_set_the_label_and_round_trip(raw: dict) -> None:
         ([{"name": "a"}, {"name": "b", "builds_on": "b"}], {}, "tasks[1].builds_on 'b': expected an earlier task's"),
         ([{"name": "a", "builds_on": "b"}, {"name": "b"}], {}, "tasks[0].builds_on 'b': expected an earlier task's"),
         ([{"name": "a"}, {"name": "b", "builds_on": "c"}], {}, "one of ['a']"),
+        ([{"name": "a"}, {"name": "b", "hidden_units": [8, 0]}], {}, "tasks[1].hidden_units: expected positive"),
+        (
+            [{"name": "a"}, {"name": "b", "hidden_units": [8]}],
+            {"model": {"name": "mmoe"}},
+            "got [8] with 'mmoe'",
+        ),
         ([{"name": "a"}, {"name": "b c"}], {}, "tasks[1].name 'b c'"),
         ([{"name": "a"}, {"nam": "b"}], {}, "tasks[1]: unknown key(s) ['nam']"),
         ([], {}, "non-empty list of [[tasks]]"),

@@ -265,12 +265,14 @@ def test_untrained_pepnet_is_ppnet_and_epnet_reads_the_shared_embeddings_under_s
         ["features.user_id.kind=hash", "features.user_id.bins=1000"],
         ["multitask"],  # pepnet, three towers
         ["multitask", 'model.task_sharing="primary"'],  # and the later tasks' own id tables
-        # and their own tables of two features, read by wider towers; long view builds on click
+        # and their own tables of two features, read by wider towers; long view builds on click;
+        # like's tower is smaller
         [
             "multitask",
             'model.task_sharing="primary"',
             'model.task_features=["video_type", "tab"]',
             'tasks.long_view.builds_on="is_click"',
+            "tasks.is_like.hidden_units=[8]",
         ],
         ["multitask", "model.name=mmoe", "model.domain_features=[]"],
     ],
