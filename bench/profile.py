@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -29,7 +30,7 @@ from ppnet.data.schema import input_kinds
 from ppnet.data.split import make_splits
 from ppnet.errors import PPNetError
 from ppnet.export import export_model
-from ppnet.model import build_model
+from ppnet.model import RankingModel, build_model
 from ppnet.stats import compute_stats
 from ppnet.tf_private import xplane_pb2
 
@@ -65,28 +66,42 @@ def op_seconds(xplane: Path, calls: int) -> dict[str, float]:
     return dict(seconds)
 
 
+class StepUnderTest(NamedTuple):
+    """A freshly built model, as ``ppnet train`` would build it, and one training batch."""
+
+    model: RankingModel
+    batch: tuple
+    precision: str
+
+    @classmethod
+    def build(cls, config_path: str, data_path: str, overrides: list[str]) -> StepUnderTest:
+        config = load_config(config_path, overrides)
+        train_split, _ = make_splits(config, data_path, None)
+        kinds = input_kinds(config, list(train_split.files))
+        stats = compute_stats(config, train_split, kinds)
+        chosen = precision.choose(config.train.precision)  # as ppnet train would train it
+        model = build_model(config, stats, precision=chosen.policy)
+        batches = make_dataset(
+            train_split,
+            kinds,
+            config.target_columns,
+            config.train.batch_size,
+            config.data.shuffle_buffer,
+            config.train.seed,
+        )
+        return cls(model, next(iter(batches)), chosen.policy)
+
+    def step(self) -> Callable[[], object]:
+        """One compiled training step on the batch (the first call traces it)."""
+        train_step = tf.function(self.model.train_step)
+        return lambda: train_step(self.batch)
+
+
 def profile(config_path: str, data_path: str, overrides: list[str], steps: int, requests: int, logdir: Path) -> dict:
     """Op-type breakdown of training steps and one-row requests of a freshly built model."""
-    config = load_config(config_path, overrides)
-    train_split, _ = make_splits(config, data_path, None)
-    kinds = input_kinds(config, list(train_split.files))
-    stats = compute_stats(config, train_split, kinds)
-    chosen = precision.choose(config.train.precision)  # as ppnet train would train it
-    model = build_model(config, stats, precision=chosen.policy)
-    batch = next(
-        iter(
-            make_dataset(
-                train_split,
-                kinds,
-                config.target_columns,
-                config.train.batch_size,
-                config.data.shuffle_buffer,
-                config.train.seed,
-            )
-        )
-    )
-    train_step = tf.function(model.train_step)
-    training, step_wall = trace(lambda: train_step(batch), steps, logdir / "train")
+    under_test = StepUnderTest.build(config_path, data_path, overrides)
+    model, batch, config = under_test.model, under_test.batch, under_test.model.config
+    training, step_wall = trace(under_test.step(), steps, logdir / "train")
     with tempfile.TemporaryDirectory() as tmp:
         serve = tf.saved_model.load(str(export_model(model, tmp))).signatures["serving_default"]
         row = {name: values[:1] for name, values in batch[0].items()}
@@ -97,7 +112,7 @@ def profile(config_path: str, data_path: str, overrides: list[str], steps: int, 
         "serving": serving,
         "request_wall_seconds": request_wall,
         "batch_size": config.train.batch_size,
-        "precision": chosen.policy,
+        "precision": under_test.precision,
     }
 
 

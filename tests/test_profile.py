@@ -1,5 +1,10 @@
 """The profiler breakdown: op types of a training step and of a one-row request, from a real trace."""
 
+import statistics
+
+import pytest
+
+from bench.ab import main as ab_main
 from bench.profile import main
 from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 
@@ -19,3 +24,21 @@ def test_profile_breaks_a_step_and_a_request_down_by_op_type(synthetic_dir, caps
     assert result["step_wall_seconds"] > 0 and result["request_wall_seconds"] > 0
     printed = capsys.readouterr().out
     assert "Training step (batch 256, towers in mixed_bfloat16)" in printed and "One-row request" in printed
+
+
+def test_ab_times_each_variant_in_turns_and_compares_them_to_the_first(synthetic_dir, capsys):
+    small = [str(DEFAULT_CONFIG), *SMALL_OVERRIDES]
+    variants = ["--variant", "ppnet", *small, "--variant", "dnn", *small, "model.name=dnn", "train.batch_size=128"]
+    seconds = ab_main(["--data", str(synthetic_dir), "--rounds", "2", "--steps", "2", *variants])
+    assert list(seconds) == ["ppnet", "dnn"] and all(len(s) == 2 and min(s) > 0 for s in seconds.values())
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()]
+    printed = {cells[0]: cells for cells in rows if cells and cells[0] in seconds}
+    assert printed["ppnet"][-1] == "1.00"
+    # examples/sec is each variant's own batch over its median step
+    assert float(printed["dnn"][4].replace(",", "")) == pytest.approx(128 / statistics.median(seconds["dnn"]), rel=0.01)
+
+
+def test_ab_refuses_two_variants_of_one_name(synthetic_dir, capsys):
+    with pytest.raises(SystemExit):
+        ab_main(["--data", str(synthetic_dir), "--variant", "a", str(DEFAULT_CONFIG), "--variant", "a", "x.toml"])
+    assert "variant names must differ" in capsys.readouterr().err
