@@ -32,6 +32,7 @@ from ppnet.errors import PPNetError
 from ppnet.export import export_model
 from ppnet.model import RankingModel, build_model
 from ppnet.stats import compute_stats
+from ppnet.train import use_threads
 from ppnet.tf_private import xplane_pb2
 
 
@@ -76,6 +77,7 @@ class StepUnderTest(NamedTuple):
     @classmethod
     def build(cls, config_path: str, data_path: str, overrides: list[str]) -> StepUnderTest:
         config = load_config(config_path, overrides)
+        use_threads(config)  # as ppnet train would run it
         train_split, _ = make_splits(config, data_path, None)
         kinds = input_kinds(config, list(train_split.files))
         stats = compute_stats(config, train_split, kinds)

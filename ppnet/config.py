@@ -123,6 +123,9 @@ class TrainConfig:
     # After the best epoch is chosen, one more pass from its checkpoint over the validation rows, so
     # the export has seen the newest day (its metrics.json scores are the chosen epoch's, before it)
     refit: bool = False
+    # Threads one TensorFlow op may use; 0: TensorFlow's default (one per core). 1 runs each op on
+    # one core and independent ops (the towers, their gates) side by side (ppnet.train.use_threads)
+    intra_op_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -425,6 +428,9 @@ def _check(config: Config, source: str) -> None:
             raise PPNetError(f"{source}: features.{f.name}: min_count and num_oov must be >= 1")
     _check_tasks(config, source)
     model = config.model
+    threads = config.train.intra_op_threads
+    if threads < 0:
+        raise PPNetError(f"{source}: train.intra_op_threads must be >= 0 (0: TensorFlow's default), got {threads}")
     if not model.hidden_units or min(model.hidden_units) < 1:
         raise PPNetError(f"{source}: model.hidden_units must be a non-empty list of positive ints")
     for pid in model.personal_ids:

@@ -23,7 +23,7 @@ from ppnet.errors import PPNetError
 from ppnet.evaluate import evaluate_export, is_export
 from ppnet.files import atomic_directory, exclusive_lock, write_text_atomic
 from ppnet.rundir import changed_keys, partial_dir, read_json
-from ppnet.train import train
+from ppnet.train import train, use_threads
 
 log = logging.getLogger(__name__)
 REPORT = "replay.json"
@@ -46,6 +46,7 @@ def replay(config: Config, base_run: str | Path, days: list[str | Path], out: st
     train`` does). Run again with days added after the recorded ones, a replay goes on from its
     last model. It refuses an ``OUT`` that is not a replay of the same base, config and first days.
     """
+    use_threads(config)  # before the first day is scored: TensorFlow fixes it when it starts
     # Absolute paths: a rerun from another directory, or with relative paths, is the same replay.
     out, config, days = Path(out), replay_config(config), [Path(day).absolute() for day in days]
     with exclusive_lock(out, "replay directory"):

@@ -103,6 +103,7 @@ def train(
     continues a finished run (``ppnet.warmstart``): its best weights, Adam state unless
     ``init_optimizer`` is false, and its vocabularies, grown by the new data's ids.
     """
+    use_threads(config)
     if config.train.refit and not holds_out(config, valid_path):
         raise PPNetError(
             "train.refit passes over the validation rows, and data.valid_last = 0 holds none out: "
@@ -124,6 +125,28 @@ def train(
     with exclusive_lock(out, "run directory"):  # one process per run, for the whole run
         check_replaceable(out, overwrite)
         return run(config, data_path, out, valid_path, fresh, strategy, duties, start)
+
+
+def use_threads(config: Config) -> None:
+    """Applies ``train.intra_op_threads`` to this process's TensorFlow runtime.
+
+    TensorFlow's default lets every op split its work over all cores while independent ops also
+    run side by side; on a few cores, with a model of many small layers (PEPNet's towers and
+    gates), the threads then mostly wait on one another, and one thread per op trains faster
+    (docs/performance.md). TensorFlow fixes the setting when its runtime starts: a process that
+    already ran TensorFlow with another value is refused, not silently left as it was.
+    """
+    wanted = config.train.intra_op_threads
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if wanted == current:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(wanted)
+    except RuntimeError:
+        raise PPNetError(
+            f"train.intra_op_threads = {wanted}: TensorFlow already runs in this process with {current} "
+            "(0: its default); set it before anything in the process uses TensorFlow"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -228,6 +251,7 @@ def run(
         "select_by": config.train.select_by,
         "model": config.model.name,
         "precision": {"towers": chosen.policy, "why": chosen.reason},
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         **start.record(),
         **gate_settings(config),
     }

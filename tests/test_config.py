@@ -441,6 +441,11 @@ def test_mmoe_needs_experts_and_two_layers(raw: dict) -> None:
     assert "mmoe" in _error(config_from_dict, raw)
 
 
+def test_negative_threads_are_refused() -> None:
+    message = _error(load_config, DEFAULT_CONFIG, ["train.intra_op_threads=-1"])
+    assert "train.intra_op_threads must be >= 0 (0: TensorFlow's default), got -1" in message
+
+
 def test_a_bad_override_is_blamed_on_the_override_not_the_file() -> None:
     message = _error(load_config, DEFAULT_CONFIG, ["train.epochs=3", "model.dropout=2"])
     assert message.startswith("--set train.epochs=3 model.dropout=2: model.dropout must be in [0, 1)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -27,7 +28,8 @@ def _ppnet(*argv: str) -> subprocess.CompletedProcess:
 
 
 def test_train_prints_ppnet_lines_and_nothing_of_tensorflow(synthetic_dir: Path, tmp_path: Path) -> None:
-    sets = [arg for item in SMALL_OVERRIDES for arg in ("--set", item)]
+    # one thread per op (train.intra_op_threads), set before TensorFlow starts in the process
+    sets = [arg for item in [*SMALL_OVERRIDES, "train.intra_op_threads=1"] for arg in ("--set", item)]
     run = tmp_path / "run"
     done = _ppnet("train", "--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), "--out", str(run), *sets)
     assert done.returncode == 0, done.stderr
@@ -35,6 +37,7 @@ def test_train_prints_ppnet_lines_and_nothing_of_tensorflow(synthetic_dir: Path,
     assert [line for line in stderr if not PPNET_LINE.match(line)] == []
     assert any(f"run directory: {run}" in line for line in stderr)
     assert not TENSORFLOW_CHATTER.search(done.stdout)
+    assert json.loads((run / "metrics.json").read_text())["intra_op_threads"] == 1
 
 
 def test_verbose_brings_tensorflow_logs_back(tmp_path: Path) -> None:

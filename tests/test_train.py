@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import tensorflow as tf
 
 from ppnet.cli import main
 from ppnet.distribute import Role
@@ -157,4 +158,13 @@ def test_refit_without_validation_rows_is_refused_before_anything_is_written(syn
 
     with pytest.raises(PPNetError, match=r"train\.refit passes over the validation rows"):
         train(small_config("data.valid_last=0", "train.refit=true"), str(synthetic_dir), tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_asked_for_once_tensorflow_runs_are_refused_before_anything_is_written(synthetic_dir, tmp_path):
+    from ppnet.errors import PPNetError
+
+    tf.constant(1.0) + 1.0  # TensorFlow has started in this process, with its default threads
+    with pytest.raises(PPNetError, match=r"train\.intra_op_threads = 1: TensorFlow already runs in this process"):
+        train(small_config("train.intra_op_threads=1"), str(synthetic_dir), tmp_path / "run")
     assert list(tmp_path.iterdir()) == []
