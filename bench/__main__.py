@@ -18,6 +18,7 @@ from ppnet.errors import PPNetError
 from ppnet.precision import BFLOAT16, FLOAT32
 from ppnet.rundir import load_run
 from ppnet.stats import Stats
+from ppnet.train import use_threads
 
 SMOKE_OVERRIDES = [
     "model.hidden_units=[16]",
@@ -208,6 +209,8 @@ def results_dir(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> Path:
     """Run the benchmark, write ``RESULTS/<timestamp>.json``, print the markdown tables; return the JSON path."""
     args = parser().parse_args(argv)
+    # Before TensorFlow starts: the process's threads are the real log's config's for every run here.
+    use_threads(load_config(args.config))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = harness.SCRATCH / f"{stamp}-{os.getpid()}"
     work.mkdir(parents=True)

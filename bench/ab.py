@@ -10,8 +10,8 @@ Why: a 2-core cloud machine's speed drifts by 10-20% within minutes, so two ``ma
 (or two profiles) minutes apart cannot tell a 5% change from noise. Variants that take turns in
 one process share every drift, and the median over rounds drops the bursts. No input pipeline or
 validation is timed: the model's step alone (``make bench`` measures whole training runs).
-``train.intra_op_threads`` holds for the whole process, so the variants must share it; compare
-it in separate runs.
+``train.intra_op_threads`` holds for the whole process: every variant runs with the first one's
+(compare thread counts in separate runs).
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ from ppnet.errors import PPNetError
 from ppnet.export import export_model
 from ppnet.model import RankingModel, build_model
 from ppnet.stats import compute_stats
-from ppnet.train import use_threads
 from ppnet.tf_private import xplane_pb2
+from ppnet.train import use_threads
 
 
 def trace(run: Callable[[], object], calls: int, logdir: Path) -> tuple[dict[str, float], float]:

@@ -128,13 +128,14 @@ def train(
 
 
 def use_threads(config: Config) -> None:
-    """Applies ``train.intra_op_threads`` to this process's TensorFlow runtime.
+    """Applies ``train.intra_op_threads`` to this process's TensorFlow runtime, if it can.
 
     TensorFlow's default lets every op split its work over all cores while independent ops also
     run side by side; on a few cores, with a model of many small layers (PEPNet's towers and
     gates), the threads then mostly wait on one another, and one thread per op trains faster
-    (docs/performance.md). TensorFlow fixes the setting when its runtime starts: a process that
-    already ran TensorFlow with another value is refused, not silently left as it was.
+    (docs/performance.md). TensorFlow fixes the setting when its runtime starts: in a process that
+    already ran TensorFlow with another value (a notebook, the bench) the run goes on with that
+    one, said in the log and recorded in ``metrics.json``; threads change speed, not results.
     """
     wanted = config.train.intra_op_threads
     current = tf.config.threading.get_intra_op_parallelism_threads()
@@ -143,10 +144,12 @@ def use_threads(config: Config) -> None:
     try:
         tf.config.threading.set_intra_op_parallelism_threads(wanted)
     except RuntimeError:
-        raise PPNetError(
-            f"train.intra_op_threads = {wanted}: TensorFlow already runs in this process with {current} "
-            "(0: its default); set it before anything in the process uses TensorFlow"
-        ) from None
+        log.warning(
+            "train.intra_op_threads = %d not applied: TensorFlow already runs in this process with %d "
+            "(0: its default); it applies in a fresh process (ppnet train)",
+            wanted,
+            current,
+        )
 
 
 @dataclass(frozen=True)
