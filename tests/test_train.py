@@ -162,10 +162,13 @@ def test_refit_without_validation_rows_is_refused_before_anything_is_written(syn
 
 
 def test_threads_asked_for_once_tensorflow_runs_are_said_and_recorded_not_applied(synthetic_dir, tmp_path, caplog):
-    tf.constant(1.0) + 1.0  # TensorFlow has started in this process, with its default threads
+    tf.constant(1.0) + 1.0  # TensorFlow has started in this process (an earlier test may have set its threads)
+    current = tf.config.threading.get_intra_op_parallelism_threads()
     with caplog.at_level("WARNING", logger="ppnet.train"):
-        metrics = train(
-            small_config("train.intra_op_threads=1", "train.epochs=1"), str(synthetic_dir), tmp_path / "run"
-        )
-    assert "train.intra_op_threads = 1 not applied: TensorFlow already runs in this process with 0" in caplog.text
-    assert metrics["intra_op_threads"] == 0, "metrics.json records the threads the run had"
+        config = small_config(f"train.intra_op_threads={current + 1}", "train.epochs=1")
+        metrics = train(config, str(synthetic_dir), tmp_path / "run")
+    expected = (
+        f"train.intra_op_threads = {current + 1} not applied: TensorFlow already runs in this process with {current}"
+    )
+    assert expected in caplog.text
+    assert metrics["intra_op_threads"] == current, "metrics.json records the threads the run had"
