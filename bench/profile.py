@@ -22,12 +22,10 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from bench.harness import CONFIGS
+from bench.speed import training_dataset
 from ppnet import precision
 from ppnet.cli import positive
 from ppnet.config import load_config
-from ppnet.data.pipeline import make_dataset
-from ppnet.data.schema import input_kinds
-from ppnet.data.split import make_splits
 from ppnet.errors import PPNetError
 from ppnet.export import export_model
 from ppnet.model import RankingModel, build_model
@@ -78,19 +76,10 @@ class StepUnderTest(NamedTuple):
     def build(cls, config_path: str, data_path: str, overrides: list[str]) -> StepUnderTest:
         config = load_config(config_path, overrides)
         use_threads(config)  # as ppnet train would run it
-        train_split, _ = make_splits(config, data_path, None)
-        kinds = input_kinds(config, list(train_split.files))
+        train_split, kinds, batches = training_dataset(config, data_path)
         stats = compute_stats(config, train_split, kinds)
         chosen = precision.choose(config.train.precision)  # as ppnet train would train it
         model = build_model(config, stats, precision=chosen.policy)
-        batches = make_dataset(
-            train_split,
-            kinds,
-            config.target_columns,
-            config.train.batch_size,
-            config.data.shuffle_buffer,
-            config.train.seed,
-        )
         return cls(model, next(iter(batches)), chosen.policy)
 
     def step(self) -> Callable[[], object]:

@@ -13,7 +13,7 @@ from bench.harness import TrainProcess
 from ppnet.config import Config
 from ppnet.data.pipeline import make_dataset
 from ppnet.data.schema import input_kinds
-from ppnet.data.split import make_splits
+from ppnet.data.split import Split, make_splits
 from ppnet.model import RankingModel, dummy_batch
 from ppnet.precision import BFLOAT16, FLOAT32
 from ppnet.tf_private import called_graph
@@ -97,8 +97,8 @@ def per_example(flops: int, batch: int) -> int | float:
 # --- throughput ----------------------------------------------------------------------------------
 
 
-def input_pipeline_rate(config: Config, data_path: str) -> float:
-    """Examples/sec of one epoch of the training ``make_dataset`` alone, after its first batch."""
+def training_dataset(config: Config, data_path: str) -> tuple[Split, dict[str, str], tf.data.Dataset]:
+    """The training split of ``data_path``, its input kinds, and the batches ``ppnet train`` reads from it."""
     train_split, _ = make_splits(config, data_path, None)
     kinds = input_kinds(config, list(train_split.files))
     dataset = make_dataset(
@@ -109,6 +109,12 @@ def input_pipeline_rate(config: Config, data_path: str) -> float:
         config.data.shuffle_buffer,
         config.train.seed,
     )
+    return train_split, kinds, dataset
+
+
+def input_pipeline_rate(config: Config, data_path: str) -> float:
+    """Examples/sec of one epoch of the training ``make_dataset`` alone, after its first batch."""
+    _, _, dataset = training_dataset(config, data_path)
     batches = iter(dataset)
     next(batches)
     rows, start = 0, time.perf_counter()
