@@ -28,7 +28,7 @@ from ppnet.data.split import Split
 from ppnet.evaluate import model_predictor, score_split
 from ppnet.model import unsharded_weights
 from ppnet.rundir import BACKUP, BEST_WEIGHTS, epoch_scores
-from ppnet.tf_private import resume_counters, skip_log_sync, take_backup
+from ppnet.tf_private import mark_last_step, resume_counters, skip_log_sync, take_backup
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,17 @@ class RunBackup(tf.keras.callbacks.BackupAndRestore):
     * An epoch's last backup marks it finished, so it is taken by ``EpochBackup`` at the end of
       the list, after validation, the best checkpoint and early stopping; Keras' own backup of the
       last batch would have marked it finished before it was scored.
+    * With several steps per call of the train function (``train.steps_per_execution``) Keras
+      counts ``save_freq`` in calls, so the interval in steps is rounded up to whole calls; a
+      backup resumes after the call's last step (Keras would record its first, and a resumed run
+      would train the call's other steps twice).
     """
 
-    def __init__(self, backup_dir: Path, save_freq: int | str, cursor: EpochCursor, steps_per_epoch: int):
-        super().__init__(str(backup_dir), save_freq=save_freq, delete_checkpoint=False)
+    def __init__(
+        self, backup_dir: Path, save_freq: int | str, cursor: EpochCursor, steps_per_epoch: int, steps_per_call: int
+    ):
+        calls = -(-save_freq // steps_per_call) if isinstance(save_freq, int) else save_freq
+        super().__init__(str(backup_dir), save_freq=calls, delete_checkpoint=False)
         self.cursor, self.steps_per_epoch = cursor, steps_per_epoch
         self.finished_epochs = 0
 
@@ -59,7 +66,11 @@ class RunBackup(tf.keras.callbacks.BackupAndRestore):
         self.finished_epochs = epoch
         self.cursor.move_to(epoch, step)
 
+    def on_train_batch_begin(self, batch, logs=None):
+        """Nothing here: the step a backup resumes after is the call's last, known at its end."""
+
     def on_train_batch_end(self, batch, logs=None):
+        mark_last_step(self, batch)  # ``batch``: the last step of this call of the train function
         if batch + 1 < self.steps_per_epoch:
             super().on_train_batch_end(batch, logs)
 
@@ -182,8 +193,8 @@ METRICS = ("auc", "gauc", "logloss")
 
 
 class ThroughputMeter(tf.keras.callbacks.Callback):
-    """Steady-state training examples/sec: from the end of each epoch's first step (tracing,
-    warm-up excluded) to the end of the epoch, when Keras has waited for every step (under a
+    """Steady-state training examples/sec: from the end of each epoch's first call of the train
+    function (tracing, warm-up excluded) to the end of the epoch, when Keras has waited for every step (under a
     parameter server steps only get scheduled before that). Listed before the validation, so
     the per-epoch validation is not counted."""
 
@@ -225,6 +236,7 @@ def training_callbacks(
     backup_every: int | str | None,
     cursor: EpochCursor,
     steps_per_epoch: int,
+    steps_per_call: int,
     meter: ThroughputMeter,
     validation: ValidationScore | None,
     per_step_logs: bool,
@@ -232,13 +244,19 @@ def training_callbacks(
     """The run's callbacks in the order they must run (see the module docstring).
 
     ``backup_every``: crash backups every that many steps, ``"epoch"``, or ``None`` for none (a
-    parameter-server run restarts from its first epoch). ``per_step_logs``: step logs are local
-    values, so NaN is caught at the step and TensorBoard is written every 100 steps; otherwise
+    parameter-server run restarts from its first epoch). ``steps_per_call``: training steps per
+    call of the train function (``train.steps_per_execution``); the batch hooks run at the end of
+    each call. ``per_step_logs``: step logs are local values, so NaN is caught at the end of the
+    call that met it and TensorBoard is written about every 100 steps; otherwise
     (parameter-server step logs are remote values) NaN is caught per epoch, after ``fit``.
     ``validation``: ``None`` when nothing is held out; every epoch's weights are then saved as the
     best, so the last one is exported, and nothing stops early.
     """
-    backup = None if backup_every is None else RunBackup(work / BACKUP, backup_every, cursor, steps_per_epoch)
+    backup = (
+        None
+        if backup_every is None
+        else RunBackup(work / BACKUP, backup_every, cursor, steps_per_epoch, steps_per_call)
+    )
 
     def finished_scores() -> list[float]:
         """val_score of the epochs a resumed run does not train again (an epoch scored but not backed

@@ -126,6 +126,10 @@ class TrainConfig:
     # Threads one TensorFlow op may use; 0: TensorFlow's default (one per core). 1 runs each op on
     # one core and independent ops (the towers, their gates) side by side (ppnet.train.use_threads)
     intra_op_threads: int = 0
+    # Training steps per call of Keras' compiled train function: the same updates with fewer round
+    # trips through Python between steps (ppnet.model.build_model); callbacks then see every call's
+    # last step, so crash backups and NaN checks come at whole calls
+    steps_per_execution: int = 8
 
 
 @dataclass(frozen=True)
@@ -464,7 +468,7 @@ def _check(config: Config, source: str) -> None:
     if not 0.0 <= model.dropout < 1.0:
         raise PPNetError(f"{source}: model.dropout must be in [0, 1), got {model.dropout}")
     train = config.train
-    for key in ("batch_size", "epochs"):
+    for key in ("batch_size", "epochs", "steps_per_execution"):
         if getattr(train, key) < 1:
             raise PPNetError(f"{source}: train.{key} must be >= 1")
     if train.learning_rate <= 0:

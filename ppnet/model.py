@@ -491,7 +491,10 @@ def build_model(config: Config, stats: Stats, compile: bool = True, precision: s
     if not compile:
         model(dummy_batch(stats))
         return model
-    model.compile(optimizer=OPTIMIZERS[config.train.optimizer](learning_rate=config.train.learning_rate))
+    model.compile(
+        optimizer=OPTIMIZERS[config.train.optimizer](learning_rate=config.train.learning_rate),
+        steps_per_execution=config.train.steps_per_execution,
+    )
     model(dummy_batch(stats))
     return model
 

@@ -57,6 +57,15 @@ def resume_counters(backup: tf.keras.callbacks.BackupAndRestore, steps_per_epoch
     return backup._training_state.maybe_load_initial_counters_from_ckpt(steps_per_epoch, 0, mode="train")
 
 
+def mark_last_step(backup: tf.keras.callbacks.BackupAndRestore, step: int) -> None:
+    """Record ``step`` as the last one trained: a backup taken now resumes at the step after it.
+
+    Keras records the step from its ``on_train_batch_begin``, the first step of a call of the train
+    function, which is the last one only when a call is one step (``steps_per_execution``).
+    """
+    backup._training_state._ckpt_saved_batch.assign(step)
+
+
 def take_backup(backup: tf.keras.callbacks.BackupAndRestore) -> None:
     """Back up now, with the epoch and step counters Keras has set during the epoch (after its last
     step they say: resume at the next epoch).

@@ -407,6 +407,7 @@ def fit(
         backup_every=duties.backup_every,
         cursor=cursor,
         steps_per_epoch=steps,
+        steps_per_call=config.train.steps_per_execution,
         meter=meter,
         validation=validation,
         per_step_logs=duties.per_step_logs,

@@ -24,6 +24,7 @@ def callback_types(tmp_path, backup_every, per_step_logs: bool) -> list[type]:
         backup_every=backup_every,
         cursor=EpochCursor(),
         steps_per_epoch=10,
+        steps_per_call=4,
         meter=ThroughputMeter(256),
         validation=validation,
         per_step_logs=per_step_logs,

@@ -215,6 +215,7 @@ def test_dropout_out_of_range(raw: dict, key: str, value: float) -> None:
         ("data", "valid_last", -1),
         ("train", "early_stopping_patience", -1),
         ("train", "backup_every_steps", -7),
+        ("train", "steps_per_execution", 0),
         ("train", "seed", -1),
         ("train", "seed", 2**32),
     ],

@@ -18,8 +18,10 @@ from ppnet.rundir import EPOCHS_FILE, changed_keys, epoch_scores, prepare_run_di
 from ppnet.synthetic import write_synthetic
 from tests.helpers import DEFAULT_CONFIG, small_config
 
-BACKUP_EVERY = 20
+STEPS_PER_CALL = 8
+BACKUP_EVERY = 20  # steps: rounded up to whole calls of the train function, a backup every 24
 SETTINGS = [
+    f"train.steps_per_execution={STEPS_PER_CALL}",
     "model.hidden_units=[32, 16]",
     "model.gate_hidden=8",
     "train.batch_size=128",
@@ -71,7 +73,8 @@ def test_killed_run_resumes_mid_epoch_and_finishes_like_an_uninterrupted_one(log
     match = re.search(r"resuming at epoch (\d+), step (\d+)", resumed.stderr)
     assert match, "the second run restarted instead of resuming"
     epoch, step = map(int, match.groups())
-    assert epoch >= 1 and (step > 0 or epoch > 1) and step % BACKUP_EVERY == 0
+    backed_up_every = -(-BACKUP_EVERY // STEPS_PER_CALL) * STEPS_PER_CALL
+    assert epoch >= 1 and (step > 0 or epoch > 1) and step % backed_up_every == 0
     resumed_metrics = json.loads((run / "metrics.json").read_text())
     assert resumed_metrics["epochs_run"] == 2  # counted across the killed and the resumed process
     assert (run / "export" / "1" / "saved_model.pb").is_file()

@@ -1,6 +1,7 @@
 """One test per shim in ``ppnet.tf_private``: each private TensorFlow/Keras name still does its job."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from ppnet.tf_private import (
@@ -10,6 +11,7 @@ from ppnet.tf_private import (
     called_graph,
     checkpoint_keys,
     freeze,
+    mark_last_step,
     resume_counters,
     sharded_container,
     skip_log_sync,
@@ -24,8 +26,8 @@ def tiny_model() -> tf.keras.Model:
     return model
 
 
-def started_backup(model: tf.keras.Model, backup_dir) -> tf.keras.callbacks.BackupAndRestore:
-    backup = tf.keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
+def started_backup(model: tf.keras.Model, backup_dir, save_freq="epoch") -> tf.keras.callbacks.BackupAndRestore:
+    backup = tf.keras.callbacks.BackupAndRestore(str(backup_dir), save_freq=save_freq, delete_checkpoint=False)
     backup.set_model(model)
     backup.on_train_begin()
     return backup
@@ -61,6 +63,29 @@ def test_take_backup_saves_the_counters_of_the_epoch_it_ends(tmp_path):
         backup.take = take
         tiny_model().fit(np.ones((8, 1)), np.ones((8, 1)), batch_size=4, epochs=3, verbose=0, callbacks=[backup])
         assert resume_counters(started_backup(tiny_model(), tmp_path / str(take)), steps_per_epoch=2) == (resumes_at, 0)
+
+
+def test_mark_last_step_makes_a_backup_resume_after_the_last_step_of_a_call(tmp_path):
+    class CrashAtStep(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3:
+                raise KeyboardInterrupt  # a crash right after the call of steps 2 and 3 is backed up
+
+    class Backup(tf.keras.callbacks.BackupAndRestore):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.mark:
+                mark_last_step(self, batch)
+            super().on_train_batch_end(batch, logs)
+
+    for mark, resumes_at in ((False, 3), (True, 4)):  # Keras alone records the call's first step, 2
+        model = tiny_model()
+        model.compile(optimizer="sgd", loss="mse", steps_per_execution=2)
+        backup = Backup(str(tmp_path / str(mark)), save_freq=1, delete_checkpoint=False)
+        backup.mark = mark
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(np.ones((8, 1)), np.ones((8, 1)), batch_size=1, verbose=0, callbacks=[backup, CrashAtStep()])
+        restarted = started_backup(tiny_model(), tmp_path / str(mark), save_freq=1)
+        assert resume_counters(restarted, steps_per_epoch=8) == (0, resumes_at)
 
 
 def test_skip_log_sync_lets_keras_skip_waiting_for_batch_logs():
