@@ -481,11 +481,14 @@ def dense_weights(config: Config, width: int) -> int:
     return towers + sum(gates(gate_input, [w, *u]) for u, w in zip(units, widths)) + epnet
 
 
-def build_model(config: Config, stats: Stats, compile: bool = True, precision: str = "float32") -> RankingModel:
+def build_model(
+    config: Config, stats: Stats, compile: bool = True, precision: str = "float32", steps_per_call: int = 1
+) -> RankingModel:
     """A model with its variables created (so weights can be restored into it); compiled for training.
 
     ``precision`` is the towers' Keras dtype policy (``ppnet.precision``); the variables are float32
     under either, so weights move between a bfloat16 training model and a float32 one as they are.
+    ``steps_per_call``: training steps per call of Keras' train function (``ppnet.train.steps_per_call``).
     """
     model = RankingModel(config, stats, precision=precision, name=config.model.name)
     if not compile:
@@ -493,7 +496,7 @@ def build_model(config: Config, stats: Stats, compile: bool = True, precision: s
         return model
     model.compile(
         optimizer=OPTIMIZERS[config.train.optimizer](learning_rate=config.train.learning_rate),
-        steps_per_execution=config.train.steps_per_execution,
+        steps_per_execution=steps_per_call,
     )
     model(dummy_batch(stats))
     return model

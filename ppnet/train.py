@@ -224,8 +224,9 @@ def run(
     dist = distribute.make_strategy(strategy)
     chosen = precision.choose(config.train.precision)
     log.info("towers compute in %s (%s)", chosen.policy, chosen.reason)
+    per_call = steps_per_call(config, epoch_steps(config, data, duties))
     with dist.scope():
-        model = build_model(config, stats, precision=chosen.policy)
+        model = build_model(config, stats, precision=chosen.policy, steps_per_call=per_call)
     if start.parent is not None:  # every worker reads the parent (on the filesystem they share)
         warm_start(model, start.parent, start.with_optimizer)
     meter = ThroughputMeter(config.train.batch_size * duties.workers)
@@ -371,6 +372,25 @@ def check_memory(config: Config, stats: Stats) -> None:
         )
 
 
+# A run shorter than this trains one step per call: Keras takes 1.5-3.5 s longer to build a
+# multi-step train function, which saves 5-6 ms a step (KuaiRand, 2 cores; docs/performance.md)
+SHORT_RUN_STEPS = 100
+
+
+def epoch_steps(config: Config, data: RunData, duties: Duties) -> int:
+    """Training steps of one epoch. A sharded cluster input streams continuously: an epoch is
+    one pass's worth of global batches."""
+    return -(-data.train_rows // (config.train.batch_size * duties.workers))
+
+
+def steps_per_call(config: Config, steps_per_epoch: int) -> int:
+    """Training steps per call of Keras' train function: ``train.steps_per_execution``, or one for
+    a run of fewer than ``SHORT_RUN_STEPS`` steps (a daily continuation on a small log), which
+    would not win back the time the multi-step function takes to build."""
+    long_run = steps_per_epoch * config.train.epochs >= SHORT_RUN_STEPS
+    return config.train.steps_per_execution if long_run else 1
+
+
 def fit(
     model: tf.keras.Model,
     config: Config,
@@ -386,8 +406,7 @@ def fit(
     Returns the validation metrics of each epoch it trained, by epoch number."""
     cursor = EpochCursor()
     train_ds = make_input(dist, duties, config, data.train, data.kinds, cursor, data.train_rows, work)
-    # A sharded cluster input streams continuously: an epoch is one pass's worth of global batches.
-    steps = -(-data.train_rows // (config.train.batch_size * duties.workers))
+    steps = epoch_steps(config, data, duties)
     validation = (
         ValidationScore(
             data.valid,
@@ -407,7 +426,7 @@ def fit(
         backup_every=duties.backup_every,
         cursor=cursor,
         steps_per_epoch=steps,
-        steps_per_call=config.train.steps_per_execution,
+        steps_per_call=steps_per_call(config, steps),
         meter=meter,
         validation=validation,
         per_step_logs=duties.per_step_logs,

@@ -8,7 +8,7 @@ import tensorflow as tf
 from ppnet.cli import main
 from ppnet.distribute import Role
 from ppnet.evaluate import evaluate_export
-from ppnet.train import Duties, train
+from ppnet.train import Duties, steps_per_call, train
 from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES, small_config
 
 
@@ -172,3 +172,9 @@ def test_threads_asked_for_once_tensorflow_runs_are_said_and_recorded_not_applie
     )
     assert expected in caplog.text
     assert metrics["intra_op_threads"] == current, "metrics.json records the threads the run had"
+
+
+@pytest.mark.parametrize("steps_per_epoch, epochs, expected", [(40, 3, 8), (20, 5, 8), (20, 4, 1), (99, 1, 1)])
+def test_only_runs_long_enough_to_pay_for_it_train_several_steps_per_call(steps_per_epoch, epochs, expected):
+    config = small_config("train.steps_per_execution=8", f"train.epochs={epochs}")
+    assert steps_per_call(config, steps_per_epoch) == expected
