@@ -194,9 +194,9 @@ METRICS = ("auc", "gauc", "logloss")
 
 class ThroughputMeter(tf.keras.callbacks.Callback):
     """Steady-state training examples/sec: from the end of each epoch's first call of the train
-    function (tracing, warm-up excluded) to the end of the epoch, when Keras has waited for every step (under a
-    parameter server steps only get scheduled before that). Listed before the validation, so
-    the per-epoch validation is not counted."""
+    function (tracing, warm-up excluded) to the end of the epoch, when Keras has waited for every
+    step (under a parameter server steps only get scheduled before that). Listed before the
+    validation, so the per-epoch validation is not counted."""
 
     def __init__(self, batch_size: int):
         super().__init__()

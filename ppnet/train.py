@@ -372,8 +372,8 @@ def check_memory(config: Config, stats: Stats) -> None:
         )
 
 
-# A run shorter than this trains one step per call: Keras takes 1.5-3.5 s longer to build a
-# multi-step train function, which saves 5-6 ms a step (KuaiRand, 2 cores; docs/performance.md)
+# A run shorter than this trains one step per call: the multi-step train function takes longer
+# to build than it saves over so few steps (docs/performance.md, "Steps per call")
 SHORT_RUN_STEPS = 100
 
 
