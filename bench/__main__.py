@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -14,7 +13,6 @@ from typing import NamedTuple
 import bench
 from bench import harness, multitask, quality, replay, report, serving, speed
 from ppnet.config import load_config
-from ppnet.errors import PPNetError
 from ppnet.precision import BFLOAT16, FLOAT32
 from ppnet.rundir import load_run
 from ppnet.stats import Stats
@@ -238,7 +236,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except PPNetError as err:
-        sys.exit(f"bench: error: {err}")
+    harness.run_main(main, "bench")

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import tensorflow as tf
 
+from bench.harness import run_main
 from bench.profile import StepUnderTest
 from ppnet.cli import positive
-from ppnet.errors import PPNetError
 
 
 def time_steps(variants: dict[str, StepUnderTest], rounds: int, steps: int) -> dict[str, list[float]]:
@@ -89,7 +88,4 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except PPNetError as err:
-        sys.exit(f"bench.ab: error: {err}")
+    run_main(main, "bench.ab")

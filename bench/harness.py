@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
@@ -37,6 +38,15 @@ PACKAGES = ("tensorflow", "tf-keras", "tensorflow-recommenders", "pyarrow", "num
 SMOKE_ROWS = 4000
 # The matmul peaks measured, by their key in the result's ``machine`` and each log's ``speed``.
 PEAK_DTYPES = {"matmul_peak_flops_per_sec": tf.float32, "bf16_matmul_peak_flops_per_sec": tf.bfloat16}
+
+
+def run_main(main: Callable[[], object], prog: str) -> None:
+    """Runs a bench script's ``main``: bad input (a ``PPNetError``) exits with one line naming
+    ``prog``, no traceback."""
+    try:
+        main()
+    except PPNetError as err:
+        sys.exit(f"{prog}: error: {err}")
 
 
 def script_command(script: Path, *args: str) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from bench.harness import CONFIGS
+from bench.harness import CONFIGS, run_main
 from bench.speed import training_dataset
 from ppnet import precision
 from ppnet.cli import positive
@@ -159,7 +158,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except PPNetError as err:
-        sys.exit(f"bench.profile: error: {err}")
+    run_main(main, "bench.profile")

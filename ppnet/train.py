@@ -237,7 +237,7 @@ def run(
     if fitted.exists() and not duties.streamed:
         log.info("training had finished before the crash; scoring and exporting the best epoch")
     else:
-        reports = fit(model, config, dist, duties, data, work, meter, scorer)
+        reports = fit(model, config, dist, duties, data, work, meter, per_call, scorer)
         if duties.owns_run:
             fitted.touch()
     if not duties.owns_run:
@@ -399,11 +399,14 @@ def fit(
     data: RunData,
     work: Path,
     meter: ThroughputMeter,
+    per_call: int,
     scorer: tf.keras.Model | None = None,
 ) -> dict[int, dict]:
     """``model.fit`` with the run's callbacks; a loss that became NaN or infinite is a one-line error.
-    ``scorer``: the float32 model each epoch is scored with (``ValidationScore``), if not ``model``.
-    Returns the validation metrics of each epoch it trained, by epoch number."""
+    ``per_call``: the training steps per call of the train function ``model`` was compiled with
+    (``steps_per_call``). ``scorer``: the float32 model each epoch is scored with
+    (``ValidationScore``), if not ``model``. Returns the validation metrics of each epoch it
+    trained, by epoch number."""
     cursor = EpochCursor()
     train_ds = make_input(dist, duties, config, data.train, data.kinds, cursor, data.train_rows, work)
     steps = epoch_steps(config, data, duties)
@@ -426,7 +429,7 @@ def fit(
         backup_every=duties.backup_every,
         cursor=cursor,
         steps_per_epoch=steps,
-        steps_per_call=steps_per_call(config, steps),
+        steps_per_call=per_call,
         meter=meter,
         validation=validation,
         per_step_logs=duties.per_step_logs,
