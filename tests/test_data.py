@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ppnet.config import Task, config_from_dict
-from ppnet.data.pipeline import iter_batches, make_dataset
+from ppnet.data.pipeline import GENERATOR_CHUNK_BATCHES, EpochCursor, iter_batches, make_dataset
 from ppnet.data.schema import FLOAT, INT, NULL_INT_ID, NULL_STRING_ID, STRING, input_kinds, resolve_files
 from ppnet.data.split import Split, check_labels, make_splits
 from ppnet.errors import PPNetError
@@ -601,3 +601,24 @@ def test_make_dataset_dtypes_and_epochs(synthetic_dir: Path) -> None:
     assert n1 == n2 == rows
     assert np.array_equal(np.sort(first), np.sort(second))
     assert not np.array_equal(first, second)  # a new shuffle order every epoch
+
+
+def test_make_dataset_serves_exactly_the_shuffled_batches_across_chunks_and_a_resumed_skip(synthetic_dir: Path) -> None:
+    """The generator hands tf.data several batches at a time; what training reads is still each
+    ``iter_batches`` batch, in order, the short last one included, from the cursor's skip on."""
+    config = small_config()
+    train, _ = make_splits(config, synthetic_dir, None)
+    kinds = input_kinds(config, list(train.files))
+    batch, skip = 70, 5
+    expected = list(iter_batches(train, kinds, ["is_click"], batch, shuffle_buffer=1000, seed=8))[skip:]
+    assert len(expected) > 2 * GENERATOR_CHUNK_BATCHES and len(expected[-1][1]["is_click"]) < batch
+    cursor = EpochCursor()
+    cursor.move_to(1, skip)  # epoch 1 of seed 7: iter_batches' seed 8
+    served = list(make_dataset(train, kinds, ["is_click"], batch, shuffle_buffer=1000, seed=7, cursor=cursor))
+    assert len(served) == len(expected)
+    for (features, targets), (want_features, want_targets) in zip(served, expected, strict=True):
+        np.testing.assert_array_equal(targets["is_click"].numpy(), want_targets["is_click"])
+        for name, values in want_features.items():
+            got = features[name].numpy()
+            got = got.astype(str) if values.dtype == object else got
+            np.testing.assert_array_equal(got, values, err_msg=name)

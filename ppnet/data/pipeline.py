@@ -116,6 +116,23 @@ class EpochCursor:
         return position
 
 
+# Batches per element handed from Python to tf.data. Each element crosses from_generator's Python
+# call (the GIL, one conversion per column): one batch at a time, that trip slowed bfloat16
+# training by a fifth on 2 cores (docs/performance.md, "The input pipeline").
+GENERATOR_CHUNK_BATCHES = 16
+
+
+def chunks(
+    batches: Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], size: int
+) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """``size`` consecutive (features, targets) batches at a time as one, their rows in order
+    (the last chunk may hold fewer)."""
+    while group := list(itertools.islice(batches, size)):
+        yield tuple(
+            {name: np.concatenate([b[part][name] for b in group]) for name in group[0][part]} for part in (0, 1)
+        )
+
+
 def make_dataset(
     split: Split,
     kinds: dict[str, str],
@@ -139,9 +156,10 @@ def make_dataset(
     def generate():
         epoch, skip = cursor.take()
         batches = iter_batches(split, kinds, targets, batch_size, shuffle_buffer, seed + epoch)
-        yield from itertools.islice(batches, skip, None)
+        yield from chunks(itertools.islice(batches, skip, None), GENERATOR_CHUNK_BATCHES)
 
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    # rebatch cuts each chunk back into the generator's own batches, in C++: the same batches.
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature).rebatch(batch_size)
     if rows is not None:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
     return (dataset.repeat() if repeat else dataset).prefetch(tf.data.AUTOTUNE)
