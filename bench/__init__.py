@@ -21,7 +21,8 @@ with ``--synthetic`` also the embedded synthetic log) and measures on each log:
   ``serving_default`` (one tensor per column) and ``serve_examples`` (serialized tf.Examples), in a
   plain TensorFlow subprocess (``bench/serving_worker.py``), beside the floor of the model's own
   arithmetic (its tower and gates alone, frozen as in the export, fed their input tensors) and the
-  FLOP bound (forward FLOPs of the request's rows at the float32 matmul peak); and two floors of
+  FLOP bound (forward FLOPs of the request's rows at the float32 matmul peak of that subprocess,
+  which runs with TensorFlow's default threads); and two floors of
   TF's call overhead (a one-input multiply, and a trivial model taking the export's own column
   inputs); with TF's default oneDNN kernels and without (``TF_ENABLE_ONEDNN_OPTS=0``).
 * daily retraining (``bench.replay``), on a log of at least five day files: the last three days
@@ -47,7 +48,8 @@ would pay (it changes nothing in the export).
 
 This package lives beside ``ppnet`` in the repository, not in it: it is not installed, and it runs
 from the repository root. ``bench/peak_rss.py`` and ``bench/serving_worker.py`` are standalone
-scripts run by other interpreters; nothing here imports them.
+scripts run by other interpreters; nothing here imports them. ``bench/matmul_peak.py`` needs TensorFlow alone,
+so the serving worker imports it too.
 """
 
 import ppnet  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any bench module loads TensorFlow)

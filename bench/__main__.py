@@ -83,7 +83,7 @@ def bench_log(
         "speed": speed.speed(model, config, data_path, rates, peaks, machine["precision_auto"]["bf16_native"]),
     }
     measured["serving"] = serving.serving(
-        first.run, model, config, data_path, repeats, work, measured["speed"]["forward_flops_per_example"], peaks
+        first.run, model, config, data_path, repeats, work, measured["speed"]["forward_flops_per_example"]
     )
     if "replay" not in args.skip:
         days = replay.SMOKE_DAYS if args.smoke else replay.REPLAYED_DAYS

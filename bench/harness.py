@@ -7,20 +7,19 @@ import argparse
 import importlib.metadata
 import importlib.resources
 import json
-import math
 import os
 import platform
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
 
 import ppnet
+from bench.matmul_peak import matmul_peak_flops
 from ppnet import precision
 from ppnet.data.schema import resolve_files
 from ppnet.datasets.kuairand import prepare_kuairand
@@ -89,24 +88,6 @@ def versions() -> dict:
     found["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
     found["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
     return found
-
-
-def matmul_peak_flops(n: int = 1024, repeats: int = 40, dtype: tf.DType = tf.float32) -> float:
-    """Best dense matmul FLOP/s of an ``n x n`` by ``n x n`` product of ``dtype`` in a ``tf.function``.
-
-    The operands are cast before the timed calls, so only the product (and its sum, which fetches
-    it) is timed. bfloat16 is timed the same way on every CPU: where the hardware lacks it,
-    TensorFlow emulates it and this is that (slow) rate.
-    """
-    a, b = (tf.cast(tf.random.uniform([n, n]), dtype) for _ in range(2))
-    product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
-    product().numpy()  # trace and warm up
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product().numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def matmul_peaks(previous: dict | None = None) -> dict[str, float]:

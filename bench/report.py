@@ -153,7 +153,8 @@ def memory_table(figures: dict) -> Iterator[str]:
 
 def requests_table(figures: dict) -> Iterator[str]:
     """The export on one user's ranking requests: latency and rows/sec beside the tower-alone floor
-    and the FLOP bound (forward FLOPs of the request's rows at the float32 matmul peak)."""
+    and the FLOP bound (forward FLOPs of the request's rows at the serving process's float32 matmul
+    peak)."""
     bound = figures["flop_bound"]
     yield from heading(
         "Serving ranking requests (one user, N candidates)",
@@ -169,9 +170,11 @@ def requests_table(figures: dict) -> Iterator[str]:
                     f"{t['flop_bound_ms']:.3f} | {100 * t['of_flop_bound']:.0f}% |"
                 )
     yield ""
+    off = figures["onednn_off"]["matmul_peak_flops_per_sec"]
     yield (
         f"FLOP bound: {bound['forward_flops_per_row'] / 1e6:.3f} MFLOP per row at "
-        f"{bound['peak_flops_per_sec'] / 1e9:.1f} GFLOP/s. A request's rows share the user's columns "
+        f"{bound['peak_flops_per_sec'] / 1e9:.1f} GFLOP/s (oneDNN off: {off / 1e9:.1f}), the serving process's "
+        f"own float32 matmul peak. A request's rows share the user's columns "
         f"({', '.join(figures['request_columns']['user']) or 'none'}); the others vary."
     )
 

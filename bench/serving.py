@@ -1,6 +1,6 @@
 """Serving as a ranking service sees it: latency of a run's export on one user's requests of 1, 64,
 256 and 1024 candidates, beside three floors (two trivial SavedModels and the tower alone, on the
-same rows) and the FLOP bound, measured by ``serving_worker.py`` in a plain TensorFlow subprocess,
+same rows) and the FLOP bound (at the worker's own matmul peak), measured by ``serving_worker.py`` in a plain TensorFlow subprocess,
 with TF's default oneDNN kernels and without.
 
 A request's rows share the user's columns (the user id and the user's own features) and vary the
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from bench.harness import BENCH, matmul_peaks, script_command
+from bench.harness import BENCH, script_command
 from bench.speed import flops_per_example
 from ppnet.config import Config
 from ppnet.data.pipeline import input_specs, iter_batches
@@ -156,7 +156,6 @@ def serving(
     repeats: dict[int, int],
     work: Path,
     forward_flops: int | float,
-    peaks: dict[str, float],
 ) -> dict:
     """Latency of the run's export (per-column ``serving_default`` and ``serve_examples``) on one
     user's ranking requests of each size in ``repeats``, and of three floors (two trivial
@@ -164,7 +163,8 @@ def serving(
     once with TF's default oneDNN kernels and once without (``onednn_off``), because the two
     kernel libraries differ most on the one-row matmuls of a single request. ``requests`` (in each)
     sets the export's figures beside the tower floor and the FLOP bound of ``forward_flops`` per
-    row at the float32 matmul peak of ``peaks``."""
+    row at the float32 matmul peak that worker measured: the bench's own process may run with
+    other threads (``train.intra_op_threads``), and the bound is the requests' own process's."""
     export = run / json.loads((run / "metrics.json").read_text())["export"]
     _, valid_split = make_splits(config, data_path, None)
     kinds = input_kinds(config, list(valid_split.files))
@@ -180,13 +180,15 @@ def serving(
     }
     for floor in floors.values():
         shutil.rmtree(floor)
-    peak = peaks["matmul_peak_flops_per_sec"]
     for runs in figures.values():
-        runs["requests"] = request_figures(runs, forward_flops, peak)
+        runs["requests"] = request_figures(runs, forward_flops, runs["matmul_peak_flops_per_sec"])
     return {
         "export_bytes": directory_bytes(export),
         "request_columns": {"user": user_columns, "candidate": [name for name in kinds if name not in user_columns]},
-        "flop_bound": {"forward_flops_per_row": forward_flops, "peak_flops_per_sec": peak},
+        "flop_bound": {
+            "forward_flops_per_row": forward_flops,
+            "peak_flops_per_sec": figures["1"]["matmul_peak_flops_per_sec"],
+        },
         **figures["1"],
         "onednn_off": figures["0"],
     }
@@ -259,9 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     forward_flops = flops_per_example(model)["forward"]
     with tempfile.TemporaryDirectory() as work:
         repeats = SMOKE_SERVING_REPEATS if args.smoke else SERVING_REPEATS
-        figures = serving(
-            Path(args.run), model, model.config, args.data, repeats, Path(work), forward_flops, matmul_peaks()
-        )
+        figures = serving(Path(args.run), model, model.config, args.data, repeats, Path(work), forward_flops)
     print(json.dumps(figures, indent=2))
     return figures
 

@@ -4,7 +4,7 @@ Run by ``bench.serving`` in a separate interpreter (``python -P serving_worker.p
 TensorFlow alone, no ppnet and no ``TF_USE_LEGACY_KERAS``, with ``TF_ENABLE_ONEDNN_OPTS`` as the
 caller set it. It loads each SavedModel, calls one signature on the first ``n`` rows of its inputs
 for every batch size ``n``, and writes p50/p99 latency and rows/sec per model and batch size to
-``--out`` (JSON), with what the environment was (``ppnet_imported``, ``tf_use_legacy_keras``,
+``--out`` (JSON), with this process's float32 matmul peak and what the environment was (``ppnet_imported``, ``tf_use_legacy_keras``,
 ``tf_enable_onednn_opts``).
 """
 
@@ -16,6 +16,11 @@ import time
 
 import numpy as np
 import tensorflow as tf
+
+# The bench's directory after the standard library's (its profile.py must not shadow theirs), for
+# the one bench module that needs TensorFlow alone.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from matmul_peak import matmul_peak_flops  # noqa: E402
 
 WARMUP_CALLS = 10
 
@@ -73,6 +78,8 @@ def main(argv: list[str]) -> None:
         "trivial": bench(args.trivial, trivial, repeats),
         "trivial_columns": bench(args.trivial_columns, rows, repeats),
         "tower": bench(args.tower, dict(np.load(args.tower_rows)), repeats),
+        # The FLOP bound's peak, from this process: its threads and kernels are the requests'.
+        "matmul_peak_flops_per_sec": matmul_peak_flops(),
         "ppnet_imported": "ppnet" in sys.modules,
         "tf_use_legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"),
         "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),

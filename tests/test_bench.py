@@ -129,14 +129,17 @@ def test_serving_ranking_requests(smoke):
     assert {"video_id", "author_id", "tab"} <= set(columns["candidate"])
     bound = serving["flop_bound"]
     assert bound["forward_flops_per_row"] == log["speed"]["forward_flops_per_example"]
-    assert bound["peak_flops_per_sec"] == log["speed"]["matmul_peak_flops_per_sec"]
+    assert bound["peak_flops_per_sec"] == serving["matmul_peak_flops_per_sec"]
     for runs in (serving, serving["onednn_off"]):
         assert list(runs["requests"]) == ["serve_examples", "serving_default"]
+        peak = runs["matmul_peak_flops_per_sec"]  # each worker's own: its threads and kernels are the requests'
+        assert finite(peak) and peak > 0
         for signature, sizes in runs["requests"].items():
             assert set(sizes) == BATCHES, signature
             for n, figures in sizes.items():
                 assert all(finite(value) and value > 0 for value in figures.values()), (signature, n)
                 assert figures["tower_p50_ms"] == runs["tower"][n]["p50_ms"]
+                assert figures["flop_bound_ms"] == pytest.approx(1e3 * int(n) * bound["forward_flops_per_row"] / peak)
 
 
 def test_markdown_has_one_section_per_measure(smoke):
