@@ -48,8 +48,8 @@ would pay (it changes nothing in the export).
 
 This package lives beside ``ppnet`` in the repository, not in it: it is not installed, and it runs
 from the repository root. ``bench/peak_rss.py`` and ``bench/serving_worker.py`` are standalone
-scripts run by other interpreters; nothing here imports them. ``bench/matmul_peak.py`` needs TensorFlow alone,
-so the serving worker imports it too.
+scripts run by other interpreters; nothing here imports them. ``bench/matmul_peak.py`` needs
+TensorFlow alone, so the serving worker imports it too.
 """
 
 import ppnet  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any bench module loads TensorFlow)

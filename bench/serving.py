@@ -1,7 +1,7 @@
 """Serving as a ranking service sees it: latency of a run's export on one user's requests of 1, 64,
 256 and 1024 candidates, beside three floors (two trivial SavedModels and the tower alone, on the
-same rows) and the FLOP bound (at the worker's own matmul peak), measured by ``serving_worker.py`` in a plain TensorFlow subprocess,
-with TF's default oneDNN kernels and without.
+same rows) and the FLOP bound (at the worker's own matmul peak), measured by ``serving_worker.py``
+in a plain TensorFlow subprocess, with TF's default oneDNN kernels and without.
 
 A request's rows share the user's columns (the user id and the user's own features) and vary the
 candidates' (the item's and the context's). Which columns are the user's is read off the

@@ -4,8 +4,8 @@ Run by ``bench.serving`` in a separate interpreter (``python -P serving_worker.p
 TensorFlow alone, no ppnet and no ``TF_USE_LEGACY_KERAS``, with ``TF_ENABLE_ONEDNN_OPTS`` as the
 caller set it. It loads each SavedModel, calls one signature on the first ``n`` rows of its inputs
 for every batch size ``n``, and writes p50/p99 latency and rows/sec per model and batch size to
-``--out`` (JSON), with this process's float32 matmul peak and what the environment was (``ppnet_imported``, ``tf_use_legacy_keras``,
-``tf_enable_onednn_opts``).
+``--out`` (JSON), with this process's float32 matmul peak and what the environment was
+(``ppnet_imported``, ``tf_use_legacy_keras``, ``tf_enable_onednn_opts``).
 """
 
 import argparse

@@ -117,8 +117,8 @@ class EpochCursor:
 
 
 # Batches per element handed from Python to tf.data. Each element crosses from_generator's Python
-# call (the GIL, one conversion per column): one batch at a time, that trip slowed bfloat16
-# training by a fifth on 2 cores (docs/performance.md, "The input pipeline").
+# call (the GIL, one conversion per column): one batch at a time, that trip held back training
+# whose steps are short (bfloat16; docs/performance.md, "The input pipeline").
 GENERATOR_CHUNK_BATCHES = 16
 
 
