@@ -20,7 +20,7 @@ import tensorflow as tf
 # The bench's directory after the standard library's (its profile.py must not shadow theirs), for
 # the one bench module that needs TensorFlow alone.
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-from matmul_peak import matmul_peak_flops  # noqa: E402
+from matmul_peak import matmul_peak_flops
 
 WARMUP_CALLS = 10
 
