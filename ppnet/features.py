@@ -129,7 +129,7 @@ class VocabularyIndex(tf.keras.layers.Layer):
         return index
 
     def _integer_rows(self, columns: list[str], table: tf.lookup.StaticHashTable, values: tf.Tensor) -> tf.Tensor:
-        unseen = tf.math.floormod(values, tf.constant([self.num_oov[n] for n in columns], tf.int64))
+        unseen = self._unseen_integer_rows(columns, values)
         if len(columns) == 1:
             found = table.lookup(values)
             return tf.where(found >= 0, found, unseen)
@@ -137,6 +137,14 @@ class VocabularyIndex(tf.keras.layers.Layer):
         inside = tf.clip_by_value(values, -limit, limit - 1)  # a value outside the range is unseen
         found = table.lookup(inside + tf.constant([i * 2**self.shift for i in range(len(columns))], tf.int64))
         return tf.where((found >= 0) & (inside == values), found, unseen)
+
+    def _unseen_integer_rows(self, columns: list[str], values: tf.Tensor) -> tf.Tensor:
+        """IntegerLookup's row of an unseen integer, ``v mod num_oov``: with one OOV row per column
+        (the default) that is row 0, a constant, with no modulo over every value of a request."""
+        num_oov = [self.num_oov[n] for n in columns]
+        if set(num_oov) == {1}:
+            return tf.constant(0, tf.int64)  # tf.where broadcasts it
+        return tf.math.floormod(values, tf.constant(num_oov, tf.int64))
 
     def _string_rows(self, columns: list[str], table: tf.lookup.StaticHashTable, values: tf.Tensor) -> tf.Tensor:
         found = table.lookup(tf.constant([string_key_prefix(i) for i in range(len(columns))]) + values)

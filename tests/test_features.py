@@ -2,6 +2,7 @@
 lookup layer gives it: known values, unseen ones, nulls and integers outside the packed range."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from ppnet.config import Feature
@@ -74,18 +75,20 @@ def batch(limit: int) -> dict[str, tf.Tensor]:
     }
 
 
-def test_fused_rows_equal_each_columns_lookup_layer():
-    index = VocabularyIndex(VOCABULARIES, KINDS, NUM_OOV)
+@pytest.mark.parametrize("num_oov", [NUM_OOV, dict.fromkeys(NUM_OOV, 1)], ids=["mixed", "one_each"])
+def test_fused_rows_equal_each_columns_lookup_layer(num_oov):
+    """Also with one OOV row in every column (the default), where unseen integers skip the modulo."""
+    index = VocabularyIndex(VOCABULARIES, KINDS, num_oov)
     assert 2 ** (index.shift - 1) == EDGE + 1
     features = batch(EDGE + 1)
     fused = index(features)
     assert set(fused) == set(VOCABULARIES)
     assert [sorted(group) for group in index.groups] == [["item", "user"], ["huge"], ["city", "kind", "tag"]]
     for name, vocabulary in VOCABULARIES.items():
-        lookup = make_lookup(Feature(name, num_oov=NUM_OOV[name]), KINDS[name], vocabulary)
+        lookup = make_lookup(Feature(name, num_oov=num_oov[name]), KINDS[name], vocabulary)
         expected = lookup(features[name]).numpy()
         np.testing.assert_array_equal(fused[name].numpy(), expected, err_msg=name)
-        assert len(set(expected)) > NUM_OOV[name]  # the batch covers known values as well as OOV buckets
+        assert len(set(expected)) > num_oov[name]  # the batch covers known values as well as OOV buckets
 
 
 def test_config_round_trip_gives_the_same_rows():
