@@ -1,8 +1,9 @@
-"""Where the time goes: a TensorFlow-profiler breakdown of training steps and one-row requests, by op type.
+"""Where the time goes: a TensorFlow-profiler breakdown of training steps and requests, by op type.
 
 ``python -m bench.profile --data LOG [--config C] [--set K=V]`` (``make profile``) builds the model
 from the config and the log's training statistics, traces ``--steps`` training steps on one batch
-and ``--requests`` one-row calls of the exported ``serving_default`` with ``tf.profiler``, and prints
+and ``--requests`` calls of the exported ``serving_default`` on that batch's first ``--rows`` rows
+(default 1) with ``tf.profiler``, and prints
 the CPU time of each op type per step / per request (summed over threads, so it can exceed the wall
 time on several cores), largest first. The traces stay in ``--trace`` for TensorBoard's Profile tab.
 Speed is judged by ``make bench``; this says which ops to work on.
@@ -87,20 +88,26 @@ class StepUnderTest(NamedTuple):
         return lambda: train_step(self.batch)
 
 
-def profile(config_path: str, data_path: str, overrides: list[str], steps: int, requests: int, logdir: Path) -> dict:
-    """Op-type breakdown of training steps and one-row requests of a freshly built model."""
+def profile(
+    config_path: str, data_path: str, overrides: list[str], steps: int, requests: int, rows: int, logdir: Path
+) -> dict:
+    """Op-type breakdown of training steps and of ``rows``-row requests of a freshly built model."""
+    batch_size = load_config(config_path, overrides).train.batch_size  # the requests' rows come from one batch
+    if rows > batch_size:
+        raise PPNetError(f"--rows {rows}: at most train.batch_size ({batch_size}) rows per request")
     under_test = StepUnderTest.build(config_path, data_path, overrides)
     model, batch, config = under_test.model, under_test.batch, under_test.model.config
     training, step_wall = trace(under_test.step(), steps, logdir / "train")
     with tempfile.TemporaryDirectory() as tmp:
         serve = tf.saved_model.load(str(export_model(model, tmp))).signatures["serving_default"]
-        row = {name: values[:1] for name, values in batch[0].items()}
-        serving, request_wall = trace(lambda: serve(**row), requests, logdir / "serve")
+        request = {name: values[:rows] for name, values in batch[0].items()}
+        serving, request_wall = trace(lambda: serve(**request), requests, logdir / "serve")
     return {
         "training": training,
         "step_wall_seconds": step_wall,
         "serving": serving,
         "request_wall_seconds": request_wall,
+        "request_rows": rows,
         "batch_size": config.train.batch_size,
         "precision": under_test.precision,
     }
@@ -126,12 +133,15 @@ def main(argv: list[str] | None = None) -> dict:
     cli.add_argument("--config", default=str(CONFIGS / "kuairand.toml"), help="TOML config (default: kuairand)")
     cli.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     cli.add_argument("--steps", type=positive, default=30, help="training steps to trace (default 30)")
-    cli.add_argument("--requests", type=positive, default=300, help="one-row requests to trace (default 300)")
+    cli.add_argument("--requests", type=positive, default=300, help="requests to trace (default 300)")
+    cli.add_argument("--rows", type=positive, default=1, help="rows per request (default 1)")
     cli.add_argument("--top", type=int, default=15, help="op types to print (default 15)")
     cli.add_argument("--trace", default=None, help="directory for the traces (default: a temporary one)")
     args = cli.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
-        result = profile(args.config, args.data, args.set, args.steps, args.requests, Path(args.trace or scratch))
+        result = profile(
+            args.config, args.data, args.set, args.steps, args.requests, args.rows, Path(args.trace or scratch)
+        )
     print(
         "\n".join(
             [
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
                     args.top,
                 ),
                 *table(
-                    "One-row request (serving_default)",
+                    f"{'One-row' if args.rows == 1 else f'{args.rows}-row'} request (serving_default)",
                     result["serving"],
                     result["request_wall_seconds"],
                     1e6,

@@ -1,4 +1,4 @@
-"""The profiler breakdown: op types of a training step and of a one-row request, from a real trace."""
+"""The profiler breakdown: op types of a training step and of a request, from a real trace."""
 
 import statistics
 
@@ -6,15 +6,15 @@ import pytest
 
 from bench.ab import main as ab_main
 from bench.profile import main
+from ppnet.errors import PPNetError
 from tests.helpers import DEFAULT_CONFIG, SMALL_OVERRIDES
 
 
 def test_profile_breaks_a_step_and_a_request_down_by_op_type(synthetic_dir, capsys):
     # The towers in bfloat16, as `auto` trains them on a CPU with it (emulated elsewhere: slow, not wrong).
     sets = [arg for item in [*SMALL_OVERRIDES, "train.precision=mixed_bfloat16"] for arg in ("--set", item)]
-    result = main(
-        ["--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), *sets, "--steps", "3", "--requests", "5"]
-    )
+    counts = ["--steps", "3", "--requests", "5", "--rows", "3"]
+    result = main(["--config", str(DEFAULT_CONFIG), "--data", str(synthetic_dir), *sets, *counts])
     training, serving = result["training"], result["serving"]
     assert any("MatMul" in op for op in training) and any("Adam" in op for op in training)
     assert result["precision"] == "mixed_bfloat16" and "Cast" in training, "the step profiled is the one trained"
@@ -23,7 +23,14 @@ def test_profile_breaks_a_step_and_a_request_down_by_op_type(synthetic_dir, caps
     assert not any("::" in op or "inference" in op for op in [*training, *serving])  # only TF ops
     assert result["step_wall_seconds"] > 0 and result["request_wall_seconds"] > 0
     printed = capsys.readouterr().out
-    assert "Training step (batch 256, towers in mixed_bfloat16)" in printed and "One-row request" in printed
+    assert "Training step (batch 256, towers in mixed_bfloat16)" in printed and "3-row request" in printed
+    assert result["request_rows"] == 3
+
+
+def test_profile_refuses_requests_larger_than_a_batch(synthetic_dir):
+    sets = [arg for item in SMALL_OVERRIDES for arg in ("--set", item)]
+    with pytest.raises(PPNetError, match=r"--rows 257: at most train.batch_size \(256\)"):
+        main(["--data", str(synthetic_dir), "--config", str(DEFAULT_CONFIG), *sets, "--rows", "257"])
 
 
 def test_ab_times_each_variant_in_turns_and_compares_them_to_the_first(synthetic_dir, capsys):
