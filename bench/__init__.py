@@ -42,9 +42,9 @@ removed after a successful run. ``--smoke`` runs all of it on a tiny synthetic l
 model in about a minute (its multi-task leaderboard trains seven tiny models).
 
 ``python -m bench.profile`` (``make profile``) is the other measurement tool: where a training
-step's and a one-row request's time goes, by TensorFlow op type. ``python -m bench.user_once`` is an
-experiment: whether computing the user's share of the gates' first matmul once per ranking request
-would pay (it changes nothing in the export).
+step's and a request's (one row, or ``--rows``) time goes, by TensorFlow op type. ``python -m
+bench.user_once`` is an experiment: whether computing the user's share of the gates' first matmul
+once per ranking request would pay (it changes nothing in the export).
 
 This package lives beside ``ppnet`` in the repository, not in it: it is not installed, and it runs
 from the repository root. ``bench/peak_rss.py`` and ``bench/serving_worker.py`` are standalone
