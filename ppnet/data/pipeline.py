@@ -20,13 +20,17 @@ from ppnet.data.schema import FLOAT, INT, STRING, to_arrays
 from ppnet.data.split import Split
 
 
+# One training batch: (features, targets), numpy columns by name.
+Batch = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
+
+
 def _take(arrays: dict[str, np.ndarray], index: np.ndarray | slice) -> dict[str, np.ndarray]:
     return {k: v[index] for k, v in arrays.items()}
 
 
 def iter_batches(
     split: Split, kinds: dict[str, str], targets: list[str], batch_size: int, shuffle_buffer: int = 0, seed: int = 0
-) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+) -> Iterator[Batch]:
     """(features, targets) numpy batches, ``targets`` the float32 label and mask columns by name;
     with ``shuffle_buffer`` rows shuffled block-wise.
 
@@ -122,9 +126,7 @@ class EpochCursor:
 GENERATOR_CHUNK_BATCHES = 16
 
 
-def chunks(
-    batches: Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], size: int
-) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+def chunks(batches: Iterator[Batch], size: int) -> Iterator[Batch]:
     """``size`` consecutive (features, targets) batches at a time as one, their rows in order
     (the last chunk may hold fewer)."""
     while group := list(itertools.islice(batches, size)):
