@@ -19,7 +19,6 @@ import tensorflow as tf
 from ppnet.data.schema import FLOAT, INT, STRING, to_arrays
 from ppnet.data.split import Split
 
-
 # One training batch: (features, targets), numpy columns by name.
 Batch = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
 
