@@ -11,6 +11,8 @@ CONFIG ?= ppnet/configs/default.toml
 DATA ?= data/synthetic
 OUT ?= runs/$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
+# pytest-xdist processes for `make test` (`auto`: one per core; 0 runs the suite in this process).
+TEST_WORKERS ?= auto
 
 .PHONY: install train test lint notebook bench bench-smoke profile clean
 
@@ -31,8 +33,10 @@ data/synthetic: | $(STAMP)
 train: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
 	$(BIN)/ppnet train --config $(CONFIG) --data $(DATA) --out $(OUT) $(ARGS)
 
+# Test files are shared out whole across the workers (--dist loadfile), so a file's session fixtures
+# (a trained run, the bench smoke run) are built once, on the one worker that needs them.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # Jupyter (the `notebook` extra) over the base install; reinstalled when that is.
 $(NOTEBOOK_STAMP): $(STAMP)
