@@ -35,7 +35,8 @@ train: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
 
 # Test files are shared out whole across the workers (--dist loadfile), so a file's session fixtures
 # (a trained run, the bench smoke run) are built once, on the one worker that needs them.
-test: $(STAMP)
+# The lint first: what CI runs, so a green `make test` here is a green CI run.
+test: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # Jupyter (the `notebook` extra) over the base install; reinstalled when that is.
