@@ -141,6 +141,9 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--label", help="label column (default: the one the model was trained on)")
     evaluate.add_argument("--user-column", help="gAUC groups (default: the training config's)")
+    evaluate.add_argument(
+        "--by", metavar="COLUMN", help="also score each value of this column apart (e.g. tab, the domain)"
+    )
     evaluate.add_argument("--json", help="also write the metrics to this file")
     add_verbose(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
@@ -230,7 +233,8 @@ def run_replay(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    """Prints the metrics as a table, one row per task; ``--json`` writes them nested by task."""
+    """Prints the metrics as a table, one row per task (and per task and ``--by`` value); ``--json``
+    writes them nested by task."""
     from ppnet import metrics
     from ppnet.evaluate import evaluate_export
     from ppnet.files import check_output_path, write_text_atomic
@@ -239,10 +243,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
         raise PPNetError(f"--json {args.json}: its directory does not exist")
     if args.json:
         check_output_path(Path(args.json), "metrics file", directory=False)
-    result = evaluate_export(args.model, args.data, label=args.label, user_column=args.user_column)
+    result = evaluate_export(args.model, args.data, label=args.label, user_column=args.user_column, by=args.by)
     if args.json:
         write_text_atomic(Path(args.json), json.dumps(result, indent=2))
     print(f"{args.data}:\n{metrics.table(result)}")
+    if args.by:
+        print(f"\nby {args.by}:\n{metrics.slice_table(result, args.by)}")
 
 
 def run_export(args: argparse.Namespace) -> dict:

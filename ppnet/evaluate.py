@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import tensorflow as tf
 
@@ -35,17 +36,21 @@ def predict_split(
     tasks: list[Task],
     user_column: str | None,
     batch_rows: int = 8192,
+    keep_columns: tuple[str, ...] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
-    """Stream ``split`` through ``predict``: (label and mask columns by name, probabilities by
-    task, user ids or None)."""
+    """Stream ``split`` through ``predict``: (label and mask columns as float64 and
+    ``keep_columns`` as they are, by name; probabilities by task; user ids or None)."""
     targets = target_columns(tasks)
-    columns = list(dict.fromkeys([*kinds, *targets, *([user_column] if user_column else [])]))
-    values: dict[str, list] = {name: [] for name in targets}
+    kept = [name for name in keep_columns if name not in targets]
+    columns = list(dict.fromkeys([*kinds, *targets, *kept, *([user_column] if user_column else [])]))
+    values: dict[str, list] = {name: [] for name in [*targets, *kept]}
     scores: dict[str, list] = {task.name: [] for task in tasks}
     users = []
     for _file, batch in split.batches(columns, batch_rows):
         for name in targets:
             values[name].append(batch.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False))
+        for name in kept:
+            values[name].append(batch.column(name).to_numpy(zero_copy_only=False))
         probabilities = predict(to_arrays(batch, kinds))
         for task in tasks:
             scores[task.name].append(np.asarray(probabilities[task.name]).reshape(-1))
@@ -62,20 +67,43 @@ def predict_split(
 
 
 def score_split(
-    predict: Predictor, split: Split, kinds: dict[str, str], tasks: list[Task], user_column: str | None
+    predict: Predictor,
+    split: Split,
+    kinds: dict[str, str],
+    tasks: list[Task],
+    user_column: str | None,
+    by: str | None = None,
 ) -> dict:
     """Metrics of ``predict`` on ``split`` (see ``metrics.report``), a masked task's on the rows its
     mask keeps: each task's under ``tasks``, and the first task's also at the top level (where
-    single-task readers find them)."""
-    targets, scores, users = predict_split(predict, split, kinds, tasks, user_column)
+    single-task readers find them). ``by``: each task's metrics also by value of that column, under
+    ``by[column][value]`` (a multi-domain model is judged domain by domain)."""
+    targets, scores, users = predict_split(predict, split, kinds, tasks, user_column, keep_columns=(by,) if by else ())
     reports = {}
     for task in tasks:
         keep = targets[task.mask] == 1 if task.mask else np.ones(len(scores[task.name]), bool)
         source = f"{split.description} [{task.name}]" if len(tasks) > 1 else split.description
-        reports[task.name] = metrics.report(
-            targets[task.name][keep], scores[task.name][keep], users[keep] if users is not None else None, source
-        )
+        labels, probabilities = targets[task.name][keep], scores[task.name][keep]
+        task_users = users[keep] if users is not None else None
+        reports[task.name] = metrics.report(labels, probabilities, task_users, source)
+        if by:
+            reports[task.name]["by"] = {by: slice_reports(labels, probabilities, task_users, targets[by][keep])}
     return {**reports[tasks[0].name], "tasks": reports}
+
+
+def slice_reports(
+    labels: np.ndarray, probabilities: np.ndarray, users: np.ndarray | None, values: np.ndarray
+) -> dict[str, dict]:
+    """``metrics.report`` of the rows of each value of ``values`` (nulls as ``"null"``), most rows
+    first; a slice of one class has a NaN AUC and gAUC, not an error."""
+    slices = pd.Series(values, dtype=object).fillna("null").astype(str)
+    return {
+        value: metrics.report(
+            labels[rows], probabilities[rows], users[rows] if users is not None else None, value, one_class_ok=True
+        )
+        for value in slices.value_counts(sort=True).index
+        for rows in [(slices == value).to_numpy()]
+    }
 
 
 def model_predictor(model: tf.keras.Model, kinds: dict[str, str]) -> Predictor:
@@ -122,12 +150,17 @@ def load_export(model_dir: str | Path):
 
 
 def evaluate_export(
-    model_dir: str | Path, data_path: str | Path, label: str | None = None, user_column: str | None = None
+    model_dir: str | Path,
+    data_path: str | Path,
+    label: str | None = None,
+    user_column: str | None = None,
+    by: str | None = None,
 ) -> dict:
     """Metrics of an exported model on parquet data (file, directory or glob), per task.
 
     ``label`` replaces the label column of a single-task export; a multi-task export reads each
-    task's own label (and mask) columns.
+    task's own label (and mask) columns. ``by`` names a column to also score slice by slice (see
+    ``score_split``).
     """
     predict, meta = load_export(model_dir)
     tasks = export_tasks(meta)
@@ -139,24 +172,28 @@ def evaluate_export(
         tasks = [Task(label)]
     user_column = user_column or meta["user_column"]
     split = Split(tuple(resolve_files(data_path)), None, str(data_path))
-    check_scorable(split, meta["inputs"], tasks, user_column)
-    result = score_split(predict, split, meta["inputs"], tasks, user_column)
+    check_scorable(split, meta["inputs"], tasks, user_column, by)
+    result = score_split(predict, split, meta["inputs"], tasks, user_column, by)
     warning = training_rows_warning(meta, split, result["rows"])
     if warning:
         log.warning(warning)
     return result
 
 
-def check_scorable(split: Split, inputs: dict[str, str], tasks: list[Task], user_column: str) -> None:
+def check_scorable(
+    split: Split, inputs: dict[str, str], tasks: list[Task], user_column: str, by: str | None = None
+) -> None:
     """Fail with one line naming the file and column, before any scoring, when an export reading
-    ``inputs`` cannot score ``split``: a file lacks an input, label, mask or user column, holds one
-    of another kind, or a task's labels are not 0/1 or all one class. Scoring would otherwise fail
-    inside TensorFlow, or end in a NaN AUC, after streaming the data."""
+    ``inputs`` cannot score ``split``: a file lacks an input, label, mask, user or ``by`` column,
+    holds one of another kind, or a task's labels are not 0/1 or all one class. Scoring would
+    otherwise fail inside TensorFlow, or end in a NaN AUC, after streaming the data."""
     for file in split.files:
         schema = read_schema(file)
         missing = [c for c in [*inputs, *target_columns(tasks), user_column] if c not in schema.names]
         if missing:
             raise PPNetError(f"{file}: column(s) {missing} missing (the model expects them)")
+        if by and by not in schema.names:
+            raise PPNetError(f"{file}: column {by!r} missing (--by slices the metrics by it)")
         check_user_column(file, schema, user_column)
         for name, kind in inputs.items():
             found = column_kind(schema.field(name).type)

@@ -58,15 +58,18 @@ def calibration_curve(labels: np.ndarray, probabilities: np.ndarray, bins: int =
     return frame.groupby("bin").agg(mean_prediction=("p", "mean"), observed_rate=("y", "mean"), rows=("y", "size"))
 
 
-def report(labels: np.ndarray, probabilities: np.ndarray, users: np.ndarray | None, source: str) -> dict:
+def report(
+    labels: np.ndarray, probabilities: np.ndarray, users: np.ndarray | None, source: str, one_class_ok: bool = False
+) -> dict:
     """The metrics every command prints: auc, gauc, logloss, rows, mean prediction, observed CTR.
 
-    All-one-class data has no AUC: that is a user error (wrong split or file), reported as such.
+    All-one-class data has no AUC: that is a user error (wrong split or file), reported as such;
+    ``one_class_ok`` (a slice of the data, which may hold one class) reports it as NaN instead.
     """
     labels = np.asarray(labels, dtype=np.float64)
     if labels.size == 0:
         raise PPNetError(f"{source}: no rows to evaluate")
-    if labels.min() == labels.max():
+    if labels.min() == labels.max() and not one_class_ok:
         raise PPNetError(
             f"{source}: every label is {labels[0]:g} ({labels.size} rows); AUC is undefined "
             "with a single class, evaluate on data with both clicks and non-clicks"
@@ -88,4 +91,20 @@ def table(result: dict) -> str:
     """A result's per-task metrics as a text table, one row per task (what ``ppnet evaluate`` prints)."""
     frame = pd.DataFrame(result["tasks"]).T[list(TABLE_COLUMNS)]
     frame.index.name = "task"
+    return _text(frame)
+
+
+def slice_table(result: dict, column: str) -> str:
+    """A result's metrics by value of ``column`` (``ppnet evaluate --by``), one row per task and value."""
+    rows = {
+        (task, value): metrics
+        for task, report in result["tasks"].items()
+        for value, metrics in report["by"][column].items()
+    }
+    frame = pd.DataFrame(rows).T[list(TABLE_COLUMNS)]
+    frame.index.names = ["task", column]
+    return _text(frame)
+
+
+def _text(frame: pd.DataFrame) -> str:
     return frame.to_string(formatters={"rows": "{:.0f}".format}, float_format="{:.4f}".format)

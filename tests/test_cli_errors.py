@@ -192,6 +192,13 @@ def test_evaluate_missing_column(capsys, trained_run: Path, synthetic_dir: Path,
     assert str(data) in message and "'hour'" in message
 
 
+def test_evaluate_by_a_missing_column(capsys, trained_run: Path, synthetic_dir: Path) -> None:
+    message = _fail(
+        capsys, ["evaluate", "--model", trained_run / "export" / "1", "--data", synthetic_dir, "--by", "nope"]
+    )
+    assert "'nope' missing" in message and "--by" in message and ".parquet" in message
+
+
 def test_evaluate_json_is_a_directory(capsys, trained_run: Path, synthetic_dir: Path, tmp_path: Path) -> None:
     message = _fail(
         capsys, ["evaluate", "--model", trained_run / "export" / "1", "--data", synthetic_dir, "--json", tmp_path]

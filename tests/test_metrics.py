@@ -51,3 +51,17 @@ def test_calibration_curve_bins_cover_all_rows():
     curve = metrics.calibration_curve(rng.random(1000) < probs, probs, bins=10)
     assert curve["rows"].sum() == 1000 and len(curve) == 10
     assert curve["mean_prediction"].is_monotonic_increasing
+
+
+def test_slices_are_reported_apart_with_nulls_and_single_class_slices():
+    from ppnet.evaluate import slice_reports
+
+    labels = np.array([1, 0, 1, 0, 1, 1, 0, 1])
+    probs = np.array([0.9, 0.2, 0.4, 0.6, 0.7, 0.3, 0.5, 0.8])
+    users = np.array([1, 1, 2, 2, 3, 3, 4, 4])
+    values = np.array(["a", "a", "a", "a", "b", "b", None, None], dtype=object)
+    slices = slice_reports(labels, probs, users, values)
+    assert list(slices) == ["a", "b", "null"], "most rows first, nulls named"
+    assert slices["a"] == metrics.report(labels[:4], probs[:4], users[:4], "a")
+    assert np.isnan(slices["b"]["auc"]) and slices["b"]["observed_ctr"] == 1.0, "one class: NaN, not an error"
+    assert slices["null"]["auc"] == 1.0 and slices["null"]["rows"] == 2

@@ -8,10 +8,13 @@ import sys
 import tomllib
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.dataset as pds
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
+from ppnet.cli import main
 from ppnet.config import config_from_dict
 from ppnet.data.pipeline import iter_batches
 from ppnet.data.schema import input_kinds, to_arrays
@@ -117,6 +120,40 @@ def test_evaluate_reports_each_task_and_refuses_a_single_label(multitask_run, sy
         assert result["tasks"][task]["auc"] == pytest.approx(trained["tasks"][task]["auc"], abs=1e-4)
     with pytest.raises(PPNetError, match="each scored on its own label"):
         evaluate_export(export, valid, label="is_click")
+
+
+def test_evaluate_by_a_column_scores_each_value_as_its_rows_alone(multitask_run, synthetic_dir, tmp_path, capsys):
+    export = multitask_run / "export" / "1"
+    valid = sorted(synthetic_dir.glob("*.parquet"))[-1]
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(export),
+                "--data",
+                str(valid),
+                "--by",
+                "tab",
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
+    assert "by tab:" in capsys.readouterr().out
+    result = json.loads((tmp_path / "m.json").read_text())
+    table = pq.read_table(valid)
+    for task in TASKS:
+        by_tab = result["tasks"][task]["by"]["tab"]
+        assert sum(s["rows"] for s in by_tab.values()) == result["tasks"][task]["rows"], "every scored row in one slice"
+    biggest = max(by_tab, key=lambda value: by_tab[value]["rows"])
+    alone = tmp_path / "one_tab.parquet"
+    pq.write_table(table.filter(pc.equal(table["tab"], int(biggest))), alone)
+    scored_alone = evaluate_export(export, alone)
+    for task in TASKS:  # masked tasks too: a slice holds the task's kept rows of that value
+        for key in ("auc", "gauc", "logloss", "rows"):
+            assert result["tasks"][task]["by"]["tab"][biggest][key] == pytest.approx(scored_alone["tasks"][task][key])
 
 
 def test_untrained_pepnet_is_the_multi_task_dnn(split_and_stats):

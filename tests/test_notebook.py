@@ -157,6 +157,8 @@ def test_make_notebook_scores_the_runs_validation_rows_and_writes_the_figures_be
     assert "ppnet: gate values on" in text and "gate_0" in text
     assert "dnn: no `gates` signature" in text
     assert images(gates) == 1
+    by_domain = cell_text(next(c for c in code if "slice_reports(" in c.source))
+    assert "metrics by domain: skipped, no export has an EPNet domain gate" in by_domain
     assert_pngs(
         figures,
         ["roc_calibration.png", "gauc_by_activity.png", "gate_spread_by_user_ppnet.png", "gate_values_ppnet.png"],
@@ -176,6 +178,11 @@ def test_notebook_shows_each_task_and_the_epnet_gate_by_domain(multitask_run, sy
     assert "gAUC by user activity: skipped, there is no comparison export" in activity
     gates = cell_text(next(c for c in code if "gate_values(model, batch)" in c.source))
     assert all(f"gate_{task}_0" in gates for task in ("is_click", "long_view", "is_like"))
+    by_domain = cell_text(next(c for c in code if "slice_reports(" in c.source))
+    assert "by tab:" in by_domain
+    lines = [line.split() for line in by_domain.splitlines()]
+    tasks = [line[0] for line in lines if line and line[0].startswith("pepnet/")]
+    assert tasks == ["pepnet/is_click", "pepnet/long_view", "pepnet/is_like"]  # each task's first (largest) tab
     domain = next(c for c in code if "epnet_gate" in c.source and "by_domain" in c.source)
     text = cell_text(domain)
     assert "pepnet: EPNet gate by tab" in text and "mean |gate - 1|" in text and images(domain) == 1
