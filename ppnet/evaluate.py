@@ -55,7 +55,7 @@ def predict_split(
         for task in tasks:
             scores[task.name].append(np.asarray(probabilities[task.name]).reshape(-1))
         if user_column:
-            users.append(batch.column(user_column).to_numpy(zero_copy_only=False))
+            users.append(user_ids(batch.column(user_column)))
     if not values[targets[0]]:
         raise PPNetError(f"{split.description}: no rows to evaluate")
     joined = {name: np.concatenate(parts) for name, parts in values.items()}
@@ -64,6 +64,16 @@ def predict_split(
         {name: np.concatenate(parts) for name, parts in scores.items()},
         np.concatenate(users) if users else None,
     )
+
+
+def user_ids(column: pa.Array) -> np.ndarray:
+    """A user column as gAUC groups it, null users as None (left out). Not arrow's ``to_numpy``:
+    with a null it turns int64 ids into float64, which merges the ids above 2**53 (hashed ids)."""
+    if column.null_count == 0 or not pa.types.is_integer(column.type):
+        return column.to_numpy(zero_copy_only=False)
+    ids = column.fill_null(0).to_numpy().astype(object)
+    ids[column.is_null().to_numpy(zero_copy_only=False)] = None
+    return ids
 
 
 def score_split(

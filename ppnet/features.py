@@ -22,8 +22,13 @@ def make_lookup(feature: Feature, kind: str, vocabulary: list | None) -> tf.kera
     if feature.kind == "hash":
         return tf.keras.layers.Hashing(num_bins=feature.bins, name=name)
     if kind == STRING:
+        values = vocabulary_values(kind, vocabulary)
         return tf.keras.layers.StringLookup(
-            vocabulary=vocabulary_values(kind, vocabulary), num_oov_indices=feature.num_oov, mask_token=None, name=name
+            vocabulary=values,
+            num_oov_indices=feature.num_oov,
+            mask_token=None,
+            oov_token=absent_token(values),
+            name=name,
         )
     if kind == INT:
         return tf.keras.layers.IntegerLookup(
@@ -34,6 +39,16 @@ def make_lookup(feature: Feature, kind: str, vocabulary: list | None) -> tf.kera
             name=name,
         )
     raise ValueError(f"categorical feature {feature.name} has input kind {kind}")
+
+
+def absent_token(values: list[str]) -> str:
+    """``StringLookup``'s OOV token for ``values``: Keras' ``"[UNK]"``, prefixed with NULs until no
+    value equals it. Keras drops a vocabulary value equal to the token, which shifted every later
+    value's row (and the export's, which keeps them) when a log spelled its unknowns ``"[UNK]"``."""
+    taken, token = set(values), "[UNK]"
+    while token in taken:
+        token = "\x00" + token
+    return token
 
 
 def vocabulary_values(kind: str, vocabulary: list) -> list:

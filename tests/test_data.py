@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -20,6 +21,7 @@ from ppnet.data.pipeline import GENERATOR_CHUNK_BATCHES, EpochCursor, iter_batch
 from ppnet.data.schema import FLOAT, INT, NULL_INT_ID, NULL_STRING_ID, STRING, input_kinds, resolve_files
 from ppnet.data.split import Split, check_labels, make_splits
 from ppnet.errors import PPNetError
+from ppnet.stats import compute_stats
 from tests.helpers import REPO, small_config
 
 
@@ -377,7 +379,14 @@ def test_split_with_valid_files(synthetic_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "days", [(20220502, 20220503), ("2022-05-02", "2022-05-03"), (datetime.date(2022, 5, 2), datetime.date(2022, 5, 3))]
+    "days",
+    [
+        (20220502, 20220503),
+        ("2022-05-02", "2022-05-03"),
+        (datetime.date(2022, 5, 2), datetime.date(2022, 5, 3)),
+        (datetime.datetime(2022, 5, 2, 8), datetime.datetime(2022, 5, 3, 8)),  # timestamp[us]
+        (pd.Timestamp("2022-05-02 00:00:00.000000001"), pd.Timestamp("2022-05-03 00:00:00.000000001")),  # [ns]
+    ],
 )
 def test_a_split_survives_json_with_its_rows(tmp_path: Path, days: tuple) -> None:
     pq.write_table(pa.table({"day": list(days) * 3, "x": list(range(6))}), tmp_path / "log.parquet")
@@ -568,6 +577,25 @@ def test_null_handling(tmp_path: Path) -> None:
     np.testing.assert_array_equal(features["num"], np.array([1.5, np.nan, np.nan, 2.0], np.float32))
     np.testing.assert_array_equal(features["int_num"], np.array([np.nan, 2, 3, np.nan], np.float32))
     assert targets["is_click"].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_integer_numerics_beyond_float_precision_round_instead_of_failing(tmp_path: Path) -> None:
+    """Counts above 2**24 (float32) or 2**53 (float64, the statistics) round; pyarrow's default
+    cast refused them and stopped training or scoring on the row that had one."""
+    file = tmp_path / "big.parquet"
+    big = [2**24 + 1, 2**53 + 1, None, 3]
+    pq.write_table(pa.table({"fans": pa.array(big, pa.int64()), "is_click": [0, 1, 0, 1]}), file)
+    [(features, _)] = list(iter_batches(Split((file,)), {"fans": FLOAT}, ["is_click"], 8))
+    np.testing.assert_array_equal(features["fans"], np.array([2**24, 2**53, np.nan, 3], np.float32))
+    config = config_from_dict(
+        {
+            "data": {"label": "is_click", "valid_last": 0},
+            "model": {"name": "dnn", "personal_ids": []},
+            "features": [{"name": "fans", "kind": "numeric"}],
+        }
+    )
+    stats = compute_stats(config, Split((file,)), {"fans": FLOAT})
+    assert stats.numeric["fans"][0] == pytest.approx((2**24 + 1 + 2**53 + 3) / 3)
 
 
 # --- make_dataset -------------------------------------------------------------------------------

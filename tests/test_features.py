@@ -91,6 +91,18 @@ def test_fused_rows_equal_each_columns_lookup_layer(num_oov):
         assert len(set(expected)) > num_oov[name]  # the batch covers known values as well as OOV buckets
 
 
+@pytest.mark.parametrize("num_oov", [1, 2])
+def test_a_vocabulary_value_spelled_like_keras_oov_token_keeps_its_own_row(num_oov):
+    """Keras drops a value equal to StringLookup's OOV token ("[UNK]"), which shifted the rows."""
+    vocabulary = ["[UNK]", "\x00[UNK]", "a", "b"]
+    lookup = make_lookup(Feature("tag", num_oov=num_oov), "string", vocabulary)
+    values = tf.constant(["[UNK]", "\x00[UNK]", "a", "b"])
+    assert lookup(values).numpy().tolist() == list(range(num_oov, num_oov + 4))
+    assert lookup.vocabulary_size() == num_oov + len(vocabulary)
+    fused = VocabularyIndex({"tag": vocabulary}, {"tag": "string"}, {"tag": num_oov})({"tag": values})
+    np.testing.assert_array_equal(fused["tag"].numpy(), lookup(values).numpy())
+
+
 def test_config_round_trip_gives_the_same_rows():
     index = VocabularyIndex(VOCABULARIES, KINDS, NUM_OOV)
     clone = VocabularyIndex.from_config(index.get_config())

@@ -65,3 +65,15 @@ def test_slices_are_reported_apart_with_nulls_and_single_class_slices():
     assert slices["a"] == metrics.report(labels[:4], probs[:4], users[:4], "a")
     assert np.isnan(slices["b"]["auc"]) and slices["b"]["observed_ctr"] == 1.0, "one class: NaN, not an error"
     assert slices["null"]["auc"] == 1.0 and slices["null"]["rows"] == 2
+
+
+def test_user_ids_stay_exact_beside_null_users():
+    """Arrow turns int64 ids with a null into float64, which merged ids above 2**53 into one user."""
+    import pyarrow as pa
+
+    from ppnet.evaluate import user_ids
+
+    ids = user_ids(pa.array([2**60, 2**60 + 1, None, 2**60, 2**60 + 1], pa.int64()))
+    assert ids.tolist() == [2**60, 2**60 + 1, None, 2**60, 2**60 + 1]
+    labels, scores = np.array([1, 1, 1, 0, 0]), np.array([0.9, 0.2, 0.5, 0.1, 0.8])
+    assert metrics.gauc(labels, scores, ids) == pytest.approx(0.5)  # one user ranked right, one wrong

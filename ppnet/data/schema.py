@@ -153,8 +153,9 @@ def one_line(err: BaseException) -> str:
 def to_arrays(batch: pa.RecordBatch, kinds: dict[str, str]) -> dict[str, np.ndarray]:
     """Arrow columns → numpy arrays of the model's input dtypes, with nulls filled.
 
-    Null ids become -1 / "" (out of vocabulary); null numerics become NaN, which the model
-    replaces by the training mean.
+    Null ids become -1 / "" (out of vocabulary, unless ``""`` is itself a frequent value of the
+    column, whose row nulls then share); null numerics become NaN, which the model replaces by the
+    training mean.
     """
     arrays = {}
     for name, kind in kinds.items():
@@ -165,5 +166,7 @@ def to_arrays(batch: pa.RecordBatch, kinds: dict[str, str]) -> dict[str, np.ndar
             column = column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
             arrays[name] = column.fill_null(NULL_STRING_ID).to_numpy(zero_copy_only=False).astype(object)
         else:
-            arrays[name] = column.cast(pa.float32()).to_numpy(zero_copy_only=False)
+            # safe=False: an integer count above 2**24 rounds to the nearest float32, as the model
+            # would see it anyway, instead of pyarrow refusing the cast (and the whole run).
+            arrays[name] = column.cast(pa.float32(), safe=False).to_numpy(zero_copy_only=False)
     return arrays

@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime
 import functools
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
@@ -26,8 +27,14 @@ from ppnet.config import Config, Task, target_columns
 from ppnet.data.schema import FLOAT, INT, column_kind, one_line, read_schema, resolve_files, to_arrays
 from ppnet.errors import PPNetError
 
-# Split-column values JSON cannot hold, written as ISO text and read back by type name.
-ISO_TYPES = {"date": datetime.date, "datetime": datetime.datetime}
+# Split-column values JSON cannot hold, written as ISO text and read back by type name: (type,
+# parser), subclasses first (isinstance). pyarrow gives a timestamp[ns] column's values as pandas
+# Timestamps (a datetime subclass), whose nanoseconds only pandas parses back.
+ISO_TYPES: dict[str, tuple[type, Callable[[str], Any]]] = {
+    "timestamp": (pd.Timestamp, pd.Timestamp),
+    "datetime": (datetime.datetime, datetime.datetime.fromisoformat),
+    "date": (datetime.date, datetime.date.fromisoformat),
+}
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class Split:
         where = None
         if self.where:
             column, op, value = self.where
-            kind = next((name for name, cls in ISO_TYPES.items() if type(value) is cls), None)
+            kind = next((name for name, (cls, _) in ISO_TYPES.items() if isinstance(value, cls)), None)
             where = {"column": column, "op": op, "value": value.isoformat() if kind else value, "type": kind}
         return {"files": [str(f.resolve()) for f in self.files], "where": where, "description": self.description}
 
@@ -64,7 +71,7 @@ class Split:
         """The split ``to_json`` wrote."""
         where = record["where"]
         if where:
-            value = ISO_TYPES[where["type"]].fromisoformat(where["value"]) if where["type"] else where["value"]
+            value = ISO_TYPES[where["type"]][1](where["value"]) if where["type"] else where["value"]
             where = (where["column"], where["op"], value)
         return cls(tuple(Path(f) for f in record["files"]), where, record["description"])
 
