@@ -25,7 +25,11 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
     """Impression-weighted mean of per-user AUC, skipping users who saw a single class."""
-    per_user = user_aucs(labels, scores, groups)
+    return weighted_auc(user_aucs(labels, scores, groups))
+
+
+def weighted_auc(per_user: pd.DataFrame) -> float:
+    """gAUC of ``user_aucs``' table: its AUCs weighted by rows; NaN without a user."""
     return float(np.average(per_user.auc, weights=per_user.rows)) if len(per_user) else float("nan")
 
 
@@ -61,7 +65,8 @@ def calibration_curve(labels: np.ndarray, probabilities: np.ndarray, bins: int =
 def report(
     labels: np.ndarray, probabilities: np.ndarray, users: np.ndarray | None, source: str, one_class_ok: bool = False
 ) -> dict:
-    """The metrics every command prints: auc, gauc, logloss, rows, mean prediction, observed CTR.
+    """The metrics every command prints: auc, gauc (and the users it averages), logloss, rows, mean
+    prediction, observed CTR.
 
     All-one-class data has no AUC: that is a user error (wrong split or file), reported as such;
     ``one_class_ok`` (a slice of the data, which may hold one class) reports it as NaN instead.
@@ -74,9 +79,11 @@ def report(
             f"{source}: every label is {labels[0]:g} ({labels.size} rows); AUC is undefined "
             "with a single class, evaluate on data with both clicks and non-clicks"
         )
+    per_user = user_aucs(labels, probabilities, users) if users is not None else pd.DataFrame({"auc": [], "rows": []})
     return {
         "auc": auc(labels, probabilities),
-        "gauc": gauc(labels, probabilities, users) if users is not None else float("nan"),
+        "gauc": weighted_auc(per_user),
+        "gauc_users": len(per_user),  # how many users gAUC averages: few make it noisy (a small slice)
         "logloss": logloss(labels, probabilities),
         "rows": int(labels.size),
         "mean_prediction": float(np.mean(probabilities)),
@@ -84,7 +91,8 @@ def report(
     }
 
 
-TABLE_COLUMNS = ("auc", "gauc", "logloss", "rows", "mean_prediction", "observed_ctr")
+TABLE_COLUMNS = ("auc", "gauc", "gauc_users", "logloss", "rows", "mean_prediction", "observed_ctr")
+COUNTS = ("gauc_users", "rows")  # printed as integers
 
 
 def table(result: dict) -> str:
@@ -107,4 +115,4 @@ def slice_table(result: dict, column: str) -> str:
 
 
 def _text(frame: pd.DataFrame) -> str:
-    return frame.to_string(formatters={"rows": "{:.0f}".format}, float_format="{:.4f}".format)
+    return frame.to_string(formatters=dict.fromkeys(COUNTS, "{:.0f}".format), float_format="{:.4f}".format)

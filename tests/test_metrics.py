@@ -38,6 +38,7 @@ def test_logloss_and_report():
     result = metrics.report(labels, probs, np.array([1, 1, 2, 2]), "x")
     assert result["logloss"] == pytest.approx(expected)
     assert result["rows"] == 4 and result["observed_ctr"] == 0.5 and result["auc"] == 1.0
+    assert result["gauc_users"] == 2 and metrics.report(labels, probs, np.array([1, 1, 1, 2]), "x")["gauc_users"] == 1
 
 
 def test_single_class_data_is_a_clear_error():

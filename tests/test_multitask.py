@@ -254,7 +254,7 @@ def test_ppnet_evaluate_prints_one_row_per_task_and_nests_the_json(multitask_run
     )
     lines = capsys.readouterr().out.splitlines()
     written = json.loads((tmp_path / "m.json").read_text())
-    assert lines[1].split() == ["auc", "gauc", "logloss", "rows", "mean_prediction", "observed_ctr"]
+    assert lines[1].split() == ["auc", "gauc", "gauc_users", "logloss", "rows", "mean_prediction", "observed_ctr"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[3:]}
     assert list(rows) == TASKS
     for task in TASKS:

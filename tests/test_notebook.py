@@ -138,7 +138,7 @@ def test_make_notebook_scores_the_runs_validation_rows_and_writes_the_figures_be
     table = metric_table(code)
     header = next(line for line in table.splitlines() if "ppnet" in line)
     assert header.split() == ["ppnet", "dnn"]
-    for row in ("gauc", "logloss", "rows", "mean_prediction", "observed_ctr"):
+    for row in ("gauc", "gauc_users", "logloss", "rows", "mean_prediction", "observed_ctr"):
         assert re.search(rf"^{row}\s", table, re.M), row
     for column, run in enumerate((trained_run, dnn_run), start=1):
         reported = json.loads((run / "metrics.json").read_text())
