@@ -106,9 +106,8 @@ def compute_stats(config: Config, split: Split, kinds: dict[str, str], parent: S
                 dict(zip(value_counts.field("values").to_pylist(), value_counts.field("counts").to_pylist()))
             )
         for f in numeric_features:
-            values = (
-                batch.column(f.name).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-            )  # ints > 2**53 round
+            # safe=False: integers above 2**53 round to the nearest float64 instead of stopping the pass.
+            values = batch.column(f.name).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
             values = values[np.isfinite(values)]
             if f.log1p:
                 values = signed_log1p(values)
